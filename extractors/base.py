@@ -1,0 +1,105 @@
+"""The Extractor extension point: a config-keyed, weight-identified function from raw files to float32 rows."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from extractors.errors import ExtractorError, MissingDependencyError
+
+MODALITIES: tuple[str, ...] = ("image", "text", "audio", "mesh", "video")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractorConfig:
+    """Base of every extractor config (a frozen dataclass with the paper's or benchmark's defaults)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Extractor:
+    """Base class of extractors.
+
+    Subclasses set ``modality``, ``name``, ``Config`` and ``extensions``, and implement ``dim``, ``load`` and
+    ``embed``. ``__call__`` validates the output (shape ``(n, dim)``, float32, finite).
+    """
+
+    modality: ClassVar[str]
+    name: ClassVar[str]
+    Config: ClassVar[type[ExtractorConfig]] = ExtractorConfig
+    extensions: ClassVar[tuple[str, ...]] = ()
+    is_default: ClassVar[bool] = False
+
+    def __init__(self, config: ExtractorConfig | None = None, *, device: str = "cpu"):
+        self.config = config or self.Config()
+        self.device = device
+
+    # ---- to implement
+    @property
+    def dim(self) -> int:
+        raise NotImplementedError
+
+    def load(self, path: Path) -> Any:
+        """Decode one raw file; raise ``MediaError(path, reason)`` when it cannot be decoded."""
+        raise NotImplementedError
+
+    def embed(self, items: Sequence[Any]) -> np.ndarray:
+        """float32 (len(items), dim) for decoded items."""
+        raise NotImplementedError
+
+    def weights_sha256(self) -> str:
+        """Identity of the weights ('' for weight-free extractors)."""
+        return ""
+
+    # ---- shared
+    @property
+    def key(self) -> str:
+        """``name@hash12``: the name, the config and the weights' identity. Features with equal keys are comparable."""
+        payload = json.dumps(self.config.to_dict(), sort_keys=True, default=str) + self.weights_sha256()
+        return f"{self.name}@{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
+
+    def accepts(self, path: Path) -> bool:
+        return path.suffix.lower() in self.extensions
+
+    def __call__(self, items: Sequence[Any]) -> np.ndarray:
+        X = np.ascontiguousarray(self.embed(items), dtype=np.float32)
+        if X.shape != (len(items), self.dim):
+            raise ExtractorError(f"{self.name} returned shape {X.shape}, expected {(len(items), self.dim)}")
+        if not np.isfinite(X).all():
+            raise ExtractorError(f"{self.name} produced non-finite values")
+        return X
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "modality": self.modality,
+            "key": self.key,
+            "dim": self.dim,
+            "dtype": "float32",
+            "config": self.config.to_dict(),
+            "weights_sha256": self.weights_sha256(),
+        }
+
+
+def require(module: str, *, extractor: str, extra: str) -> Any:
+    """Import an optional heavy library inside the extractor that needs it, with the install command on failure."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(extractor, module, extra) from exc
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

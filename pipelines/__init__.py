@@ -1,0 +1,1 @@
+"""pipelines: the edges. Workspace, end-to-end steps, CLI, web server and distributed runner."""

@@ -1,0 +1,47 @@
+"""The ``crossmodal`` command. ``main(argv) -> int`` runs in-process (tests call it); ``run()`` is the console script."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import typer
+
+from pipelines.cli import _verbs  # noqa: F401  (registers every verb on the app)
+from pipelines.cli._app import app
+from pipelines.cli._errors import USER_ERRORS, report
+
+try:  # typer >= 0.20 vendors click
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI with ``argv``; return the exit code. User errors print one line with the fix, never a traceback."""
+    import typer.main
+
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=list(sys.argv[1:] if argv is None else argv), prog_name="crossmodal", standalone_mode=False)
+    except USER_ERRORS as exc:
+        return report(exc)
+    except typer.Exit as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        print("aborted", file=sys.stderr)
+        return 130
+    except FileNotFoundError as exc:
+        print(f"error: {exc.filename or exc}: no such file or directory", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+__all__ = ["app", "main", "run"]

@@ -1,0 +1,23 @@
+"""The Typer app every verb registers on (one file per verb)."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="crossmodal",
+    help="Cross-modal retrieval from raw media: extract features, train (DRCL by default), evaluate, index, query.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def examples(*lines: str) -> str:
+    """An 'Examples' block for a verb's --help."""
+    return "\n\nExamples:\n\n" + "\n\n".join(f"  $ {line}" for line in lines)
+
+
+@app.callback()
+def _root() -> None:
+    """Cross-modal retrieval from raw media: extract, train, evaluate, index, query, demo, serve."""

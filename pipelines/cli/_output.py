@@ -1,0 +1,56 @@
+"""Output of every verb: a readable table for people, JSON for machines (``--json``)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+
+class Output:
+    def __init__(self, as_json: bool = False):
+        self.as_json = as_json
+
+    def json(self, payload: Any) -> None:
+        print(json.dumps(_clean(payload), indent=2, sort_keys=False, default=str))
+
+    def line(self, text: str) -> None:
+        if not self.as_json:
+            print(text)
+
+    def info(self, text: str) -> None:
+        """Progress and notes: to stderr, so ``--json`` output on stdout stays parseable."""
+        print(text, file=sys.stderr)
+
+    def table(self, rows: Sequence[Sequence[Any]], columns: Sequence[str], *, title: str | None = None) -> None:
+        if self.as_json:
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title)
+        for c in columns:
+            table.add_column(str(c))
+        for r in rows:
+            table.add_row(*[_fmt(v) for v in r])
+        Console(width=200).print(table)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return "" if v is None else str(v)
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
+        return _clean(obj.item())
+    return obj
