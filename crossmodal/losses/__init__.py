@@ -2,3 +2,5 @@
 
 One module per family; import from the module (``from crossmodal.losses.gce import gce_loss``).
 """
+
+from __future__ import annotations
