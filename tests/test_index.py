@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from crossmodal.errors import ConfigError, FeatureMismatchError, ModelFileError, NotTrainedError, UnknownNameError
+from crossmodal.index import create_index, list_index_backends, load_index, resolve_spec
+
+needs_faiss = pytest.mark.skipif(importlib.util.find_spec("faiss") is None, reason="faiss is not installed")
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((600, 16)).astype(np.float32)
+    return X, np.array([f"item-{i}" for i in range(len(X))]), rng.standard_normal((20, 16)).astype(np.float32)
+
+
+def brute_force(X, Q, k):
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    Qn = Q / np.linalg.norm(Q, axis=1, keepdims=True)
+    sims = Qn @ Xn.T
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(sims, order, axis=1), order
+
+
+def built(spec, X, ids, **kwargs):
+    index = create_index(spec, X.shape[1], **kwargs)
+    index.add(X[:250], ids[:250])  # two batches, as a store would feed them
+    index.add(X[250:], ids[250:])
+    return index
+
+
+def test_exact_search_equals_brute_force_cosine(data):
+    X, ids, Q = data
+    scores, found = built("exact", X, ids).search(Q, 10)
+    expected_scores, expected_rows = brute_force(X, Q, 10)
+    np.testing.assert_array_equal(found, ids[expected_rows])
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-6)
+    assert scores.dtype == np.float32 and found.shape == (20, 10)
+
+
+def test_exact_search_breaks_ties_by_the_order_items_were_added():
+    index = create_index("exact", 2)
+    index.add(np.array([[0.0, 1.0], [1.0, 0.0], [2.0, 0.0], [3.0, 0.0]]), ["a", "b", "c", "d"])
+    scores, found = index.search(np.array([[1.0, 0.0]]), 3)
+    assert found.tolist() == [["b", "c", "d"]] and scores.tolist() == [[1.0, 1.0, 1.0]]
+
+
+def test_exact_search_with_inner_product_does_not_normalise():
+    index = create_index("exact", 2, metric="ip")
+    index.add(np.array([[1.0, 0.0], [3.0, 0.0]]), ["a", "b"])
+    scores, found = index.search(np.array([[2.0, 0.0]]), 2)
+    assert found.tolist() == [["b", "a"]] and scores.tolist() == [[6.0, 2.0]]
+
+
+@needs_faiss
+def test_faiss_flat_equals_exact_search(data):
+    X, ids, Q = data
+    exact_scores, exact_ids = built("exact", X, ids).search(Q, 10)
+    scores, found = built("faiss:Flat", X, ids).search(Q, 10)
+    np.testing.assert_array_equal(found, exact_ids)
+    np.testing.assert_allclose(scores, exact_scores, atol=1e-5)
+
+
+@needs_faiss
+def test_hnsw_finds_nearly_all_true_neighbours(data):
+    X, ids, Q = data
+    _, found = built("faiss:HNSW32", X, ids).search(Q, 10)
+    _, exact_rows = brute_force(X, Q, 10)
+    recall = np.mean([len(set(f) & set(ids[e])) / 10 for f, e in zip(found, exact_rows)])
+    assert recall >= 0.95
+
+
+@needs_faiss
+def test_ivf_probing_every_list_is_exact(data):
+    X, ids, Q = data
+    index = built("faiss:IVF8,Flat", X, ids, search_params="nprobe=8")
+    _, exact_rows = brute_force(X, Q, 5)
+    np.testing.assert_array_equal(index.search(Q, 5)[1], ids[exact_rows])
+    assert index.trained_on == 250  # trained on the first batch it was given
+
+
+@needs_faiss
+def test_ivf_pq_trains_on_a_bounded_sample():
+    X = np.random.default_rng(1).standard_normal((12_000, 8)).astype(np.float32)
+    index = create_index("faiss:IVF4,PQ2x4", 8)
+    index.add(X, [str(i) for i in range(len(X))])
+    assert index.trained_on == 10_000 and len(index) == 12_000
+
+
+@pytest.mark.parametrize("spec", ["exact", pytest.param("faiss:HNSW32", marks=needs_faiss)])
+def test_a_saved_index_loads_and_answers_the_same(tmp_path, data, spec):
+    X, ids, Q = data
+    index = built(spec, X, ids)
+    index.extra = {"model": "tiny"}
+    index.save(tmp_path / "idx")
+    loaded = load_index(tmp_path / "idx")
+    assert (loaded.spec, len(loaded), loaded.extra) == (spec, 600, {"model": "tiny"})
+    for got, expected in zip(loaded.search(Q, 7), index.search(Q, 7)):
+        np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("name", ["vectors.npy", "ids.parquet"])
+def test_a_tampered_file_is_refused(tmp_path, data, name):
+    X, ids, _ = data
+    built("exact", X, ids).save(tmp_path / "idx")
+    raw = bytearray((tmp_path / "idx" / name).read_bytes())
+    raw[-20] ^= 0xFF
+    (tmp_path / "idx" / name).write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError, match="sha256 differs"):
+        load_index(tmp_path / "idx")
+
+
+def test_an_index_description_that_disagrees_with_the_files_is_refused(tmp_path, data):
+    X, ids, _ = data
+    built("exact", X, ids).save(tmp_path / "idx")
+    meta = json.loads((tmp_path / "idx" / "index.json").read_text())
+    meta["count"] = 5
+    (tmp_path / "idx" / "index.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFileError, match="says 5"):
+        load_index(tmp_path / "idx")
+
+
+def test_a_folder_without_an_index_is_refused(tmp_path):
+    with pytest.raises(ModelFileError, match="no index.json"):
+        load_index(tmp_path)
+
+
+def test_auto_is_exact_for_small_collections_and_approximate_for_large_ones():
+    assert resolve_spec("auto", dim=512, size=5_000) == "exact"
+    assert resolve_spec("auto", dim=512) == "exact"
+    assert resolve_spec("auto", dim=512, size=500_000) == "faiss:HNSW32"
+    assert resolve_spec("auto", dim=512, size=4_000_000) == "faiss:IVF8192,PQ64"
+    assert resolve_spec("auto", dim=300, size=4_000_000) == "faiss:IVF8192,PQ60"
+
+
+def test_backends_are_listed_and_an_unknown_one_is_refused():
+    assert list_index_backends() == ["exact", "faiss"]
+    with pytest.raises(UnknownNameError, match="exact"):
+        create_index("exakt", 4)
+
+
+@needs_faiss
+def test_a_bad_factory_string_is_a_config_error():
+    with pytest.raises(ConfigError, match="IVFxx"):
+        create_index("faiss:IVFxx", 4)
+
+
+def test_vectors_or_queries_of_another_width_are_refused(data):
+    X, ids, _ = data
+    index = built("exact", X, ids)
+    with pytest.raises(FeatureMismatchError, match="width 16"):
+        index.search(np.ones((2, 8)), 3)
+    with pytest.raises(FeatureMismatchError, match="ids"):
+        index.add(np.ones((2, 16)), ["a"])
+
+
+def test_searching_an_empty_index_is_refused():
+    with pytest.raises(NotTrainedError, match="empty"):
+        create_index("exact", 4).search(np.ones((1, 4)), 1)
+
+
+def test_a_missing_faiss_names_the_extra_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    with pytest.raises(ConfigError, match=r"crossmodal-toolkit\[ann\]"):
+        create_index("faiss:HNSW32", 4)
