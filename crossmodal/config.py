@@ -30,15 +30,14 @@ class MethodConfig:
         fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - fields)
         if unknown:
-            raise ConfigError(
-                f"{cls.__name__} has no field(s) {', '.join(unknown)}", hint=f"valid fields: {', '.join(sorted(fields))}"
-            )
+            valid = ", ".join(sorted(fields))
+            raise ConfigError(f"{cls.__name__} has no field(s) {', '.join(unknown)}", hint=f"valid fields: {valid}")
         hints = typing.get_type_hints(cls)
-        return cls(**{k: _coerce(hints[k], v, k) for k, v in data.items()})  # type: ignore[call-arg]
+        return cls(**{k: coerce_field(hints[k], v, k) for k, v in data.items()})  # type: ignore[call-arg]
 
 
 def with_overrides(config: C, overrides: Iterable[str] | dict[str, Any]) -> C:
-    """Return ``config`` with ``key=value`` overrides applied; values are parsed as JSON when they parse, typed by field.
+    """Return ``config`` with ``key=value`` overrides applied; values parse as JSON when they can, typed by field.
 
     Raises:
         ConfigError: an unknown key, a malformed item or a value of the wrong type.
@@ -63,7 +62,7 @@ def load_preset(cls: type[C], path: str | Path) -> C:
     return cls.from_dict(data)  # type: ignore[attr-defined]
 
 
-def _coerce(tp: Any, value: Any, key: str) -> Any:
+def coerce_field(tp: Any, value: Any, key: str) -> Any:
     if isinstance(value, str) and tp is not str:
         try:
             value = json.loads(value)
@@ -82,7 +81,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if origin in (tuple,) and isinstance(value, (list, tuple)):
             args = typing.get_args(tp)
             inner = args[0] if args else Any
-            return tuple(_coerce(inner, v, key) for v in value)
+            return tuple(coerce_field(inner, v, key) for v in value)
         if origin is typing.Literal and value in typing.get_args(tp):
             return value
         if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
@@ -92,7 +91,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
                 if arg is type(None):
                     continue
                 try:
-                    return _coerce(arg, value, key)
+                    return coerce_field(arg, value, key)
                 except ConfigError:
                     continue
         if tp is Any:

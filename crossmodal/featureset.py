@@ -102,7 +102,9 @@ def validate_featureset(fs: FeatureSet, *, source: str = "features") -> None:
     if fs.labels.ndim == 1 and n and int(fs.labels.max()) >= fs.num_classes:
         raise DatasetFormatError(f"{source}: label {int(fs.labels.max())} is outside 0..{fs.num_classes - 1}")
     if fs.labels.ndim == 2 and fs.labels.shape[1] != fs.num_classes:
-        raise DatasetFormatError(f"{source}: multi-hot labels have {fs.labels.shape[1]} columns, expected {fs.num_classes}")
+        raise DatasetFormatError(
+            f"{source}: multi-hot labels have {fs.labels.shape[1]} columns, expected {fs.num_classes}"
+        )
 
 
 Split = Mapping[str, FeatureSet]

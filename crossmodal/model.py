@@ -173,7 +173,7 @@ class CrossModalModel(nn.Module):
         Raises:
             ModelFileError: a file is missing, the card is not valid JSON, or the weights do not match the card.
         """
-        from safetensors import SafetensorsError
+        from safetensors import SafetensorError
         from safetensors.torch import load_model
 
         from crossmodal.methods import get_method
@@ -195,7 +195,7 @@ class CrossModalModel(nn.Module):
         model.metrics = card.get("metrics", {})
         try:
             load_model(model, str(weights), strict=True)
-        except (SafetensorsError, RuntimeError, OSError) as exc:
+        except (SafetensorError, RuntimeError, OSError) as exc:
             raise ModelFileError(f"{weights}: cannot load weights ({exc})", hint="re-run crossmodal train") from exc
         return model.to(resolve_device(device)).eval()
 
@@ -203,7 +203,9 @@ class CrossModalModel(nn.Module):
 def read_card(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / CARD_FILE
     if not path.is_file():
-        raise ModelFileError(f"{directory}: no trained model here ({CARD_FILE} missing)", hint="run crossmodal train first")
+        raise ModelFileError(
+            f"{directory}: no trained model here ({CARD_FILE} missing)", hint="run crossmodal train first"
+        )
     try:
         card = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -8,7 +8,7 @@ Modality = Literal["image", "text", "audio", "mesh", "video"]
 
 MODALITIES: tuple[str, ...] = ("image", "text", "audio", "mesh", "video")
 
-# "3d" is what users (and the XMedia papers) call the mesh modality; it is not a valid identifier, so it is only an alias.
+# "3d" is what users (and the XMedia papers) call the mesh modality; not being an identifier, it is only an alias.
 MODALITY_ALIASES: dict[str, str] = {"3d": "mesh", "3D": "mesh", "d3": "mesh"}
 
 

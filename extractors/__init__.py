@@ -8,3 +8,5 @@ from extractors.registry import create_extractor, default_extractor, list_extrac
 
 __all__ = ["Extractor", "ExtractorConfig", "ExtractorError", "MediaError", "MissingDependencyError",
            "MissingWeightsError", "create_extractor", "default_extractor", "list_extractors", "register_extractor"]
+
+from extractors import audio, image, mesh, text, video  # noqa: E402, F401  (each module registers its extractors)

@@ -37,6 +37,9 @@ class Extractor:
     Config: ClassVar[type[ExtractorConfig]] = ExtractorConfig
     extensions: ClassVar[tuple[str, ...]] = ()
     is_default: ClassVar[bool] = False
+    # Config fields that say where or how to get the weights (a file path, allow a download), not what they are: the
+    # weights' sha256 identifies them, so these fields stay out of the key and a moved file keeps its features valid.
+    key_ignores: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: ExtractorConfig | None = None, *, device: str = "cpu"):
         self.config = config or self.Config()
@@ -63,7 +66,8 @@ class Extractor:
     @property
     def key(self) -> str:
         """``name@hash12``: the name, the config and the weights' identity. Features with equal keys are comparable."""
-        payload = json.dumps(self.config.to_dict(), sort_keys=True, default=str) + self.weights_sha256()
+        identity = {k: v for k, v in self.config.to_dict().items() if k not in self.key_ignores}
+        payload = json.dumps(identity, sort_keys=True, default=str) + self.weights_sha256()
         return f"{self.name}@{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 
     def accepts(self, path: Path) -> bool:

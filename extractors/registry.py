@@ -36,7 +36,8 @@ def create_extractor(name: str, *, device: str = "cpu", **overrides: Any) -> Ext
     fields = {f.name for f in dataclasses.fields(cls.Config)}
     unknown = sorted(set(overrides) - fields)
     if unknown:
-        raise ExtractorError(f"{name} has no option(s) {', '.join(unknown)}", hint=f"options: {', '.join(sorted(fields))}")
+        options = ", ".join(sorted(fields))
+        raise ExtractorError(f"{name} has no option(s) {', '.join(unknown)}", hint=f"options: {options}")
     return cls(cls.Config(**overrides), device=device)
 
 
@@ -48,4 +49,6 @@ def default_extractor(modality: str) -> str:
     for name, cls in _EXTRACTORS.items():
         if cls.modality == modality and cls.is_default:
             return name
-    raise ExtractorError(f"no default extractor for modality {modality!r}", hint=f"choose one of {list_extractors(modality)}")
+    raise ExtractorError(
+        f"no default extractor for modality {modality!r}", hint=f"choose one of {list_extractors(modality)}"
+    )

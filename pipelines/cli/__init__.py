@@ -1,4 +1,4 @@
-"""The ``crossmodal`` command. ``main(argv) -> int`` runs in-process (tests call it); ``run()`` is the console script."""
+"""The ``crossmodal`` command. ``main(argv) -> int`` runs in-process (tests call it); ``run()`` is the script."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import sys
 from collections.abc import Sequence
 
 import typer
+import typer.main
 
 from pipelines.cli import _verbs  # noqa: F401  (registers every verb on the app)
 from pipelines.cli._app import app
-from pipelines.cli._errors import USER_ERRORS, report
+from pipelines.cli._errors import USER_ERRORS, report, report_usage
 
 try:  # typer >= 0.20 vendors click
     from typer._click.exceptions import ClickException
@@ -19,8 +20,6 @@ except ImportError:  # pragma: no cover
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv``; return the exit code. User errors print one line with the fix, never a traceback."""
-    import typer.main
-
     command = typer.main.get_command(app)
     try:
         command.main(args=list(sys.argv[1:] if argv is None else argv), prog_name="crossmodal", standalone_mode=False)
@@ -29,8 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except typer.Exit as exc:
         return int(getattr(exc, "exit_code", 0) or 0)
     except ClickException as exc:
-        exc.show()
-        return exc.exit_code
+        return report_usage(exc)
     except (typer.Abort, KeyboardInterrupt):
         print("aborted", file=sys.stderr)
         return 130

@@ -19,3 +19,12 @@ def format_error(exc: BaseException) -> str:
 def report(exc: BaseException) -> int:
     print(format_error(exc), file=sys.stderr)
     return int(getattr(exc, "exit_code", 2))
+
+
+def report_usage(exc: BaseException) -> int:
+    """A usage error (unknown verb or option, bad or missing value) as one line plus the help command that fixes it."""
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "crossmodal"
+    message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    print(f"error: {message}\n  fix: see {command} --help", file=sys.stderr)
+    return int(getattr(exc, "exit_code", 2))

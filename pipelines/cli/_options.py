@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 
 WorkspaceOpt = Annotated[
-    Path, typer.Option("--workspace", "-w", help="Workspace folder (store, models, indexes).", envvar="CROSSMODAL_WORKSPACE")
+    Path,
+    typer.Option("--workspace", "-w", help="Workspace folder (store, models, indexes).", envvar="CROSSMODAL_WORKSPACE"),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda (auto picks CUDA when present).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]

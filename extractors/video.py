@@ -1,0 +1,341 @@
+"""Video extractors: C3D fc6 (``c3d-fc6``, the default for video, 4096-d) and a weight-free ``frame-stats``.
+
+C3D reference: D. Tran, L. Bourdev, R. Fergus, L. Torresani and M. Paluri, "Learning Spatiotemporal Features with 3D
+Convolutional Networks", ICCV 2015. The network and its layer names are those of the community PyTorch conversion of
+the authors' Sports-1M Caffe model (DavideA/c3d-pytorch, file ``c3d.pickle``, keys ``conv1.weight`` ... ``fc8.bias``).
+Choices where the spec is silent:
+
+* fc6 is taken after its ReLU: the authors' Caffe feature extractor reads the ``fc6-1`` blob, which the in-place
+  ReLU overwrites, so the published C3D features are post-ReLU. The clip features are averaged; the paper then
+  L2-normalises the mean, which ``l2_normalize=True`` does (off by default: the spec asks for the plain clip mean).
+* Input: frames resized to 128x171 (H x W, ignoring the aspect ratio, as C3D's training did), centre crop 112x112,
+  BGR channel order minus the per-channel Sports-1M mean (90, 98, 102), pixel values 0-255: the Caffe model's
+  convention, which the widely used PyTorch ports (e.g. jfzhang95/pytorch-video-recognition) keep. The conversion's
+  own demo feeds RGB without a mean; ``channel_order="rgb", mean=(0, 0, 0)`` reproduces that.
+* Clips: consecutive 16-frame windows starting every ``clip_stride`` (16) frames; frames after the last full window
+  are not used; a video shorter than 16 frames is padded by repeating its last frame.
+
+Decoding uses PyAV directly, not pytorchvideo. pytorchvideo 0.1.5's ``EncodedVideo`` (PyAV decoder) imports on
+torchvision 0.29, but ``pytorchvideo.transforms`` fails (``ModuleNotFoundError: No module named
+'torchvision.transforms.functional_tensor'``, from ``pytorchvideo/transforms/augmentations.py``), which a
+``sys.modules`` alias of ``torchvision.transforms.functional`` would paper over. Neither is worth it: ``EncodedVideo``
+returns every frame as full-resolution float32 (520 MB and 3.2 s for the 10 s, 640x272 ``bikes.mp4``), whereas PyAV's
+own ``to_ndarray(width=, height=)`` resizes each frame in FFmpeg's swscale as it is decoded (0.5 s, 16 MB of uint8).
+pytorchvideo is unmaintained since 2022 and the transforms needed here are a resize and a crop.
+
+A file is a :class:`~extractors.errors.MediaError` when it has no video stream, cannot be opened or decoded, yields
+zero frames, yields fewer frames than its container's index lists, or (MP4/MOV) a top-level box runs past the end of
+the file: the last two are truncated files, which FFmpeg otherwise decodes in part without an error.
+
+``frame-stats`` needs no weights: per frame, a joint RGB colour histogram and a grey thumbnail; per pair of consecutive
+frames, a histogram of the absolute grey-level difference and a thumbnail of it (motion); each pooled over time by mean
+and standard deviation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from extractors.base import Extractor, ExtractorConfig, require
+from extractors.errors import ExtractorError, MediaError
+from extractors.registry import register_extractor
+from extractors.weights import WeightsSpec, load_into, resolve_weights, weights_sha256
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv")
+
+
+def decode_frames(path: Path, *, width: int, height: int) -> np.ndarray:
+    """Decode every frame of the first video stream, resized (bilinear, in FFmpeg) to ``height x width``.
+
+    Returns:
+        uint8 ``(T, height, width, 3)`` RGB frames, ``T >= 1``.
+
+    Raises:
+        MediaError: missing or empty file, no video stream, undecodable data, zero frames, or fewer frames than the
+            container's index lists (truncated).
+    """
+    av = require("av", extractor="video decoding", extra="video")
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(path, "no such file (or a broken symlink)")
+    if path.stat().st_size == 0:
+        raise MediaError(path, "empty file (0 bytes)")
+    check_iso_boxes(path)
+    frames = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise MediaError(path, "no video stream in the container")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"  # FFmpeg's frame threads: decoding is otherwise single-core
+            expected = stream.frames  # from the container's index; 0 when the container does not say
+            for frame in container.decode(stream):
+                frames.append(frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="BILINEAR"))
+    except av.FFmpegError as exc:
+        raise MediaError(path, f"not a decodable video ({type(exc).__name__}: {exc.strerror})") from exc
+    if not frames:
+        raise MediaError(path, "the video stream holds no decodable frames (truncated or empty)")
+    if expected and len(frames) < expected:
+        raise MediaError(path, f"truncated: decoded {len(frames)} of the {expected} frames its index lists")
+    return np.stack(frames)
+
+
+def check_iso_boxes(path: Path) -> None:
+    """An ISO base media file (.mp4, .mov, .m4v, .3gp: it starts with an ``ftyp`` box) must hold every top-level box
+    it declares. FFmpeg decodes a file whose index box (``moov``, often last) lost its end without a word.
+
+    Raises:
+        MediaError: a box extends past the end of the file (a truncated file).
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if f.read(8)[4:8] != b"ftyp":
+            return
+        offset = 0
+        while size - offset >= 8:  # fewer than 8 bytes left: padding after the last box, tolerated
+            f.seek(offset)
+            header = f.read(16)
+            box, kind = int.from_bytes(header[:4], "big"), header[4:8].decode("latin-1")
+            if box == 0:  # the last box runs to the end of the file
+                return
+            if box == 1 and len(header) == 16:  # 64-bit size
+                box = int.from_bytes(header[8:16], "big")
+            if box < 8 or offset + box > size:
+                raise MediaError(path, f"truncated: the {kind!r} box at byte {offset} declares {box} bytes, "
+                                       f"the file ends {size - offset} bytes after it starts")
+            offset += box
+
+
+# ----------------------------------------------------------------------------------------------------------- C3D
+
+
+class C3D(nn.Module):
+    """C3D (Tran et al. 2015, Fig. 3) with the community conversion's layer names; ``width_multiplier`` < 1 scales
+    every width down for tests (1.0 is C3D)."""
+
+    def __init__(self, width_multiplier: float = 1.0):
+        super().__init__()
+
+        def w(channels: int) -> int:
+            return max(1, round(channels * width_multiplier))
+
+        self.conv1 = nn.Conv3d(3, w(64), kernel_size=3, padding=1)
+        self.pool1 = nn.MaxPool3d(kernel_size=(1, 2, 2), stride=(1, 2, 2))  # no temporal pooling in the first
+        self.conv2 = nn.Conv3d(w(64), w(128), kernel_size=3, padding=1)
+        self.pool2 = nn.MaxPool3d(kernel_size=2, stride=2)
+        self.conv3a = nn.Conv3d(w(128), w(256), kernel_size=3, padding=1)
+        self.conv3b = nn.Conv3d(w(256), w(256), kernel_size=3, padding=1)
+        self.pool3 = nn.MaxPool3d(kernel_size=2, stride=2)
+        self.conv4a = nn.Conv3d(w(256), w(512), kernel_size=3, padding=1)
+        self.conv4b = nn.Conv3d(w(512), w(512), kernel_size=3, padding=1)
+        self.pool4 = nn.MaxPool3d(kernel_size=2, stride=2)
+        self.conv5a = nn.Conv3d(w(512), w(512), kernel_size=3, padding=1)
+        self.conv5b = nn.Conv3d(w(512), w(512), kernel_size=3, padding=1)
+        # the conversion pads pool5 spatially (Caffe rounds pooled sizes up): 7x7 -> 4x4, so fc6 sees 512x1x4x4 = 8192
+        self.pool5 = nn.MaxPool3d(kernel_size=2, stride=2, padding=(0, 1, 1))
+        self.fc6 = nn.Linear(w(512) * 16, w(4096))
+        self.fc7 = nn.Linear(w(4096), w(4096))
+        self.fc8 = nn.Linear(w(4096), 487)  # Sports-1M classes; loaded (strictly) but not used for features
+        self.relu = nn.ReLU()
+
+    def fc6_features(self, x: torch.Tensor) -> torch.Tensor:
+        """float32 ``(N, 3, 16, 112, 112)`` clips -> float32 ``(N, fc6)`` activations after ReLU."""
+        h = self.pool1(self.relu(self.conv1(x)))
+        h = self.pool2(self.relu(self.conv2(h)))
+        h = self.pool3(self.relu(self.conv3b(self.relu(self.conv3a(h)))))
+        h = self.pool4(self.relu(self.conv4b(self.relu(self.conv4a(h)))))
+        h = self.pool5(self.relu(self.conv5b(self.relu(self.conv5a(h)))))
+        return self.relu(self.fc6(h.flatten(1)))
+
+
+#: The community conversion of the authors' Sports-1M model (DavideA/c3d-pytorch README); no checksum is published.
+WEIGHTS = WeightsSpec(extractor="c3d-fc6", env_name="C3D", filename="c3d.pickle",
+                      url="http://imagelab.ing.unimore.it/files/c3d_pytorch/c3d.pickle")
+
+
+@dataclasses.dataclass(frozen=True)
+class C3DConfig(ExtractorConfig):
+    """C3D fc6; defaults are the C3D paper's (§3) and the Caffe model's input convention."""
+
+    weights: str = ""  # state dict file (.pth/.pickle/.safetensors); else $CROSSMODAL_C3D_WEIGHTS, the weights dir, hub
+    allow_download: bool = False  # fetch the published file when no local copy exists (needs a network)
+    clip_length: int = 16  # frames per clip (§3: 16-frame clips)
+    clip_stride: int = 16  # frames between clip starts (§3.3: non-overlapping clips)
+    resize: tuple[int, int] = (128, 171)  # (height, width) frames are resized to (§3.2)
+    crop: int = 112  # centre crop side (§3.2)
+    channel_order: Literal["bgr", "rgb"] = "bgr"  # Caffe weights see BGR
+    mean: tuple[float, float, float] = (90.0, 98.0, 102.0)  # per-channel mean, in channel_order, subtracted (0-255)
+    l2_normalize: bool = False  # §3.3 L2-normalises the clip mean; the benchmark spec takes the plain mean
+    clips_per_batch: int = 8  # clips per forward pass: memory only, not identity
+    width_multiplier: float = 1.0  # scales every width; 1.0 is C3D, smaller values are for tests with tiny state dicts
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "resize", tuple(self.resize))
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        if self.channel_order not in ("bgr", "rgb"):
+            raise ExtractorError(f"c3d-fc6: channel_order={self.channel_order!r}", hint="use 'bgr' or 'rgb'")
+        if self.crop > min(self.resize):
+            raise ExtractorError(f"c3d-fc6: crop {self.crop} is larger than the resized frame {self.resize}")
+        if self.crop != 112 or self.clip_length != 16:
+            raise ExtractorError("c3d-fc6: C3D's fc6 takes 16-frame clips of 112x112",
+                                 hint="keep clip_length=16 and crop=112")
+        if min(self.clip_stride, self.clips_per_batch) < 1 or not self.width_multiplier > 0:
+            raise ExtractorError("c3d-fc6: clip_stride, clips_per_batch and width_multiplier must be positive")
+
+
+@register_extractor
+class C3DExtractor(Extractor):
+    """C3D fc6 (after ReLU) averaged over a video's 16-frame clips: float32 ``(n, 4096)``.
+
+    Raises:
+        MissingWeightsError: at construction, when no weights file is found (lists every place looked).
+    """
+
+    modality = "video"
+    name = "c3d-fc6"
+    Config = C3DConfig
+    extensions = VIDEO_EXTENSIONS
+    is_default = True
+    key_ignores = ("weights", "allow_download", "clips_per_batch")
+
+    def __init__(self, config: C3DConfig | None = None, *, device: str = "cpu"):
+        super().__init__(config, device=device)
+        self.weights_path = resolve_weights(WEIGHTS, explicit=self.config.weights or None,
+                                            allow_download=self.config.allow_download)
+        model = load_into(C3D(self.config.width_multiplier), self.weights_path, extractor=self.name)
+        self.model = model.eval().to(device)
+        self._sha = weights_sha256(self.weights_path)
+
+    @property
+    def dim(self) -> int:
+        return self.model.fc6.out_features
+
+    def weights_sha256(self) -> str:
+        return self._sha
+
+    def load(self, path: Path) -> np.ndarray:
+        """Decoded, resized, centre-cropped frames: uint8 ``(T, 112, 112, 3)`` RGB, ``T >= 16`` (last frame repeated).
+
+        Raises:
+            MediaError: see :func:`decode_frames`.
+        """
+        c = self.config
+        frames = decode_frames(path, width=c.resize[1], height=c.resize[0])
+        top, left = (c.resize[0] - c.crop) // 2, (c.resize[1] - c.crop) // 2
+        frames = frames[:, top:top + c.crop, left:left + c.crop]
+        if len(frames) < c.clip_length:
+            frames = np.concatenate([frames, np.repeat(frames[-1:], c.clip_length - len(frames), axis=0)])
+        return np.ascontiguousarray(frames)
+
+    def embed(self, items: Sequence[np.ndarray]) -> np.ndarray:
+        """Clip-mean fc6 of decoded videos (uint8 ``(T, 112, 112, 3)`` RGB, ``T >= 16``): float32 ``(n, dim)``."""
+        sums = np.zeros((len(items), self.dim), np.float64)
+        counts = np.zeros(len(items), np.int64)
+        with torch.inference_mode():
+            for owners, clips in self._clip_batches(items):
+                fc6 = self.model.fc6_features(torch.from_numpy(clips).to(self.model.fc6.weight.device))
+                np.add.at(sums, owners, fc6.double().cpu().numpy())
+                np.add.at(counts, owners, 1)
+        X = sums / counts[:, None]
+        if self.config.l2_normalize:
+            X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        return X.astype(np.float32)
+
+    def _clip_batches(self, items: Sequence[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Batches of (video index per clip int64 ``(b,)``, network input float32 ``(b, 3, 16, 112, 112)``)."""
+        c = self.config
+        mean = np.asarray(c.mean, np.float32)
+        clips = [(i, start) for i, frames in enumerate(items)
+                 for start in range(0, len(frames) - c.clip_length + 1, c.clip_stride)]
+        for b in range(0, len(clips), c.clips_per_batch):
+            chunk = clips[b:b + c.clips_per_batch]
+            x = np.stack([items[i][s:s + c.clip_length] for i, s in chunk]).astype(np.float32)  # (b, 16, H, W, RGB)
+            if c.channel_order == "bgr":
+                x = x[..., ::-1]
+            x = (x - mean).transpose(0, 4, 1, 2, 3)  # (b, channels, frames, H, W)
+            yield np.array([i for i, _ in chunk], np.int64), np.ascontiguousarray(x)
+
+
+# --------------------------------------------------------------------------------------------------- frame-stats
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameStatsConfig(ExtractorConfig):
+    """Weight-free video descriptor: per-frame colour and layout, per-pair motion, pooled over time."""
+
+    size: int = 64  # frames are resized to size x size before any statistic
+    colour_bins: int = 4  # bins per RGB channel of the joint colour histogram (4^3 = 64 bins)
+    thumbnail: int = 8  # side of the grey thumbnails of each frame and of each frame difference (8x8 = 64 values)
+    motion_bins: int = 8  # bins of the histogram of |grey difference| of consecutive frames, over [0, 1]
+
+    def __post_init__(self) -> None:
+        if self.size % self.thumbnail or min(self.size, self.colour_bins, self.thumbnail, self.motion_bins) < 1:
+            raise ExtractorError(f"frame-stats: size={self.size} must be a positive multiple of thumbnail="
+                                 f"{self.thumbnail}, and every bin count positive")
+        if 256 % self.colour_bins:
+            raise ExtractorError(f"frame-stats: colour_bins={self.colour_bins} must divide 256")
+
+
+@register_extractor
+class FrameStatsExtractor(Extractor):
+    """Mean and std over time of per-frame [colour histogram, grey thumbnail] and of per-pair [|difference|
+    histogram, |difference| thumbnail]: float32 ``(n, 2 * (bins^3 + t^2) + 2 * (motion_bins + t^2))``, 400 by default.
+
+    Row layout: frame mean, frame std, motion mean, motion std. A one-frame video has zero motion.
+    """
+
+    modality = "video"
+    name = "frame-stats"
+    Config = FrameStatsConfig
+    extensions = VIDEO_EXTENSIONS
+
+    @property
+    def dim(self) -> int:
+        c = self.config
+        return 2 * (c.colour_bins**3 + c.thumbnail**2) + 2 * (c.motion_bins + c.thumbnail**2)
+
+    def load(self, path: Path) -> np.ndarray:
+        """Decoded frames resized to ``size x size``: uint8 ``(T, size, size, 3)`` RGB.
+
+        Raises:
+            MediaError: see :func:`decode_frames`.
+        """
+        return decode_frames(path, width=self.config.size, height=self.config.size)
+
+    def embed(self, items: Sequence[np.ndarray]) -> np.ndarray:
+        """float32 ``(n, dim)`` from decoded frames (uint8 ``(T, size, size, 3)``)."""
+        return np.stack([self._describe(frames) for frames in items]).astype(np.float32)
+
+    def _describe(self, frames: np.ndarray) -> np.ndarray:
+        c = self.config
+        T, pixels = len(frames), c.size * c.size
+        q = (frames // (256 // c.colour_bins)).astype(np.int64)
+        colour = (q[..., 0] * c.colour_bins + q[..., 1]) * c.colour_bins + q[..., 2]  # (T, size, size)
+        offsets = np.arange(T)[:, None, None] * c.colour_bins**3
+        histogram = np.bincount((colour + offsets).ravel(), minlength=T * c.colour_bins**3)
+        histogram = histogram.reshape(T, -1) / pixels
+        grey = frames.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255.0  # (T, size, size)
+        per_frame = np.concatenate([histogram, self._thumbnail(grey)], axis=1)
+
+        motion = np.zeros((0, c.motion_bins + c.thumbnail**2))
+        if T > 1:
+            diff = np.abs(grey[1:] - grey[:-1])
+            bins = np.minimum((diff * c.motion_bins).astype(np.int64), c.motion_bins - 1)
+            bins += np.arange(T - 1)[:, None, None] * c.motion_bins
+            diff_histogram = np.bincount(bins.ravel(), minlength=(T - 1) * c.motion_bins).reshape(T - 1, -1) / pixels
+            motion = np.concatenate([diff_histogram, self._thumbnail(diff)], axis=1)
+        pooled_motion = ([motion.mean(axis=0), motion.std(axis=0)] if T > 1
+                         else [np.zeros(motion.shape[1]), np.zeros(motion.shape[1])])
+        return np.concatenate([per_frame.mean(axis=0), per_frame.std(axis=0), *pooled_motion])
+
+    def _thumbnail(self, images: np.ndarray) -> np.ndarray:
+        """Block means: float ``(k, size, size)`` -> ``(k, thumbnail^2)``."""
+        t, block = self.config.thumbnail, self.config.size // self.config.thumbnail
+        return images.reshape(len(images), t, block, t, block).mean(axis=(2, 4)).reshape(len(images), -1)

@@ -1,0 +1,56 @@
+"""``crossmodal extract``: raw files -> features in the workspace's store (pipelines.extract.run_extract)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipelines.cli._app import app, examples
+from pipelines.cli._options import DEFAULT_WORKSPACE, DeviceOpt, JsonOpt, WorkspaceOpt
+from pipelines.cli._output import Output
+
+HELP = "Extract features of raw files (root/<class>/<file> folders, files or a manifest) into the feature store."
+EXAMPLES = examples(
+    "crossmodal extract --modality image photos/",
+    "crossmodal extract --modality image photos/ --extractor hog-color",
+    "crossmodal extract --modality audio fsdd/recordings --labels-from 'regex:^(\\d)_'",
+    "crossmodal extract --modality text --labels-from corpus.csv --set vector_size=100 --json",
+    "crossmodal extract --modality video clips/ --ray auto",
+)
+COLUMNS = ["extractor", "key", "dim", "extracted", "skipped", "failed", "unsupported", "items_per_second", "table"]
+
+
+@app.command("extract", help=HELP + EXAMPLES)
+def extract(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Folders, files or CSV/JSONL manifests.")] = None,
+    modality: Annotated[str, typer.Option("--modality", "-m", help="image, text, audio, 3d or video.")] = ...,
+    extractor: Annotated[str | None, typer.Option("--extractor", "-e", help="Default: the modality's.")] = None,
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
+    labels_from: Annotated[str, typer.Option(help="folders, a CSV/JSONL manifest, or regex:PATTERN.")] = "folders",
+    batch_size: Annotated[int, typer.Option(help="Items per model call.")] = 32,
+    workers: Annotated[int, typer.Option(help="Decoding threads (0: decode in the main thread).")] = 4,
+    device: DeviceOpt = "auto",
+    weights: Annotated[Path | None, typer.Option(help="Weights file (same as --set weights=PATH).")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Extractor option key=value.")] = None,
+    ray: Annotated[str | None, typer.Option("--ray", help="Run on Ray: 'auto' or a cluster address.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    from pipelines.extract import run_extract
+
+    sets = [*(overrides or []), *([f"weights={weights}"] if weights else [])]
+    kwargs = dict(extractor=extractor, labels_from=labels_from, batch_size=batch_size, workers=workers, device=device,
+                  overrides=sets)
+    if ray:
+        from pipelines.distributed import run_extract_ray
+
+        s = run_extract_ray(workspace, modality, paths or [], address=ray, **kwargs).to_dict()
+    else:
+        s = run_extract(workspace, modality, paths or [], **kwargs).to_dict()
+    out = Output(as_json)
+    out.json(s) if as_json else out.table([[s[c] for c in COLUMNS]], COLUMNS, title=f"extract {s['modality']}")
+    if s["failed"] or s["unsupported"]:
+        out.info(f"{s['failed']} failed, {s['unsupported']} unsupported; reasons in {s['errors_file']}")
+    if s["failed"] and not (s["extracted"] or s["skipped"]):
+        raise typer.Exit(1)

@@ -1,0 +1,330 @@
+"""The extract step: raw files -> extractor -> feature store, resumable, with every failure recorded.
+
+Flow (STYLE.md §3.3): :func:`pipelines.sources.scan` -> sha256 of each file -> skip what the store already holds for the
+extractor's key (a renamed or copied file is not extracted twice) -> decode in a thread pool, ahead of the model by a
+bounded queue -> ``extractor(batch)`` -> ``FeatureTable.write_shard`` every ``shard_size`` rows (and at least once a
+minute, so a killed run loses little) -> summary. A file that fails never costs the others: decoding errors are per
+file, and a batch the model rejects is retried item by item to isolate the culprit. Failures go to
+``<workspace>/runs/<run id>/errors.jsonl`` as ``{path, hash, error, message}``.
+
+Extractors fitted on the corpus (doc2vec) expose ``prepare(corpus, *, cache_dir)``; it is called with every scanned item
+before the key is read, because the fitted model is part of the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+import typing
+import uuid
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crossmodal.config import coerce_field
+from crossmodal.device import resolve_device
+from crossmodal.errors import ConfigError
+from crossmodal.types import canonical_modality
+from extractors import Extractor, create_extractor, default_extractor, list_extractors
+from extractors.errors import ExtractorError, MediaError, MissingDependencyError, MissingWeightsError, StoreError
+from extractors.registry import get_extractor_class
+from extractors.store import FeatureStore, FeatureTable, StoreRow
+from pipelines.sources import Item, SourceError, hash_items, scan
+
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_WORKERS = 4  # decoding threads; I/O and C decoders release the GIL
+DEFAULT_SHARD_SIZE = 1024
+SHARD_SECONDS = 60.0  # a shard is also committed once this long has passed since the last one
+# Errors that concern the extractor itself, not one file: retrying item by item would only repeat them.
+_FATAL = (MissingWeightsError, MissingDependencyError, StoreError)
+
+
+@dataclasses.dataclass
+class ExtractSummary:
+    """What one run did. ``skipped``: items already in the store (or repeated within the run); ``failed``: files that
+    could not be read, decoded or embedded; ``unsupported``: files of an extension the extractor does not read. Both
+    of the last two are listed with their reasons in ``errors_file``."""
+
+    run_id: str
+    modality: str
+    extractor: str
+    key: str
+    dim: int
+    table: str
+    found: int
+    extracted: int
+    skipped: int
+    failed: int
+    seconds: float
+    items_per_second: float
+    errors_file: str
+    unsupported: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class ExtractPlan:
+    """The work of a run, decided before any model runs: what to extract, what is done, what failed to scan."""
+
+    extractor: Extractor
+    table: FeatureTable
+    todo: list[Item]
+    skipped: int
+    errors: list[SourceError]
+    found: int
+
+
+def parse_overrides(name: str, items: Iterable[str] | dict[str, Any] | None) -> dict[str, Any]:
+    """``["key=value", ...]`` -> typed config overrides for extractor ``name`` (JSON values, checked by field type).
+
+    Raises:
+        ConfigError: not ``key=value``, an unknown field, or a value of the wrong type.
+    """
+    if not items:
+        return {}
+    config_cls = get_extractor_class(name).Config
+    raw = dict(items) if isinstance(items, dict) else {}
+    if not isinstance(items, dict):
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ConfigError(f"--set {item!r} is not key=value", hint="e.g. --set vector_size=100")
+            raw[key.strip()] = value.strip()
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise ConfigError(f"{name} has no option(s) {', '.join(unknown)}", hint=f"options: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(config_cls)
+    return {k: coerce_field(hints[k], v, k) for k, v in raw.items()}
+
+
+def plan_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[str | os.PathLike], *,
+                 extractor: str | None = None, labels_from: str = "folders", workers: int = DEFAULT_WORKERS,
+                 device: str = "auto", overrides: Iterable[str] | dict[str, Any] | None = None,
+                 verbose: bool = False) -> ExtractPlan:
+    """Scan, hash, prepare the extractor and open its table; everything but the extraction itself.
+
+    Ray workers and :func:`run_extract` share it: the todo list can be split across workers, each calling
+    :func:`extract_items` and writing its own shards.
+    """
+    modality = canonical_modality(modality)
+    if not paths and Path(labels_from).suffix.lower() not in (".csv", ".jsonl"):
+        raise ConfigError("nothing to extract: no PATH given", hint="give folders or files, or --labels-from MANIFEST")
+    name = extractor or default_extractor(modality)
+    cls = get_extractor_class(name)
+    if cls.modality != modality:
+        raise ConfigError(f"extractor {name!r} is for {cls.modality}, not {modality}",
+                          hint=f"{modality} extractors: {', '.join(list_extractors(modality))}")
+    ext = create_extractor(name, device=str(resolve_device(device)), **parse_overrides(name, overrides))
+    prepare = getattr(ext, "prepare", None)
+    if prepare is None:
+        _ = ext.key  # resolves the weights now: a missing file stops the run before any file is read
+    others = {e for n in list_extractors() for e in get_extractor_class(n).extensions} - set(ext.extensions)
+    found = scan(paths, extensions=ext.extensions, labels_from=labels_from, ignore=others)
+    items, hash_errors = hash_items(found.items, workers=workers)
+    errors = found.errors + hash_errors
+    store = FeatureStore(Path(workspace) / "store")
+    if prepare is not None:
+        if verbose:
+            print(f"{name}: preparing on {len(items)} items (a fit on the corpus, unless done before)", file=sys.stderr)
+        prepare([(it.content_hash, it.path) for it in items], cache_dir=store.fitted_dir(modality))
+    table = store.open(ext.describe())
+    done = table.known_hashes()
+    todo: list[Item] = []
+    for item in items:
+        if item.content_hash not in done:
+            todo.append(item)
+            done.add(item.content_hash)  # a second copy within this run is skipped too
+    return ExtractPlan(ext, table, todo, len(items) - len(todo), errors, len(found.items) + len(found.errors))
+
+
+def extract_items(extractor: Extractor, items: Sequence[Item], *, batch_size: int = DEFAULT_BATCH_SIZE,
+                  workers: int = DEFAULT_WORKERS) -> Iterator[tuple[Item, np.ndarray | SourceError]]:
+    """Decode (``workers`` threads, bounded read-ahead) and embed ``items``; yield each with its float32 (dim,) row or
+    its error, in input order within each batch.
+
+    Raises:
+        MissingWeightsError, MissingDependencyError: the extractor cannot run at all.
+    """
+    batch: list[tuple[Item, Any]] = []
+    for item, decoded in _decode(extractor, items, workers=workers, read_ahead=2 * batch_size + workers):
+        if isinstance(decoded, SourceError):
+            yield item, decoded
+            continue
+        batch.append((item, decoded))
+        if len(batch) == batch_size:
+            yield from _embed(extractor, batch)
+            batch = []
+    if batch:
+        yield from _embed(extractor, batch)
+
+
+def run_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[str | os.PathLike], *,
+                extractor: str | None = None, labels_from: str = "folders", batch_size: int = DEFAULT_BATCH_SIZE,
+                workers: int = DEFAULT_WORKERS, device: str = "auto",
+                overrides: Iterable[str] | dict[str, Any] | None = None, progress: bool = True,
+                shard_size: int = DEFAULT_SHARD_SIZE) -> ExtractSummary:
+    """Extract the files under ``paths`` into ``<workspace>/store``; see the module docstring for the flow.
+
+    Args:
+        workspace: the workspace folder (store/ and runs/ are made inside).
+        modality: image, text, audio, 3d (= mesh) or video.
+        paths: folders (``root/<class>/<file>``), files or manifests.
+        extractor: a registered name; None = the modality's default.
+        labels_from: ``"folders"``, a manifest path or ``"regex:PATTERN"`` (see pipelines/sources.py).
+        batch_size: items per model call.
+        workers: decoding and hashing threads (0 = decode in the calling thread).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        overrides: extractor config overrides, ``["key=value"]`` or a dict.
+        progress: show a tqdm bar (items/s) on stderr.
+        shard_size: rows per committed shard (also committed every minute).
+
+    Returns:
+        :class:`ExtractSummary`; the run's ``errors.jsonl`` and ``run.json`` are in ``<workspace>/runs/<run id>/``.
+    """
+    if batch_size < 1 or shard_size < 1 or workers < 0:
+        raise ConfigError(f"batch size {batch_size}, shard size {shard_size} and workers {workers} must be positive")
+    start = time.perf_counter()
+    plan = plan_extract(workspace, modality, paths, extractor=extractor, labels_from=labels_from, workers=workers,
+                        device=device, overrides=overrides, verbose=progress)
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    run_dir = Path(workspace) / "runs" / run_id
+    run_dir.mkdir(parents=True)
+    errors_file = run_dir / "errors.jsonl"
+    extracted = failed = 0
+    t_extract = time.perf_counter()
+    with open(errors_file, "w") as errors_out, _progress(len(plan.todo), plan.extractor.name, progress) as bar:
+        for err in plan.errors:
+            _write_error(errors_out, err, None)
+        unsupported = sum(err.error == "unsupported" for err in plan.errors)
+        failed += len(plan.errors) - unsupported
+        pending: list[tuple[Item, np.ndarray]] = []
+        last_commit = time.monotonic()
+        for item, result in extract_items(plan.extractor, plan.todo, batch_size=batch_size, workers=workers):
+            bar.update(1)
+            if isinstance(result, SourceError):
+                _write_error(errors_out, result, item.content_hash)
+                failed += 1
+                continue
+            pending.append((item, result))
+            if len(pending) >= shard_size or time.monotonic() - last_commit > SHARD_SECONDS:
+                extracted += _commit(plan.table, pending)
+                pending, last_commit = [], time.monotonic()
+        if pending:
+            extracted += _commit(plan.table, pending)
+    seconds = time.perf_counter() - t_extract
+    summary = ExtractSummary(
+        run_id=run_id, modality=plan.extractor.modality, extractor=plan.extractor.name, key=plan.extractor.key,
+        dim=plan.extractor.dim, table=str(plan.table.path), found=plan.found, extracted=extracted,
+        skipped=plan.skipped, failed=failed, unsupported=unsupported, seconds=round(time.perf_counter() - start, 3),
+        items_per_second=round(extracted / seconds, 2) if extracted and seconds > 0 else 0.0,
+        errors_file=str(errors_file),
+    )
+    (run_dir / "run.json").write_text(json.dumps({"summary": summary.to_dict(), "paths": [str(p) for p in paths],
+                                                  "labels_from": labels_from, "batch_size": batch_size,
+                                                  "extractor": plan.extractor.describe()}, indent=2, default=str))
+    return summary
+
+
+def describe_extractors(modality: str | None = None) -> list[dict[str, Any]]:
+    """One row per registered extractor for ``crossmodal extractors``: name, modality, default, dim (of the default
+    config), extensions, summary, and ``status``: ``ok``, or why it cannot be built here (a missing library, or
+    weights for extractors that look for them when built)."""
+    modality = canonical_modality(modality) if modality else None
+    rows = []
+    for name in list_extractors(modality):
+        cls = get_extractor_class(name)
+        try:
+            dim, status = cls(cls.Config()).dim, "ok"
+        except MissingWeightsError as exc:  # shown in the listing (the extract error gives the places looked)
+            dim, status = None, exc.message.split(" (looked in")[0]
+        except ExtractorError as exc:
+            dim, status = None, f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+        rows.append({"name": name, "modality": cls.modality, "default": cls.is_default, "dim": dim,
+                     "extensions": " ".join(cls.extensions), "status": status,
+                     "summary": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""})
+    return rows
+
+
+def _decode(extractor: Extractor, items: Sequence[Item], *, workers: int,
+            read_ahead: int) -> Iterator[tuple[Item, Any]]:
+    """``(item, decoded or SourceError)`` in input order, at most ``read_ahead`` items decoded ahead of the consumer."""
+    if workers == 0:
+        for item in items:
+            yield item, _load(extractor, item)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
+        queue: deque = deque()
+        source = iter(items)
+        for item in source:
+            queue.append((item, pool.submit(_load, extractor, item)))
+            if len(queue) >= read_ahead:
+                break
+        while queue:
+            item, future = queue.popleft()
+            nxt = next(source, None)
+            if nxt is not None:
+                queue.append((nxt, pool.submit(_load, extractor, nxt)))
+            yield item, future.result()
+
+
+def _load(extractor: Extractor, item: Item) -> Any:
+    try:
+        return extractor.load(item.path)
+    except _FATAL:
+        raise
+    except Exception as exc:  # MediaError, or a decoder library's own error on a malformed file: recorded, not fatal
+        return SourceError(str(item.path), type(exc).__name__, _reason(exc))
+
+
+def _embed(extractor: Extractor, batch: list[tuple[Item, Any]]) -> Iterator[tuple[Item, np.ndarray | SourceError]]:
+    try:
+        X = extractor([decoded for _, decoded in batch])
+    except _FATAL:
+        raise
+    except Exception as exc:
+        if len(batch) > 1:  # isolate the item(s) the model rejects; the rest of the batch goes on
+            for one in batch:
+                yield from _embed(extractor, [one])
+            return
+        yield batch[0][0], SourceError(str(batch[0][0].path), type(exc).__name__, _reason(exc))
+        return
+    for (item, _), row in zip(batch, X):
+        yield item, row
+
+
+def _reason(exc: BaseException) -> str:
+    """What errors.jsonl says: a MediaError's reason (its path is the record's own) and hint, else the message."""
+    if isinstance(exc, MediaError):
+        return exc.reason + (f" (fix: {exc.hint})" if exc.hint else "")
+    return str(exc) or repr(exc)
+
+
+def _commit(table: FeatureTable, pending: list[tuple[Item, np.ndarray]]) -> int:
+    X = np.stack([row for _, row in pending]).astype(np.float32, copy=False)
+    rows = [StoreRow(content_hash=it.content_hash or "", item_id=it.item_id, source_path=str(Path(it.path).resolve()),
+                     labels=it.labels, split=it.split) for it, _ in pending]
+    table.write_shard(X, rows)
+    return len(rows)
+
+
+def _write_error(out, error: SourceError, content_hash: str | None) -> None:
+    out.write(json.dumps({"path": error.path, "hash": content_hash, "error": error.error, "message": error.message})
+              + "\n")
+    out.flush()
+
+
+def _progress(total: int, name: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"extract {name}", unit="item", disable=not enabled, dynamic_ncols=True,
+                mininterval=0.5, smoothing=0.1)

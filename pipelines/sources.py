@@ -1,0 +1,276 @@
+"""Where raw files and their labels come from: folder trees, CSV/JSONL manifests, or labels in file names.
+
+* **folders** (torchvision's ImageFolder convention): ``root/<class>/<...>/<file>`` gets the label ``<class>``; files
+  directly under ``root`` get none. The item id is the path relative to ``root`` without its suffix, so the image
+  ``root/cat/001.jpg`` and the text ``root/cat/001.txt`` are a pair.
+* **a manifest** (``.csv`` or ``.jsonl``): columns ``path`` (relative paths are resolved against the manifest's folder),
+  ``label`` or ``labels`` (several separated by ``;`` or ``|``, or a JSON list), optional ``split`` and ``id``.
+* **regex:PATTERN**: the label is the first group of PATTERN (else the whole match) searched in the file name, e.g.
+  ``regex:^(\\d)_`` for the spoken digits ``<digit>_<speaker>_<index>.wav``; files that do not match are unlabelled.
+
+Nothing here raises for one bad path: missing files, symlink loops and unsupported extensions become
+:class:`SourceError` records that the extract step writes to ``errors.jsonl``. Hidden files and folders (names starting
+with ``.``) are not media and are passed over.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from crossmodal.errors import ConfigError, DatasetFormatError
+from extractors.base import file_sha256
+
+MANIFEST_SUFFIXES = (".csv", ".jsonl")
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+    """One raw file to extract.
+
+    Attributes:
+        path: the file.
+        labels: class names; empty when unlabelled.
+        split: fixed by a manifest, else None (the workspace splits by seed).
+        item_id: readable id (path relative to the scanned root, no suffix; or the manifest's ``id``).
+        content_hash: sha256 of the bytes, filled by :func:`hash_items`.
+    """
+
+    path: Path
+    labels: tuple[str, ...] = ()
+    split: str | None = None
+    item_id: str = ""
+    content_hash: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceError:
+    """A path that yields no item: ``error`` is a short kind (``missing``, ``unsupported``, ``symlink-loop``,
+    ``unreadable``, ``manifest``), ``message`` the reason."""
+
+    path: str
+    error: str
+    message: str
+
+
+@dataclasses.dataclass
+class Scan:
+    items: list[Item]
+    errors: list[SourceError]
+
+
+def scan(paths: Sequence[str | os.PathLike], *, extensions: Iterable[str], labels_from: str = "folders",
+         ignore: Iterable[str] = ()) -> Scan:
+    """List the items under ``paths``.
+
+    Args:
+        paths: folders (walked recursively, following symlinks once), files, or manifests (``.csv``/``.jsonl``).
+            With ``labels_from`` a manifest, ``paths`` may be empty (every row) or keep only the rows under them.
+        extensions: the suffixes the extractor reads (``".jpg"``, ...), lower case.
+        labels_from: ``"folders"``, a manifest path, or ``"regex:PATTERN"``.
+        ignore: suffixes passed over in folder walks without an error (other modalities' media in a shared tree).
+
+    Returns:
+        :class:`Scan`: items in a stable order, and the paths that gave none.
+
+    Raises:
+        ConfigError: ``labels_from`` is neither ``folders``, an existing manifest nor a valid ``regex:``.
+        DatasetFormatError: a manifest has no ``path`` column.
+    """
+    exts = {e.lower() for e in extensions}
+    skip = {e.lower() for e in ignore} - exts
+    label_of = _label_rule(labels_from)
+    items: list[Item] = []
+    errors: list[SourceError] = []
+    manifests = [Path(p) for p in paths if Path(p).suffix.lower() in MANIFEST_SUFFIXES and Path(p).is_file()]
+    roots = [Path(p) for p in paths if Path(p) not in manifests]
+    if label_of is None:  # labels_from is a manifest
+        manifests.append(Path(labels_from))
+    for manifest in manifests:
+        m_items, m_errors = _read_manifest(manifest, exts)
+        if label_of is None and manifest == Path(labels_from) and roots:
+            m_items = [it for it in m_items if any(_is_within(it.path, r) for r in roots)]
+        items += m_items
+        errors += m_errors
+    if label_of is None:
+        return Scan(items, errors)
+    for root in roots:
+        if not root.exists():
+            kind = "missing" if not root.is_symlink() else "missing (broken symlink)"
+            errors.append(SourceError(str(root), "missing", f"{kind}: no such file or folder"))
+        elif root.is_file():
+            if root.suffix.lower() in exts:
+                items.append(Item(root, label_of(root, None), None, root.stem))
+            else:
+                errors.append(_unsupported(root, exts))
+        else:
+            for path in _walk(root, errors):
+                suffix = path.suffix.lower()
+                if suffix in exts:
+                    rel = path.relative_to(root)
+                    items.append(Item(path, label_of(path, rel), None, rel.with_suffix("").as_posix()))
+                elif suffix not in skip:
+                    errors.append(_unsupported(path, exts))
+    return Scan(items, errors)
+
+
+def hash_items(items: Sequence[Item], *, workers: int = 4) -> tuple[list[Item], list[SourceError]]:
+    """Fill ``content_hash`` (sha256 of the bytes, streamed) in ``workers`` threads; unreadable files become errors."""
+
+    def one(item: Item) -> Item | SourceError:
+        try:
+            return dataclasses.replace(item, content_hash=file_sha256(item.path))
+        except OSError as exc:
+            return SourceError(str(item.path), "unreadable", f"cannot read: {exc.strerror or exc}")
+
+    if workers > 1 and len(items) > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            results = list(pool.map(one, items))
+    else:
+        results = [one(it) for it in items]
+    return [r for r in results if isinstance(r, Item)], [r for r in results if isinstance(r, SourceError)]
+
+
+def _label_rule(labels_from: str):
+    """A function ``(path, path relative to its root or None) -> labels``, or None for a manifest."""
+    if labels_from == "folders":
+        return lambda path, rel: (rel.parts[0],) if rel is not None and len(rel.parts) > 1 else ()
+    if labels_from.startswith("regex:"):
+        try:
+            pattern = re.compile(labels_from[len("regex:"):])
+        except re.error as exc:
+            raise ConfigError(f"--labels-from {labels_from!r}: not a regular expression ({exc})") from exc
+
+        def by_name(path: Path, rel: Path | None) -> tuple[str, ...]:
+            m = pattern.search(path.name)
+            return () if m is None else ((m.group(1) if pattern.groups else m.group(0)),)
+
+        return by_name
+    if Path(labels_from).suffix.lower() in MANIFEST_SUFFIXES and Path(labels_from).is_file():
+        return None
+    raise ConfigError(f"--labels-from {labels_from!r}: not 'folders', 'regex:PATTERN' or an existing manifest",
+                      hint="a manifest is a .csv or .jsonl file with a path column")
+
+
+def _walk(root: Path, errors: list[SourceError]) -> Iterable[Path]:
+    """Files under ``root`` in sorted order, following symlinked folders but never into one of their own ancestors."""
+
+    def walk(folder: Path, ancestors: frozenset[tuple[int, int]]) -> Iterable[Path]:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            errors.append(SourceError(str(folder), "unreadable", f"cannot list folder: {exc.strerror or exc}"))
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            try:
+                if entry.is_dir():
+                    st = entry.stat()
+                    ident = (st.st_dev, st.st_ino)
+                    if ident in ancestors:
+                        errors.append(SourceError(str(path), "symlink-loop",
+                                                  f"symlink loop: points back to {os.path.realpath(path)}"))
+                        continue
+                    yield from walk(path, ancestors | {ident})
+                elif entry.is_file():
+                    yield path
+                elif entry.is_symlink():
+                    errors.append(SourceError(str(path), "missing", "broken symlink: its target does not exist"))
+            except OSError as exc:  # ELOOP on a self-referencing symlink, EACCES...
+                errors.append(SourceError(str(path), "symlink-loop" if exc.errno == 40 else "unreadable",
+                                          f"cannot open: {exc.strerror or exc}"))
+
+    st = root.stat()
+    yield from walk(root, frozenset({(st.st_dev, st.st_ino)}))
+
+
+def _unsupported(path: Path, exts: set[str]) -> SourceError:
+    reads = ", ".join(sorted(exts))
+    return SourceError(str(path), "unsupported", f"unsupported extension {path.suffix or '(none)'!r} (reads {reads})")
+
+
+def _is_within(path: Path, root: Path) -> bool:
+    path, root = path.resolve(), root.resolve()
+    return path == root or root in path.parents
+
+
+def _read_manifest(manifest: Path, exts: set[str]) -> tuple[list[Item], list[SourceError]]:
+    rows = _manifest_rows(manifest)
+    items: list[Item] = []
+    errors: list[SourceError] = []
+    base = manifest.parent
+    for line, row in rows:
+        where = f"{manifest}:{line}"
+        if isinstance(row, SourceError):
+            errors.append(row)
+            continue
+        raw_path = row.get("path")
+        if not raw_path:
+            errors.append(SourceError(where, "manifest", "row has no path"))
+            continue
+        path = Path(str(raw_path)).expanduser()
+        path = path if path.is_absolute() else base / path
+        if not path.is_file():
+            errors.append(SourceError(str(path), "missing", f"no such file (listed in {where})"))
+            continue
+        if path.suffix.lower() not in exts:
+            errors.append(_unsupported(path, exts))
+            continue
+        try:
+            labels = _parse_labels(row.get("labels", row.get("label")))
+        except ValueError as exc:
+            errors.append(SourceError(str(path), "manifest", f"{where}: bad labels ({exc})"))
+            continue
+        split = row.get("split") or None
+        rel = os.path.relpath(path, base)
+        item_id = str(row.get("id") or Path(rel).with_suffix("").as_posix())
+        items.append(Item(path, labels, None if split is None else str(split), item_id))
+    return items, errors
+
+
+def _manifest_rows(manifest: Path) -> list[tuple[int, dict | SourceError]]:
+    try:
+        text = manifest.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetFormatError(f"{manifest}: cannot read manifest ({exc})") from exc
+    if manifest.suffix.lower() == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        if not reader.fieldnames or "path" not in reader.fieldnames:
+            raise DatasetFormatError(f"{manifest}: a manifest needs a 'path' column (found {reader.fieldnames})",
+                                     hint="columns: path, label or labels, optional split and id")
+        return [(i + 2, {k: v for k, v in row.items() if v not in (None, "")}) for i, row in enumerate(reader)]
+    rows: list[tuple[int, dict | SourceError]] = []
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            rows.append((i, SourceError(f"{manifest}:{i}", "manifest", f"not JSON ({exc.msg})")))
+            continue
+        rows.append((i, row if isinstance(row, dict) else SourceError(f"{manifest}:{i}", "manifest", "not an object")))
+    return rows
+
+
+def _parse_labels(value: object) -> tuple[str, ...]:
+    """``"cat"``, ``"cat;dog"``, ``"cat|dog"``, ``'["cat", "dog"]'``, a JSON list or a number -> label names."""
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        value = json.loads(value)
+    if isinstance(value, list):
+        return tuple(str(v).strip() for v in value if str(v).strip())
+    if isinstance(value, (int, float, bool)):
+        return (str(value),)
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string or a list, got {type(value).__name__}")
+    parts = re.split(r"[;|]", value)
+    return tuple(p.strip() for p in parts if p.strip())

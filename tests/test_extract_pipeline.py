@@ -1,0 +1,231 @@
+"""``crossmodal extract`` end to end: sources, the store filled once, resume, renames, and every bad file recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from _extract_media import SHAPES, write_shapes, write_texts
+
+from crossmodal.errors import ConfigError
+from extractors import create_extractor
+from extractors.image import HogColor
+from extractors.store import FeatureStore
+from pipelines.cli import main
+from pipelines.extract import run_extract
+from pipelines.sources import scan
+
+IMAGE_EXTS = (".png", ".jpg")
+
+
+def extract_images(workspace, root, **kwargs):
+    return run_extract(workspace, "image", [root], extractor="hog-color", batch_size=4, workers=2, device="cpu",
+                       progress=False, **kwargs)
+
+
+def errors_of(summary) -> dict[str, tuple[str, str]]:
+    lines = open(summary.errors_file).read().splitlines()
+    return {os.path.basename(e["path"]): (e["error"], e["message"]) for e in map(json.loads, lines)}
+
+
+# ---- sources
+
+
+def test_folders_give_the_class_folder_as_label_and_the_relative_path_as_id(tmp_path):
+    write_shapes(tmp_path, per_class=2)
+    (tmp_path / "circle" / "deeper").mkdir()
+    (tmp_path / "circle" / "1.png").rename(tmp_path / "circle" / "deeper" / "1.png")
+    (tmp_path / "loose.png").write_bytes((tmp_path / "square" / "0.png").read_bytes())
+    found = scan([tmp_path], extensions=IMAGE_EXTS)
+    assert [(it.item_id, it.labels) for it in found.items] == [
+        ("circle/0", ("circle",)), ("circle/deeper/1", ("circle",)), ("loose", ()),
+        ("square/0", ("square",)), ("square/1", ("square",)),
+        ("triangle/0", ("triangle",)), ("triangle/1", ("triangle",)),
+    ]
+    assert found.errors == []
+
+
+def test_labels_from_a_regex_take_the_first_group_of_the_file_name(tmp_path):
+    for name in ("3_george_0.wav", "7_jackson_12.wav", "noise.wav"):
+        (tmp_path / name).write_bytes(b"RIFF")
+    found = scan([tmp_path], extensions=(".wav",), labels_from=r"regex:^(\d)_")
+    assert {it.path.name: it.labels for it in found.items} == {
+        "3_george_0.wav": ("3",), "7_jackson_12.wav": ("7",), "noise.wav": ()}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_a_manifest_gives_single_and_multiple_labels_splits_and_ids(tmp_path, fmt):
+    write_shapes(tmp_path / "media", per_class=1)
+    rows = [{"path": "media/circle/0.png", "labels": "round;red", "split": "train", "id": "c0"},
+            {"path": "media/square/0.png", "labels": '["box", "green"]', "split": "test"},
+            {"path": str(tmp_path / "media/triangle/0.png"), "labels": "pointy|blue"},
+            {"path": "media/absent.png", "labels": "x"}]
+    manifest = tmp_path / f"list.{fmt}"
+    if fmt == "csv":
+        manifest.write_text("path,labels,split,id\n" + "\n".join(
+            f"{r['path']},\"{r['labels'].replace(chr(34), chr(34) * 2)}\",{r.get('split', '')},{r.get('id', '')}"
+            for r in rows) + "\n")
+    else:
+        manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n{broken\n")
+    found = scan([], extensions=IMAGE_EXTS, labels_from=str(manifest))
+    assert [(it.item_id, it.labels, it.split) for it in found.items] == [
+        ("c0", ("round", "red"), "train"), ("media/square/0", ("box", "green"), "test"),
+        ("media/triangle/0", ("pointy", "blue"), None)]
+    kinds = sorted(e.error for e in found.errors)
+    assert kinds == (["manifest", "missing"] if fmt == "jsonl" else ["missing"])
+
+
+def test_missing_paths_symlink_loops_and_unsupported_extensions_are_recorded_not_raised(tmp_path):
+    write_shapes(tmp_path / "root", per_class=1)
+    (tmp_path / "root" / "circle" / "loop").symlink_to(tmp_path / "root")
+    (tmp_path / "root" / "drawing.svg").write_text("<svg/>")
+    (tmp_path / "root" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    found = scan([tmp_path / "root", tmp_path / "absent"], extensions=IMAGE_EXTS)
+    assert len(found.items) == 3
+    assert sorted((os.path.basename(e.path), e.error) for e in found.errors) == [
+        ("absent", "missing"), ("dangling.png", "missing"), ("drawing.svg", "unsupported"), ("loop", "symlink-loop")]
+
+
+# ---- the pipeline
+
+
+def test_extract_fills_the_store_with_one_row_per_image_equal_to_the_extractor_applied_directly(tmp_path):
+    paths = write_shapes(tmp_path / "media", per_class=3)
+    summary = extract_images(tmp_path / "ws", tmp_path / "media")
+    assert (summary.found, summary.extracted, summary.skipped, summary.failed) == (9, 9, 0, 0)
+    X, meta = FeatureStore(tmp_path / "ws" / "store").read("image")
+    ext = create_extractor("hog-color")
+    assert meta.column("item_id").to_pylist() == [f"{s}/{i}" for s in SHAPES for i in range(3)]
+    assert meta.column("labels").to_pylist() == [[s] for s in SHAPES for _ in range(3)]
+    np.testing.assert_array_equal(X, ext([ext.load(p) for p in paths]))
+    assert summary.key == ext.key and summary.dim == X.shape[1] == 1898
+
+
+def test_a_second_run_extracts_nothing_and_skips_everything(tmp_path):
+    write_shapes(tmp_path / "media", per_class=2)
+    extract_images(tmp_path / "ws", tmp_path / "media")
+    again = extract_images(tmp_path / "ws", tmp_path / "media")
+    assert (again.extracted, again.skipped, again.failed) == (0, 6, 0)
+
+
+def test_a_renamed_or_copied_file_is_not_extracted_again(tmp_path):
+    write_shapes(tmp_path / "media", per_class=2)
+    extract_images(tmp_path / "ws", tmp_path / "media")
+    (tmp_path / "media" / "circle" / "0.png").rename(tmp_path / "media" / "circle" / "renamed.png")
+    (tmp_path / "media" / "copy.png").write_bytes((tmp_path / "media" / "square" / "1.png").read_bytes())
+    again = extract_images(tmp_path / "ws", tmp_path / "media")
+    assert (again.extracted, again.skipped) == (0, 7)
+    assert len(FeatureStore(tmp_path / "ws" / "store").read("image")[0]) == 6
+
+
+def test_a_killed_run_keeps_its_committed_shards_and_the_next_run_does_only_the_rest(tmp_path, monkeypatch):
+    write_shapes(tmp_path / "media", per_class=4)
+    real_embed = HogColor.embed
+    calls = {"n": 0}
+
+    def dies_on_the_third_batch(self, items):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("killed")
+        return real_embed(self, items)
+
+    monkeypatch.setattr(HogColor, "embed", dies_on_the_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        extract_images(tmp_path / "ws", tmp_path / "media", shard_size=4)
+    table = FeatureStore(tmp_path / "ws" / "store").table("image")
+    assert len(table) == 8  # two batches of 4, each committed as a shard
+    orphan = table.shards / "part-000099-00000000.npy"  # what a kill between the two renames leaves
+    np.save(orphan, np.zeros((4, table.dim), np.float32))
+    monkeypatch.setattr(HogColor, "embed", real_embed)
+    resumed = extract_images(tmp_path / "ws", tmp_path / "media")
+    assert (resumed.extracted, resumed.skipped) == (4, 8)
+    assert not orphan.exists()
+    X, meta = table.read()
+    assert len(set(meta.column("content_hash").to_pylist())) == len(X) == 12
+
+
+def test_each_bad_image_is_recorded_with_its_reason_and_every_good_one_is_extracted(tmp_path):
+    write_shapes(tmp_path / "media", per_class=2)
+    bad = tmp_path / "media" / "circle"
+    (bad / "zero.png").write_bytes(b"")
+    (bad / "corrupt.jpg").write_bytes(b"\xff\xd8\xff" + bytes(200))
+    (bad / "truncated.png").write_bytes((tmp_path / "media" / "square" / "0.png").read_bytes()[:120])
+    (bad / "vector.svg").write_text("<svg/>")
+    summary = extract_images(tmp_path / "ws", tmp_path / "media")
+    assert (summary.extracted, summary.failed, summary.unsupported) == (6, 3, 1)
+    errors = errors_of(summary)
+    assert errors["zero.png"] == ("MediaError", "empty file (0 bytes)")
+    assert errors["corrupt.jpg"][1].startswith("not a decodable image")
+    assert errors["truncated.png"][1].startswith("corrupt or truncated image")
+    assert errors["vector.svg"][0] == "unsupported"
+
+
+def test_an_item_the_model_rejects_is_isolated_and_the_rest_of_its_batch_is_kept(tmp_path, monkeypatch):
+    write_shapes(tmp_path / "media", per_class=2)
+    target = tmp_path / "media" / "square" / "1.png"
+    poison = create_extractor("hog-color").load(target)
+    real_embed = HogColor.embed
+
+    def rejects_one(self, items):
+        if any(np.array_equal(it, poison) for it in items):
+            raise RuntimeError("model blew up on this input")
+        return real_embed(self, items)
+
+    monkeypatch.setattr(HogColor, "embed", rejects_one)
+    summary = extract_images(tmp_path / "ws", tmp_path / "media")
+    assert (summary.extracted, summary.failed) == (5, 1)
+    assert errors_of(summary) == {"1.png": ("RuntimeError", "model blew up on this input")}
+
+
+def test_text_extraction_fits_doc2vec_on_the_corpus_records_bad_texts_and_resumes_without_refitting(tmp_path):
+    write_texts(tmp_path / "texts")
+    (tmp_path / "texts" / "animals" / "latin1.txt").write_bytes(b"caf\xe9")
+    (tmp_path / "texts" / "finance" / "empty.txt").write_bytes(b"")
+    kwargs = dict(batch_size=3, workers=2, progress=False, overrides=["vector_size=16", "min_count=1", "epochs=5"])
+    first = run_extract(tmp_path / "ws", "text", [tmp_path / "texts"], **kwargs)
+    assert (first.extractor, first.dim, first.extracted, first.failed, first.unsupported) == ("doc2vec", 16, 8, 2, 0)
+    assert set(errors_of(first)) == {"latin1.txt", "empty.txt"}
+    fitted = list((tmp_path / "ws" / "store" / "text" / "_fitted").iterdir())
+    second = run_extract(tmp_path / "ws", "text", [tmp_path / "texts"], **kwargs)
+    assert (second.key, second.extracted, second.skipped) == (first.key, 0, 8)
+    assert list((tmp_path / "ws" / "store" / "text" / "_fitted").iterdir()) == fitted
+    description = FeatureStore(tmp_path / "ws" / "store").table("text").description
+    assert description["config"]["model_path"] == str(fitted[0].resolve())
+
+
+def test_the_3d_modality_is_the_mesh_modality(tmp_path):
+    with pytest.raises(ConfigError, match="extractor 'hog-color' is for image, not mesh"):
+        run_extract(tmp_path / "ws", "3d", [tmp_path], extractor="hog-color", progress=False)
+
+
+def test_an_unknown_extractor_option_is_refused_with_the_valid_ones(tmp_path):
+    with pytest.raises(ConfigError, match="hog-color has no option") as err:
+        run_extract(tmp_path / "ws", "image", [tmp_path], extractor="hog-color", overrides=["sise=64"])
+    assert "size" in err.value.hint
+
+
+def test_the_cli_prints_a_json_summary_and_writes_the_run_record(tmp_path, capsys):
+    write_shapes(tmp_path / "media", per_class=1)
+    code = main(["extract", "--modality", "image", str(tmp_path / "media"), "--extractor", "hog-color",
+                 "--workspace", str(tmp_path / "ws"), "--set", "size=64", "--device", "cpu", "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["extracted"], summary["skipped"], summary["failed"], summary["dim"]) == (3, 0, 0, 9 * 36 + 6 + 128)
+    run = json.loads((tmp_path / "ws" / "runs" / summary["run_id"] / "run.json").read_text())
+    assert run["extractor"]["config"]["size"] == 64
+
+
+def test_the_cli_lists_extractors_of_a_modality_with_their_defaults(capsys):
+    assert main(["extractors", "--modality", "image", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert {"vgg19-fc7", "hog-color"} <= set(rows)
+    assert (rows["vgg19-fc7"]["default"], rows["vgg19-fc7"]["dim"]) == (True, 4096)
+    assert {r["modality"] for r in rows.values()} == {"image"}
+
+
+def test_the_cli_without_paths_or_manifest_says_what_to_give(capsys):
+    assert main(["extract", "--modality", "image"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing to extract: no PATH given" in err and "--labels-from MANIFEST" in err

@@ -1,0 +1,117 @@
+"""Text extractors: decoding, doc2vec (deterministic, saved without pickle), minilm (= sentence-transformers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from _extract_media import TOPICS
+
+from extractors import create_extractor
+from extractors.errors import ExtractorError, MediaError
+from extractors.text import Doc2VecConfig, load_doc2vec, read_text, save_doc2vec, tokenize
+
+CORPUS = [s for sentences in TOPICS.values() for s in sentences] * 2
+TINY = dict(vector_size=16, min_count=1, epochs=10, sample=0.0)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-16-be", "utf-32"])
+def test_text_in_utf8_or_with_a_byte_order_mark_decodes_to_the_same_string(tmp_path, encoding):
+    text = "Ünïcode café — naïve 猫\n"
+    data = text.encode(encoding)
+    if encoding == "utf-16-be":
+        data = b"\xfe\xff" + data
+    path = tmp_path / "t.txt"
+    path.write_bytes(data)
+    assert read_text(path) == text
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"caf\xe9 latin-1 bytes", r"not utf-8 text \(byte 0xe9 at offset 3\)"),
+    (b"", "empty text"),
+    (b" \n\t\n", "only whitespace"),
+])
+def test_undecodable_or_empty_text_raises_media_error_with_its_reason(tmp_path, content, reason):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(content)
+    with pytest.raises(MediaError, match=reason):
+        read_text(path)
+
+
+def test_doc2vec_defaults_to_300_dimensional_pv_dbow():
+    config = Doc2VecConfig()
+    assert (config.vector_size, config.mode) == (300, "pv-dbow")
+    assert create_extractor("doc2vec").dim == 300
+
+
+@pytest.mark.parametrize("mode", ["pv-dbow", "pv-dm"])
+def test_doc2vec_fits_the_same_model_twice_and_infers_the_same_vectors_in_any_batch_order(mode):
+    a, b = create_extractor("doc2vec", mode=mode, **TINY), create_extractor("doc2vec", mode=mode, **TINY)
+    a.fit(CORPUS)
+    b.fit(CORPUS)
+    docs = [tokenize(t) for t in CORPUS[:8]]
+    X = a(docs)
+    assert X.shape == (8, 16)
+    np.testing.assert_array_equal(X, b(docs))
+    np.testing.assert_array_equal(X, a(docs[::-1])[::-1])
+
+
+def test_a_saved_doc2vec_model_rebuilds_without_pickle_and_infers_identical_vectors(tmp_path):
+    ext = create_extractor("doc2vec", **TINY)
+    model = ext.fit(CORPUS)
+    folder = save_doc2vec(model, tmp_path / "d2v")
+    assert sorted(p.name for p in folder.iterdir()) == ["doc2vec.json", "syn1neg.npy", "word_vectors.npy"]
+    rebuilt = load_doc2vec(folder)
+    assert rebuilt.wv.index_to_key == model.wv.index_to_key
+    np.testing.assert_array_equal(rebuilt.cum_table, model.cum_table)
+    loaded = create_extractor("doc2vec", model_path=str(folder), **TINY)
+    docs = [tokenize(t) for t in CORPUS[:5]]
+    np.testing.assert_array_equal(loaded(docs), ext(docs))
+
+
+def test_doc2vec_prepare_fits_once_per_corpus_and_reuses_the_saved_model(tmp_path, monkeypatch):
+    paths = []
+    for i, text in enumerate(CORPUS[:8]):
+        paths.append(tmp_path / f"{i}.txt")
+        paths[-1].write_text(text)
+    corpus = [(f"hash{i}", p) for i, p in enumerate(paths)]
+    first = create_extractor("doc2vec", **TINY)
+    first.prepare(corpus, cache_dir=tmp_path / "fitted")
+    second = create_extractor("doc2vec", **TINY)
+    monkeypatch.setattr(type(second), "fit", lambda self, texts: pytest.fail("refitted an already fitted corpus"))
+    second.prepare(corpus[::-1], cache_dir=tmp_path / "fitted")
+    assert second.key == first.key
+    assert second.config.model_path == first.config.model_path
+    assert create_extractor("doc2vec", model_path=first.config.model_path, **TINY).key == first.key
+
+
+def test_doc2vec_without_a_model_says_how_to_get_one():
+    with pytest.raises(ExtractorError, match="doc2vec has no model") as err:
+        create_extractor("doc2vec").key  # noqa: B018
+    assert "model_path" in err.value.hint
+
+
+def test_doc2vec_refuses_a_text_with_no_word_of_its_vocabulary():
+    ext = create_extractor("doc2vec", **TINY)
+    ext.fit(CORPUS)
+    with pytest.raises(MediaError, match="no word of the text is in the doc2vec vocabulary"):
+        ext([["zyzzyva", "quux"]])
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return create_extractor("minilm")
+
+
+def test_minilm_gives_384_dimensional_unit_vectors_where_paraphrases_are_closest(minilm):
+    X = minilm(["A cat sits on the mat.", "A kitten is sitting on a rug.", "Stock markets fell sharply today."])
+    assert X.shape == (3, 384) and X.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(X, axis=1), 1.0, atol=1e-5)
+    sims = X @ X.T
+    assert sims[0, 1] > 0.5 > 0.2 > max(sims[0, 2], sims[1, 2])
+
+
+def test_minilm_equals_sentence_transformers_on_the_same_local_model(minilm):
+    st = pytest.importorskip("sentence_transformers")
+    texts = ["The horse grazes in the field.", "Banks raised interest rates. " * 60]  # the second is truncated
+    expected = st.SentenceTransformer(str(minilm.model_dir), device="cpu").encode(texts)
+    np.testing.assert_allclose(minilm(texts), expected, atol=1e-5)
