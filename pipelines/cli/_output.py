@@ -14,7 +14,7 @@ class Output:
         self.as_json = as_json
 
     def json(self, payload: Any) -> None:
-        print(json.dumps(_clean(payload), indent=2, sort_keys=False, default=str))
+        print(json.dumps(clean_json(payload), indent=2, sort_keys=False, default=str))
 
     def line(self, text: str) -> None:
         if not self.as_json:
@@ -44,13 +44,13 @@ def _fmt(v: Any) -> str:
     return "" if v is None else str(v)
 
 
-def _clean(obj: Any) -> Any:
+def clean_json(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): clean_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [clean_json(v) for v in obj]
     if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
-        return _clean(obj.item())
+        return clean_json(obj.item())
     return obj
