@@ -1,0 +1,166 @@
+"""MARS: learning Modality-Agnostic Representation for Scalable cross-media retrieval (a reconstruction).
+
+Paper: Yunbo Wang, Yuxin Peng, "MARS: Learning Modality-Agnostic Representation for Scalable Cross-Media Retrieval",
+IEEE Transactions on Circuits and Systems for Video Technology 32(7), 2022, doi 10.1109/TCSVT.2021.3136330. No public
+code; only the abstract was readable.
+
+What the paper states (abstract): labels are treated as a modality; a label network (LabNet) parses a label vector into
+a semantic representation; per modality a data network (DataNet) produces a modality-*shared* and a modality-*exclusive*
+representation "equipped with unbiased semantic classification"; LabNet and the first modality's DataNet are trained
+jointly to preserve the semantic similarity between the label-derived and the shared representation; the frozen
+LabNet's representation is then privileged information that guides each later DataNet, trained independently. The DRCL
+paper groups MARS with SDML as methods guided by a fixed random orthogonal matrix, and plugs its learned prior into MARS
+(Table VI), so MARS has SDML's W.
+
+What is reconstructed here (specs/methods-detail.md §6.2):
+
+* LabNet h: ``C -> 1024 -> ReLU -> D`` (L2-normalised); DataNet_k: a trunk ``d_k -> 1024 -> 1024`` (ReLU), a shared
+  head s_k (``-> D``, L2-normalised: the retrieval embedding) and an exclusive head e_k (``-> D``); a decoder
+  ``[s; e] -> d_k``; a fixed W (D x C) as SDML's, D = 512;
+* stage 1 (first modality with LabNet): J_sim, DSCMR's pairwise likelihood between s(x) and h(y) and between h(y) and
+  h(y), S = "shares a label"; J_cls = ``mean ||s W - y|| + mean ||h(y) W - y||`` (SDML form); J_rec = ``mean ||dec(s, e)
+  - x||``; J_orth = ``mean (cos(s, e))^2``; J_unb: a linear probe classifies e through a gradient-reversal layer, so
+  the probe learns to find label information in e and the DataNet learns to remove it (the "unbiased" exclusive part);
+  ``J = J_sim + J_cls + 0.5 J_rec + 0.1 J_orth + 0.1 J_unb``;
+* stage k >= 2: LabNet frozen; each DataNet alone with J_sim (data-label term only), J_cls, J_rec, J_orth, J_unb;
+* SDML's optimiser (Adam lr 1e-4, betas (0.5, 0.999), batch 100, 200 epochs), and SDML's selection: per modality the
+  epoch with the lowest validation ``||s W - y||``. Only the trunk and shared head are kept in the model.
+
+A faithful MARS should land near SDML (within about 0.02 MAP, DRCL Tables II/III). ``prior_from`` (Table VI) replaces
+W with a DRCL model's learned prior, as for SDML.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from crossmodal.config import MethodConfig
+from crossmodal.encoders import L2Normalize, mlp_encoder
+from crossmodal.featureset import FeatureSet
+from crossmodal.losses.dscmr import label_similarity, pairwise_likelihood_loss
+from crossmodal.losses.sccmr import labelled_cross_entropy
+from crossmodal.losses.sdml import label_regression_loss, reconstruction_loss
+from crossmodal.methods.base import Callback, Checkpoint, default_features, register_method
+from crossmodal.methods.paired import BestSnapshot
+from crossmodal.methods.sdml import common_space, modality_tensors, train_modality
+from crossmodal.model import CrossModalModel, FeatureIdentity
+
+
+@dataclass(frozen=True)
+class MARSConfig(MethodConfig):
+    epochs: int = 200  # SDML's schedule (reconstruction)
+    batch_size: int = 100  # SDML's batch
+    dim: int = 512  # D, the common space (SDML's)
+    hidden: tuple[int, ...] = (1024, 1024)  # DataNet trunk widths (ReLU)
+    label_hidden: tuple[int, ...] = (1024,)  # LabNet hidden widths (ReLU)
+    lambda_rec: float = 0.5  # weight of the reconstruction of x from [s; e]
+    lambda_orth: float = 0.1  # weight of the shared/exclusive orthogonality
+    lambda_unb: float = 0.1  # weight of the adversarial probe on the exclusive part ("unbiased")
+    lr: float = 1e-4  # Adam lr (SDML's)
+    betas: tuple[float, float] = (0.5, 0.999)  # Adam betas (SDML's)
+    prior_seed: int = 1000  # seed of the random orthogonal W
+    prior_from: str | None = None  # DRCL Table VI: a DRCL model directory whose learned prior replaces W
+
+
+class _DataNet(nn.Module):
+    """Trunk with a shared head (the saved encoder: ``trunk -> shared -> L2``) and an exclusive head."""
+
+    def __init__(self, config: MARSConfig, d: int):
+        super().__init__()
+        width = config.hidden[-1]
+        self.encoder = nn.Sequential(
+            nn.Sequential(mlp_encoder(d, config.hidden[:-1], width, bias_last=True, normalize=False,
+                                      last_init="default"), nn.ReLU()),
+            nn.Linear(width, config.dim), L2Normalize())
+        self.exclusive = nn.Linear(width, config.dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        trunk, shared, normalize = self.encoder
+        h = trunk(x)
+        return normalize(shared(h)), self.exclusive(h)
+
+
+class _ReverseGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return -grad
+
+
+@register_method
+class MARS:
+    name: ClassVar[str] = "mars"
+    Config: ClassVar[type[MARSConfig]] = MARSConfig
+
+    def fit(self, train: Mapping[str, FeatureSet], val: Mapping[str, FeatureSet] | None, *, config: MARSConfig,
+            device: torch.device, features: Mapping[str, FeatureIdentity] | None = None,
+            callbacks: Sequence[Callback] = (), checkpoint_dir: Path | None = None) -> CrossModalModel:
+        num_classes = next(iter(train.values())).num_classes
+        W = common_space(num_classes, dim=config.dim, prior_seed=config.prior_seed,
+                         prior_from=config.prior_from).to(device)
+        torch.manual_seed(config.seed)
+        labnet = mlp_encoder(num_classes, config.label_hidden, config.dim, bias_last=True, last_init="default")
+        labnet = labnet.to(device)
+        encoders: dict[str, nn.Module] = {}
+        for k, (modality, fs) in enumerate(train.items()):
+            torch.manual_seed(config.seed)
+            X, Y = modality_tensors(fs, device)
+            valid = modality_tensors((val or {}).get(modality), device)
+            net = _DataNet(config, fs.dim).to(device)
+            decoder = mlp_encoder(2 * config.dim, config.hidden[::-1], fs.dim, bias_last=True, normalize=False,
+                                  last_init="default").to(device)
+            probe = nn.Linear(config.dim, num_classes).to(device)
+            first = k == 0
+            labnet.requires_grad_(first)
+            trained = nn.ModuleDict({"net": net, "decoder": decoder, "probe": probe})
+            if first:
+                trained["labnet"] = labnet
+
+            def step(x: torch.Tensor, y: torch.Tensor, net=net, decoder=decoder, probe=probe,
+                     first=first) -> dict[str, torch.Tensor]:
+                s, e = net(x)
+                rows = torch.nonzero(y.sum(1) > 0).flatten()
+                s_l, y_l = s[rows], y[rows]
+                h = labnet(y_l)
+                S = label_similarity(y_l, y_l)
+                sim = pairwise_likelihood_loss(s_l, h, S)
+                cls = label_regression_loss(s @ W, y)
+                if first:
+                    sim = sim + pairwise_likelihood_loss(h, h, S)
+                    cls = cls + label_regression_loss(h @ W, y_l)
+                orth = (nn.functional.cosine_similarity(s, e, dim=1) ** 2).mean()
+                unbiased = labelled_cross_entropy(probe(_ReverseGradient.apply(e)), y)
+                recon = reconstruction_loss(decoder(torch.cat([s, e], 1)), x)
+                return {"similarity_loss": sim, "label_loss": cls, "reconstruction_loss": config.lambda_rec * recon,
+                        "orthogonality_loss": config.lambda_orth * orth, "unbiased_loss": config.lambda_unb * unbiased}
+
+            def validation_loss(net=net, valid=valid) -> float | None:
+                return None if valid is None else float(label_regression_loss(net(valid[0])[0] @ W, valid[1]))
+
+            keep = nn.ModuleDict({"encoder": net.encoder, **({"labnet": labnet} if first else {})})
+            train_modality(step, trained, X, Y, select=BestSnapshot(keep, minimise=True),
+                           validation_loss=validation_loss, config=config, lr=config.lr, betas=config.betas,
+                           callbacks=callbacks, stage=f"mars:{modality}",
+                           checkpoint=Checkpoint(checkpoint_dir, modality) if checkpoint_dir is not None else None)
+            labnet.eval()
+            encoders[modality] = net.encoder
+        return CrossModalModel(method=self.name, config=config, encoders=encoders,
+                               features=dict(features or default_features(train)), num_classes=num_classes,
+                               buffers={"prior": W.cpu()})
+
+    @classmethod
+    def build_model(cls, config: MARSConfig, features: Mapping[str, FeatureIdentity], num_classes: int,
+                    extra: Mapping[str, Any]) -> CrossModalModel:
+        return CrossModalModel(method=cls.name, config=config,
+                               encoders={m: _DataNet(config, f.dim).encoder for m, f in features.items()},
+                               features=features, num_classes=num_classes,
+                               buffers={"prior": torch.zeros(config.dim, num_classes)}, extra=dict(extra))

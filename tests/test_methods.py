@@ -1,0 +1,215 @@
+"""Every registered method on a tiny synthetic set (parametrized over the registry), plus the shared pairing and the
+method-specific options (prior transfer, SEDEL's modules, MCCA's closed form)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from crossmodal.errors import ConfigError
+from crossmodal.evaluation import evaluate
+from crossmodal.featureset import FeatureSet
+from crossmodal.methods import get_method, list_methods
+from crossmodal.methods.mcca import MCCA, MCCAConfig
+from crossmodal.methods.paired import index_batches, sample_pairs
+from crossmodal.methods.sdml import SDML
+from crossmodal.methods.sedel import SEDELModules, SetEncoder, erase_low_attention, erased_view
+from crossmodal.model import CrossModalModel
+from crossmodal.synthetic import make_synthetic
+
+CPU = torch.device("cpu")
+# Tiny widths and a large learning rate so that a few epochs on ~100 items train every method; each override applies
+# to the methods whose config has that field.
+TINY = {"epochs": 10, "batch_size": 32, "hidden": (32,), "dim": 16, "siamese": (32, 16), "warmup_epochs": 2,
+        "sedel_queue": 32, "lr": 1e-2, "lr_others": 1e-2, "lr_spl": 1e-2, "lr_image": 1e-2, "lr_text": 1e-2,
+        "lr_audio": 1e-2, "lr_mesh": 1e-2, "lr_video": 1e-2, "lr_other": 1e-2,
+        # SCCMR's code smooths with 0.9, which leaves a tenth of the gradient on the true class: too slow for 10 epochs
+        "epsilon": 0.1}
+
+
+def tiny(name: str, **overrides):
+    cls = get_method(name).Config
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in {**TINY, **overrides}.items() if k in fields})
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_synthetic({"image": 16, "text": 12}, 4, 96, 32, 48, seed=0)
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    cache: dict[str, CrossModalModel] = {}
+
+    def fit(name: str) -> CrossModalModel:
+        if name not in cache:
+            cache[name] = get_method(name)().fit(data.train, data.val, config=tiny(name), device=CPU)
+        return cache[name]
+
+    return fit
+
+
+def _map(model: CrossModalModel, test) -> float:
+    return evaluate(model, test, pr_curves=False)["average"]["MAP@all"]
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_method_beats_an_untrained_encoder_on_test_map(name, data, fitted):
+    model = fitted(name)
+    torch.manual_seed(0)
+    untrained = get_method(name).build_model(model.config, model.features, model.num_classes, model.extra)
+    assert _map(model, data.test) > _map(untrained, data.test) + 0.03
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_save_and_load_give_identical_embeddings(name, data, fitted, tmp_path):
+    model = fitted(name)
+    loaded = CrossModalModel.load(model.save(tmp_path / name))
+    for m, fs in data.test.items():
+        assert np.array_equal(loaded.encode(m, fs.X), model.encode(m, fs.X))
+
+
+def test_paired_method_trains_every_pair_of_three_unpaired_modalities():
+    ds = make_synthetic({"image": 16, "text": 12, "audio": 8}, 4, 48, 16, 24, seed=1, paired=False)
+    model = get_method("dscmr")().fit(ds.train, ds.val, config=tiny("dscmr", epochs=2), device=CPU)
+    assert sorted(model.encoders) == ["audio__image", "audio__text", "image__audio", "image__text", "text__audio",
+                                      "text__image"]
+    X = ds.test["image"].X
+    assert not np.allclose(model.encode("image", X, against="text"), model.encode("image", X, against="audio"))
+
+
+def test_same_class_sampling_pairs_every_labelled_item_with_an_item_of_its_class():
+    rng = np.random.default_rng(0)
+    a = FeatureSet.build(np.zeros((30, 2)), rng.integers(0, 3, 30), num_classes=4)
+    b = FeatureSet.build(np.zeros((20, 2)), np.r_[rng.integers(0, 3, 18), 3, -1], num_classes=4)
+    rows_a, rows_b = sample_pairs(a, b, rng)
+    assert np.array_equal(a.labels[rows_a], b.labels[rows_b])
+    # every item of a appears (its class exists in b), and every labelled item of b whose class a has (not 3, not -1)
+    assert len(rows_a) == 30 + 18
+
+
+def test_index_batches_drop_the_last_partial_batch_but_keep_a_small_set_whole():
+    rng = np.random.default_rng(0)
+    assert [len(b) for b in index_batches(70, 32, rng)] == [32, 32]
+    assert [len(b) for b in index_batches(20, 32, rng)] == [20]
+
+
+def test_two_modality_mcca_is_cca_by_whitening_and_svd():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(400, 2))
+    X = np.c_[z, rng.normal(size=(400, 3))] @ rng.normal(size=(5, 5))
+    Y = np.c_[z + 0.3 * rng.normal(size=(400, 2)), rng.normal(size=(400, 2))] @ rng.normal(size=(4, 4))
+    train = {"image": FeatureSet.build(X, np.zeros(400)), "text": FeatureSet.build(Y, np.zeros(400))}
+    model = MCCA().fit(train, None, config=MCCAConfig(dim=2, ridge=0.0), device=CPU)
+    u = model.encoders["image"](torch.from_numpy(X).float()).detach().numpy()
+    v = model.encoders["text"](torch.from_numpy(Y).float()).detach().numpy()
+    found = [abs(np.corrcoef(u[:, k], v[:, k])[0, 1]) for k in range(2)]
+
+    def inverse_sqrt(C):
+        w, V = np.linalg.eigh(C)
+        return V @ np.diag(w ** -0.5) @ V.T
+
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    Cxx, Cyy, Cxy = Xc.T @ Xc, Yc.T @ Yc, Xc.T @ Yc
+    canonical = np.linalg.svd(inverse_sqrt(Cxx) @ Cxy @ inverse_sqrt(Cyy), compute_uv=False)[:2]
+    assert found == pytest.approx(canonical.tolist(), abs=1e-3)
+
+
+def test_sdml_uses_the_learned_prior_of_a_drcl_model(data, fitted, tmp_path):
+    drcl = fitted("drcl")
+    source = drcl.save(tmp_path / "drcl")
+    config = tiny("sdml", epochs=1, dim=drcl.prior.shape[0], prior_from=str(source))
+    model = SDML().fit(data.train, data.val, config=config, device=CPU)
+    assert torch.equal(model.prior, drcl.prior)
+
+
+def test_prior_from_with_another_common_dimension_is_a_config_error(data, fitted, tmp_path):
+    source = fitted("drcl").save(tmp_path / "drcl")
+    config = tiny("mars", epochs=1, dim=fitted("drcl").prior.shape[0] + 1, prior_from=str(source))
+    with pytest.raises(ConfigError, match="prior"):
+        get_method("mars")().fit(data.train, data.val, config=config, device=CPU)
+
+
+@pytest.mark.parametrize("name", ["dscmr", "sccmr", "hcmsl", "rcar", "sedel"])
+def test_sedel_erasing_on_global_vector_features_is_refused(name, data):
+    with pytest.raises(ConfigError, match="nothing to erase"):
+        get_method(name)().fit(data.train, None, config=tiny(name, epochs=1, sedel_erasing=True), device=CPU)
+
+
+def test_erasing_keeps_only_the_most_attended_parts_of_set_valued_features():
+    torch.manual_seed(0)
+    encoder = SetEncoder(part_dim=6, hidden=(8,), dim=4)
+    parts = torch.randn(3, 5, 6)  # (n, parts, d)
+    attention = encoder.attention(parts)
+    keep = erase_low_attention(attention, 0.4)  # ceil(0.4 * 5) = 2 parts kept
+    assert keep.sum(1).tolist() == [2, 2, 2]
+    assert torch.equal(attention.masked_fill(~keep, -1).max(1).values, attention.max(1).values)
+    h = encoder.part(parts)
+    weights = torch.where(keep, attention, torch.zeros_like(attention))
+    expected = ((weights / weights.sum(1, keepdim=True)).unsqueeze(-1) * h).sum(1)
+    assert torch.allclose(erased_view(encoder, parts, 0.4), expected, atol=1e-6)
+
+
+def test_memory_bank_keeps_the_newest_keys_up_to_its_size():
+    class Branches(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder_a, self.encoder_b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+
+    config = tiny("sedel", sedel_queue=5, batch_size=2)
+    modules = SEDELModules(config, Branches(), num_pairs=100)
+    rows = [torch.tensor([i, i + 1]) for i in (0, 2, 4, 6)]
+    for r in rows:
+        modules._enqueue("b", torch.randn(2, 2), torch.zeros(2, 1), r)
+    assert modules.queues["b"][2].tolist() == [6, 7, 4, 5, 2]
+
+
+def test_rcar_refits_its_beta_mixture_only_after_the_warm_up(data):
+    class Logs:
+        def __init__(self):
+            self.epochs: list[dict] = []
+
+        def on_epoch_end(self, stage, epoch, epochs, logs):
+            self.epochs.append(dict(logs))
+
+    logs = Logs()
+    get_method("rcar")().fit(data.train, data.val, config=tiny("rcar", epochs=4, warmup_epochs=2), device=CPU,
+                             callbacks=[logs])
+    assert ["noisy_fraction" in e for e in logs.epochs] == [False, False, True, True]
+
+
+def test_labeled_fraction_keeps_the_labels_of_exactly_that_fraction_of_pairs(data):
+    from crossmodal.methods.hcmsl import _HCMSLTrainer
+    from crossmodal.methods.paired import PairData
+
+    pairs = PairData.build("image", "text", data.train, pairing="auto", seed=1, device=CPU)
+    trainer = _HCMSLTrainer(tiny("hcmsl", labeled_fraction=0.25), pairs, num_classes=4)
+    assert int(trainer.labelled_rows.sum()) == 24  # of 96 pairs
+    with pytest.raises(ConfigError, match="labeled_fraction"):
+        get_method("hcmsl")().fit(data.train, None, config=tiny("hcmsl", labeled_fraction=0.0), device=CPU)
+
+
+def test_checkpoint_dir_lets_a_two_branch_method_resume(data, tmp_path: Path):
+    config = tiny("dscmr", epochs=3)
+    first = get_method("dscmr")().fit(data.train, None, config=config, device=CPU, checkpoint_dir=tmp_path)
+    again = get_method("dscmr")().fit(data.train, None, config=config, device=CPU, checkpoint_dir=tmp_path)
+    for m, fs in data.test.items():
+        assert np.array_equal(first.encode(m, fs.X), again.encode(m, fs.X))
+
+
+@pytest.mark.parametrize("name", ["dscmr", "sdml"])
+def test_a_resumed_run_still_returns_the_best_validation_epoch(name, data, tmp_path: Path):
+    """Kill after 2 of 4 epochs (simulated by a 2-epoch run), resume to 4: same encoders as one 4-epoch run."""
+    whole = get_method(name)().fit(data.train, data.val, config=tiny(name, epochs=4), device=CPU,
+                                   checkpoint_dir=tmp_path / "whole")
+    get_method(name)().fit(data.train, data.val, config=tiny(name, epochs=2), device=CPU,
+                           checkpoint_dir=tmp_path / "killed")
+    resumed = get_method(name)().fit(data.train, data.val, config=tiny(name, epochs=4), device=CPU,
+                                     checkpoint_dir=tmp_path / "killed")
+    for m, fs in data.test.items():
+        assert np.allclose(resumed.encode(m, fs.X), whole.encode(m, fs.X), atol=1e-6)
