@@ -88,8 +88,31 @@ def tokenize(text: str) -> list[str]:
     return simple_preprocess(text)
 
 
+def stable_hash(text: str) -> int:
+    """A hash that is the same in every process (Python's ``hash`` of a str changes with PYTHONHASHSEED)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def _stabilise_gensim() -> None:
+    """Make gensim's random initial vectors the same in every process.
+
+    gensim seeds each word's initial vector (training) and each inferred document's starting vector
+    (``infer_vector``, via the module-level ``pseudorandom_weak_vector``) from Python's ``hash``, which is salted
+    per process: two runs, or a Ray worker and the driver, gave the same text vectors up to 0.05 apart. Training
+    gets ``hashfxn=stable_hash``; inference has no such argument, so the doc2vec module's reference is bound to the
+    stable hash once.
+    """
+    import functools
+
+    from gensim.models import doc2vec, keyedvectors
+
+    if getattr(doc2vec.pseudorandom_weak_vector, "func", None) is not keyedvectors.pseudorandom_weak_vector:
+        doc2vec.pseudorandom_weak_vector = functools.partial(keyedvectors.pseudorandom_weak_vector, hashfxn=stable_hash)
+
+
 def _gensim_params(c: Doc2VecConfig) -> dict[str, Any]:
-    return dict(vector_size=c.vector_size, dm=int(c.mode == "pv-dm"), dbow_words=int(c.dbow_words), window=c.window,
+    return dict(hashfxn=stable_hash,
+                vector_size=c.vector_size, dm=int(c.mode == "pv-dm"), dbow_words=int(c.dbow_words), window=c.window,
                 min_count=c.min_count, sample=c.sample, negative=c.negative, hs=0, epochs=c.epochs, alpha=c.alpha,
                 min_alpha=c.min_alpha, seed=c.seed, workers=c.workers)
 
@@ -144,7 +167,9 @@ def load_doc2vec(path: Path) -> Any:
     if record.get("format") != _DOC2VEC_FORMAT:
         raise ExtractorError(f"doc2vec: {path}/doc2vec.json has format {record.get('format')!r}, "
                              f"expected {_DOC2VEC_FORMAT!r}")
-    model = Doc2Vec(**record["params"], sorted_vocab=0)  # keep the saved word order (gensim's sort breaks ties anyhow)
+    _stabilise_gensim()
+    # sorted_vocab=0 keeps the saved word order (gensim's sort breaks ties anyhow)
+    model = Doc2Vec(**record["params"], hashfxn=stable_hash, sorted_vocab=0)
     model.build_vocab_from_freq(dict(zip(record["words"], record["counts"])), corpus_count=record["corpus_count"])
     if list(model.wv.index_to_key) != record["words"] or model.wv.vectors.shape != vectors.shape:
         raise ExtractorError(f"doc2vec: {path}: the vocabulary does not rebuild as saved")
@@ -211,6 +236,7 @@ class Doc2VecExtractor(Extractor):
         if not texts:
             raise ExtractorError("doc2vec: no readable text to fit the model on")
         docs = [TaggedDocument(tokenize(t), [i]) for i, t in enumerate(texts)]
+        _stabilise_gensim()
         model = Doc2Vec(**_gensim_params(self.config))
         model.build_vocab(docs)
         if not len(model.wv):
@@ -260,6 +286,7 @@ class Doc2VecExtractor(Extractor):
             MediaError: a text has no word of the model's vocabulary (its vector would be the untrained initial one).
         """
         model = self.model
+        _stabilise_gensim()
         out = np.empty((len(items), self.dim), dtype=np.float32)
         for i, words in enumerate(items):
             if not any(w in model.wv.key_to_index for w in words):

@@ -115,3 +115,23 @@ def test_minilm_equals_sentence_transformers_on_the_same_local_model(minilm):
     texts = ["The horse grazes in the field.", "Banks raised interest rates. " * 60]  # the second is truncated
     expected = st.SentenceTransformer(str(minilm.model_dir), device="cpu").encode(texts)
     np.testing.assert_allclose(minilm(texts), expected, atol=1e-5)
+
+
+def test_doc2vec_vectors_are_the_same_in_processes_with_different_hash_seeds():
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "from extractors import create_extractor\n"
+        "e = create_extractor('doc2vec', vector_size=8, min_count=1, epochs=3)\n"
+        "texts = ['the cat sat on the mat', 'a dog ran in the park', 'cats and dogs are pets'] * 2\n"
+        "e.fit(texts)\n"
+        "print(e([t.split() for t in texts[:2]]).tolist())\n"
+    )
+    outputs = {
+        subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONHASHSEED": seed},
+                       capture_output=True, text=True, check=True).stdout
+        for seed in ("1", "2")
+    }
+    assert len(outputs) == 1

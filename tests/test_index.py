@@ -135,8 +135,7 @@ def test_auto_is_exact_for_small_collections_and_approximate_for_large_ones():
     assert resolve_spec("auto", dim=512, size=5_000) == "exact"
     assert resolve_spec("auto", dim=512) == "exact"
     assert resolve_spec("auto", dim=512, size=500_000) == "faiss:HNSW32"
-    assert resolve_spec("auto", dim=512, size=4_000_000) == "faiss:IVF8192,PQ64"
-    assert resolve_spec("auto", dim=300, size=4_000_000) == "faiss:IVF8192,PQ60"
+    assert resolve_spec("auto", dim=512, size=4_000_000) == "faiss:IVF8192_HNSW32,SQ8"
 
 
 def test_backends_are_listed_and_an_unknown_one_is_refused():

@@ -140,16 +140,17 @@ def fit_loop(
 class Checkpoint:
     """Resume state of one ``fit_loop`` stage: module and optimizer tensors in safetensors, the rest in JSON.
 
-    Written atomically (``.incomplete`` then rename, JSON last) so a kill mid-save leaves the previous epoch's state.
+    The tensors of epoch e go to their own file ``<stage>-e<e>.safetensors``; the JSON, renamed into place last, names
+    the file it belongs to, and only then are older tensor files deleted. A kill at any moment therefore leaves a JSON
+    whose tensors are complete and of the same epoch.
     """
 
     def __init__(self, directory: str | Path, stage: str):
         self.directory = Path(directory)
         self.stage = stage
 
-    @property
-    def _tensors(self) -> Path:
-        return self.directory / f"{self.stage}.safetensors"
+    def _tensors(self, epoch: int) -> Path:
+        return self.directory / f"{self.stage}-e{epoch}.safetensors"
 
     @property
     def _meta(self) -> Path:
@@ -183,23 +184,40 @@ class Checkpoint:
             opt_meta["__param_groups__"] = state["param_groups"]
         for k, v in (extra or {}).items():
             tensors[f"extra.{k}"] = v.detach().cpu().contiguous().clone()
-        tmp = self._tensors.with_suffix(".safetensors.incomplete")
+        target = self._tensors(epoch)
+        tmp = target.with_suffix(".safetensors.incomplete")
         save_file(tensors, str(tmp))
-        tmp.replace(self._tensors)
-        meta = {"epoch": epoch, "history": _finite(history), "optimizer": opt_meta, "extra": dict(extra_json or {})}
+        tmp.replace(target)
+        meta = {"epoch": epoch, "history": _finite(history), "optimizer": opt_meta, "extra": dict(extra_json or {}),
+                "tensors_file": target.name}
         tmp_meta = self._meta.with_suffix(".json.incomplete")
         tmp_meta.write_text(json.dumps(meta))
         tmp_meta.replace(self._meta)
+        for old in self.directory.glob(f"{self.stage}-e*.safetensors"):
+            if old != target:
+                old.unlink(missing_ok=True)
+
+    def saved_tensors(self) -> dict[str, torch.Tensor] | None:
+        """Every tensor of the last save (``module.*``, ``optim.*``, ``extra.*`` keys), or None when none was saved."""
+        from safetensors.torch import load_file
+
+        meta = self.done()
+        path = self.directory / meta["tensors_file"] if meta else None
+        return load_file(str(path)) if path is not None and path.is_file() else None
+
+    def remove(self) -> None:
+        """Delete the saved state, the JSON first so that no JSON is ever left without its tensors."""
+        self._meta.unlink(missing_ok=True)
+        for old in self.directory.glob(f"{self.stage}-e*.safetensors"):
+            old.unlink(missing_ok=True)
 
     def restore(self, modules: Mapping[str, torch.nn.Module], optimizer: torch.optim.Optimizer | None
                 ) -> dict[str, Any] | None:
         """Load the saved state into ``modules`` and ``optimizer``; return the meta (epoch, history, extras) or None."""
-        from safetensors.torch import load_file
-
         meta = self.done()
-        if meta is None or not self._tensors.is_file():
+        tensors = self.saved_tensors()
+        if meta is None or tensors is None:
             return None
-        tensors = load_file(str(self._tensors))
         for name, module in modules.items():
             prefix = f"module.{name}."
             module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})

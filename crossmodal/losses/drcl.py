@@ -1,0 +1,138 @@
+"""The losses of DRCL's two stages (specs/drcl.md §3-§4): quality score, feature augmentation, recasting, J_D, J_MSE.
+
+Reference: Pu, Qin, Peng, Song, Zheng, "Deep Reversible Consistency Learning for Cross-modal Retrieval", IEEE TMM 2025
+(arXiv 2501.05686). The label losses (Eq. 1 and Eq. 7) are the GCE of ``crossmodal.losses.gce``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from crossmodal.losses.gce import Reduction, log_target_probability, reduce
+
+NORM_EPS = 1e-3  # cosines divide by max(|a|, 1e-3) max(|b|, 1e-3): the reference's max(|a||b|, 1e-6) for norms >= 1e-3
+
+
+def quality_score(logits: torch.Tensor, targets: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
+    """Quality score of a learned prior: the mean probability of the true class(es).
+
+    Equation:
+        DRCL Eq. 2: ``S_k = (1/N_k) sum_i y_i^T softmax(F_k(x_i) W_k)``.
+
+    Inputs:
+        logits: float32 (N, C) = ``F_k(x) W_k``. targets: float32 (N, C) one-hot or multi-hot.
+        reduction: ``"mean"`` (the score), ``"sum"`` (to accumulate over batches) or ``"none"``.
+
+    Reference:
+        Pu et al., TMM 2025, §III-B (Selective Prior Learning).
+    """
+    return reduce(log_target_probability(logits, targets).exp(), reduction)
+
+
+def feature_augmentation(z: torch.Tensor, targets: torch.Tensor, lam: float, perm: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """In-batch mixup in the common space: every sample is replaced by its mix with a permuted partner.
+
+    Equation:
+        DRCL Eq. 3: ``z~_i = lam z_i + (1 - lam) z_perm(i)``, ``y~_i = lam y_i + (1 - lam) y_perm(i)``. The mixed
+        embedding is not re-normalised (specs/drcl.md §9.8).
+
+    Inputs:
+        z: float32 (B, D) embeddings. targets: float32 (B, C) label vectors. lam: the mixing coefficient (paper: 0.9).
+        perm: int64 (B,) a permutation of 0..B-1 (an index may map to itself).
+
+    Returns:
+        ``(z~ float32 (B, D), y~ float32 (B, C))``.
+
+    Reference:
+        Pu et al., TMM 2025, §III-C (Feature Augmentation); Zhang et al., "mixup", ICLR 2018.
+    """
+    return lam * z + (1.0 - lam) * z[perm], lam * targets + (1.0 - lam) * targets[perm]
+
+
+def recast(targets: torch.Tensor, prior_pinv: torch.Tensor) -> torch.Tensor:
+    """Modality-invariant representation recasting: the label vector mapped back into the common space.
+
+    Equation:
+        DRCL Eq. 4: ``r_i = y~_i W^+`` (so ``r_i W = y~_i`` exactly when W has full column rank: "reversible").
+
+    Inputs:
+        targets: float32 (B, C) (mixed) label vectors. prior_pinv: float32 (C, D) = pinv(W).
+
+    Returns:
+        float32 (B, D).
+    """
+    return targets @ prior_pinv
+
+
+def jmse_loss(recast_targets: torch.Tensor, z: torch.Tensor, reduction: Reduction = "mean") -> torch.Tensor:
+    """Squared distance between the recast label representation and the (mixed) embedding.
+
+    Equation:
+        DRCL Eq. 5: ``J_MSE = mean_{i,d} (r_id - z~_id)^2`` (mean over all B*D elements, as the reference code).
+
+    Inputs:
+        recast_targets: float32 (B, D) = ``recast(y~, W^+)``. z: float32 (B, D) mixed embeddings.
+        reduction: ``"mean"`` over B*D elements, ``"sum"``, or ``"none"`` for the (B,) per-row sums.
+    """
+    if reduction == "mean":
+        return torch.nn.functional.mse_loss(z, recast_targets)
+    return reduce((recast_targets - z).square().sum(dim=1), reduction)
+
+
+def discrimination_terms(targets: torch.Tensor, z: torch.Tensor, prior_pinv: torch.Tensor, *,
+                         cosine_scale: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two parts of J_D: match the similarity structures of recast labels and features, and symmetrise them.
+
+    Equation:
+        DRCL Eq. 6, with ``r = y~ W^+`` and ``Theta(a, b) = cosine_scale * cs(a, b)`` (the code scales by 2):
+        ``J_intra = mean_{i,j} (Theta(r_i, r_j) - Theta(z~_i, z~_j))^2`` and
+        ``J_inter = mean_{i,j} (Theta(r_i, z~_j) - Theta(r_j, z~_i))^2``, both over all B^2 entries (diagonal too).
+        ``cs(a, b) = a/max(|a|, 1e-3) . b/max(|b|, 1e-3)``: the reference's ``a.b / max(|a||b|, 1e-6)`` whenever both
+        norms are at least 1e-3 (a mixed unit embedding is shorter only when nearly opposite vectors are mixed with
+        lambda near 0.5).
+
+    Inputs:
+        targets: float32 (B, C) (mixed) label vectors y~. z: float32 (B, D) mixed embeddings z~.
+        prior_pinv: float32 (C, D) = pinv(W). The recast r is taken in this factored form because it has rank <= C:
+        ``r r^T = y~ (W^+ W^+^T) y~^T`` and ``r z~^T = y~ (z~ W^+^T)^T`` cost O(B C^2 + B^2 C) instead of O(B^2 D), so
+        the only B x B x D products left are ``z~ z~^T`` and its gradient (one product, by symmetry).
+
+    Returns:
+        ``(J_intra, J_inter)``, float32 scalars; ``J_D = J_intra + J_inter``.
+
+    Reference:
+        Pu et al., TMM 2025, §III-D (Reversible Semantic Consistency); specs/drcl.md §4 and §9.7.
+    """
+    pinv_gram = prior_pinv @ prior_pinv.T  # (C, C)
+    inv_r = ((targets @ pinv_gram) * targets).sum(dim=1).clamp_min(0).sqrt().clamp_min(NORM_EPS).reciprocal()
+    inv_z = z.norm(dim=1).clamp_min(NORM_EPS).reciprocal()
+    y_hat = targets * inv_r[:, None]  # r_i / |r_i| = y_hat_i W^+
+    cos_rr = y_hat @ pinv_gram @ y_hat.T
+    cos_zz = _SymmetricGram.apply(z) * (inv_z[:, None] * inv_z[None, :])
+    cos_rz = y_hat @ ((z @ prior_pinv.T) * inv_z[:, None]).T  # [i, j] = cs(r_i, z~_j)
+    scale2 = cosine_scale * cosine_scale  # Theta = scale * cs, squared in both terms
+    intra = scale2 * (cos_rr - cos_zz).square().mean()
+    inter = scale2 * (cos_rz - cos_rz.T).square().mean()
+    return intra, inter
+
+
+def discrimination_loss(targets: torch.Tensor, z: torch.Tensor, prior_pinv: torch.Tensor, *,
+                        cosine_scale: float = 2.0) -> torch.Tensor:
+    """J_D of DRCL Eq. 6: ``J_intra + J_inter`` (see ``discrimination_terms`` for the equation and inputs)."""
+    intra, inter = discrimination_terms(targets, z, prior_pinv, cosine_scale=cosine_scale)
+    return intra + inter
+
+
+class _SymmetricGram(torch.autograd.Function):
+    """``x x^T`` whose backward is the one product ``(g + g^T) x`` (autograd would do two, one per operand)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x @ x.T
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return (grad + grad.T) @ x

@@ -1,0 +1,37 @@
+"""``crossmodal evaluate``: MAP@all and MAP@k of every ordered pair, and PR curves (pipelines.evaluate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipelines.cli._app import app, examples
+from pipelines.cli._options import DeviceOpt, JsonOpt
+from pipelines.cli._output import Output
+
+EXAMPLES = examples(
+    "crossmodal evaluate models/wiki",
+    "crossmodal evaluate models/wiki --k 100 --json",
+    "crossmodal evaluate models/wiki --data /elsewhere/wiki.mat     # the benchmark file moved",
+)
+
+
+@app.command("evaluate", help="Evaluate a trained model on its test split (the papers' table) and save PR curves."
+             + EXAMPLES)
+def evaluate(
+    model_dir: Annotated[Path, typer.Argument(help="A model folder written by crossmodal train.")],
+    k: Annotated[int, typer.Option("--k", help="Cut-off of the MAP@k column.")] = 50,
+    data: Annotated[Path | None, typer.Option(help="The benchmark file, if it moved since training.")] = None,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+) -> None:
+    from pipelines.evaluate import evaluate_model_dir, table_rows
+
+    result = evaluate_model_dir(model_dir, k=k, data=data, device=device)
+    output = Output(as_json)
+    if as_json:
+        return output.json(result)
+    output.table(*table_rows(result), title=f"{model_dir} (test split)")
+    output.line(f"precision-recall curves: {result['pr_png']}")

@@ -1,0 +1,55 @@
+"""``crossmodal train``: on a benchmark file (``--dataset``) or on the workspace's features (pipelines.train)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipelines.cli._app import app, examples
+from pipelines.cli._options import DEFAULT_WORKSPACE, DeviceOpt, JsonOpt, WorkspaceOpt
+from pipelines.cli._output import Output
+
+EXAMPLES = examples(
+    "crossmodal train --dataset wiki --data wiki.mat --out models/wiki          # DRCL, the paper's Wikipedia values",
+    "crossmodal train --dataset xmedia --data XMediaFeatures.mat --out models/xm --epochs 50 --set batch_size=256",
+    "crossmodal train --dataset wiki --data wiki.mat --out m/noisy --label-noise 0.4 --alignment-noise partial:0.2",
+    "crossmodal train --modalities image,text --name photos      # workspace mode: the store's features",
+    "crossmodal train --name photos --add-modality audio         # train one more modality against the saved prior",
+)
+Opt = typer.Option
+
+
+@app.command("train", help="Train a cross-modal model (DRCL by default) and evaluate it on the test split." + EXAMPLES)
+def train(
+    dataset: Annotated[str | None, Opt(help="wiki, wiki-sift-lda, xmedia, xmedianet, nus or inria.")] = None,
+    data: Annotated[Path | None, Opt(help="The benchmark feature file (with --dataset).")] = None,
+    out: Annotated[Path | None, Opt(help="Model folder to write (with --dataset); re-run to resume.")] = None,
+    epochs: Annotated[int | None, Opt(help="Epochs of each stage (default: the preset's).")] = None,
+    seed: Annotated[int | None, Opt(help="Random seed (default: the config's).")] = None,
+    device: DeviceOpt = "auto",
+    method: Annotated[str, Opt(help="Method (registry name).")] = "drcl",
+    overrides: Annotated[list[str] | None, Opt("--set", help="Config override key=value (repeatable).")] = None,
+    preset: Annotated[str | None, Opt(help="Preset name or JSON file (default: <method>-<dataset>).")] = None,
+    label_noise: Annotated[float, Opt(help="Rate of symmetric label noise in the training split.")] = 0.0,
+    alignment_noise: Annotated[str | None, Opt(help="partial:R or complete:R pair noise (paired data).")] = None,
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
+    modalities: Annotated[str | None, Opt(help="Workspace mode: modalities to train, e.g. image,text.")] = None,
+    name: Annotated[str | None, Opt(help="Workspace mode: model name (models/NAME).")] = None,
+    add_modality: Annotated[str | None, Opt(help="Workspace mode: train this modality into model NAME.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    from pipelines.evaluate import table_rows
+    from pipelines.train import run_train
+
+    result = run_train(dataset=dataset, data=data, out=out, workspace=workspace, modalities=modalities, name=name,
+                       add_modality=add_modality, method=method, epochs=epochs, seed=seed, device=device,
+                       overrides=overrides or [], preset=preset, label_noise=label_noise,
+                       alignment_noise=alignment_noise)
+    output = Output(as_json)
+    if as_json:
+        return output.json(result.to_dict())
+    if result.metrics:
+        output.table(*table_rows(result.metrics), title=f"{result.model_dir} (test split)")
+    output.line(f"model saved to {result.model_dir}")
