@@ -16,7 +16,6 @@ distributed inference, where each worker writes its own output partitions.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -37,6 +36,7 @@ from pipelines.extract import (
     _progress,
     _write_error,
     extract_items,
+    finish_run,
     plan_extract,
 )
 from pipelines.sources import Item, SourceError
@@ -148,18 +148,10 @@ def run_extract_ray(workspace: str | os.PathLike, modality: str, paths: Sequence
             ray.kill(actor)
         if started_ray:
             ray.shutdown()
-    summary = ExtractSummary(
-        run_id=run_id, modality=plan.extractor.modality, extractor=plan.extractor.name, key=plan.extractor.key,
-        dim=plan.extractor.dim, table=str(plan.table.path), found=plan.found, extracted=extracted,
-        skipped=plan.skipped, failed=failed, unsupported=unsupported, seconds=round(time.perf_counter() - start, 3),
-        items_per_second=round(extracted / seconds, 2) if extracted and seconds > 0 else 0.0,
-        errors_file=str(errors_file),
-    )
-    (run_dir / "run.json").write_text(json.dumps({"summary": summary.to_dict(), "paths": [str(p) for p in paths],
-                                                  "labels_from": labels_from, "batch_size": batch_size,
-                                                  "ray": {"address": address, "shard_size": shard_size},
-                                                  "extractor": plan.extractor.describe()}, indent=2, default=str))
-    return summary
+    return finish_run(plan, run_dir, run_id=run_id, extracted=extracted, failed=failed, unsupported=unsupported,
+                      started=start, extract_seconds=seconds,
+                      record={"paths": [str(p) for p in paths], "labels_from": labels_from, "batch_size": batch_size,
+                              "ray": {"address": address, "shard_size": shard_size}})
 
 
 def _connect(ray: Any, address: str) -> bool:

@@ -221,16 +221,22 @@ def run_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[str
                 pending, last_commit = [], time.monotonic()
         if pending:
             extracted += _commit(plan.table, pending)
-    seconds = time.perf_counter() - t_extract
+    return finish_run(plan, run_dir, run_id=run_id, extracted=extracted, failed=failed, unsupported=unsupported,
+                      started=start, extract_seconds=time.perf_counter() - t_extract,
+                      record={"paths": [str(p) for p in paths], "labels_from": labels_from, "batch_size": batch_size})
+
+
+def finish_run(plan: ExtractPlan, run_dir: Path, *, run_id: str, extracted: int, failed: int, unsupported: int,
+               started: float, extract_seconds: float, record: dict[str, Any]) -> ExtractSummary:
+    """The run's summary, also written with ``record`` and the extractor's description to ``run_dir/run.json``."""
     summary = ExtractSummary(
         run_id=run_id, modality=plan.extractor.modality, extractor=plan.extractor.name, key=plan.extractor.key,
         dim=plan.extractor.dim, table=str(plan.table.path), found=plan.found, extracted=extracted,
-        skipped=plan.skipped, failed=failed, unsupported=unsupported, seconds=round(time.perf_counter() - start, 3),
-        items_per_second=round(extracted / seconds, 2) if extracted and seconds > 0 else 0.0,
-        errors_file=str(errors_file),
+        skipped=plan.skipped, failed=failed, unsupported=unsupported, seconds=round(time.perf_counter() - started, 3),
+        items_per_second=round(extracted / extract_seconds, 2) if extracted and extract_seconds > 0 else 0.0,
+        errors_file=str(run_dir / "errors.jsonl"),
     )
-    (run_dir / "run.json").write_text(json.dumps({"summary": summary.to_dict(), "paths": [str(p) for p in paths],
-                                                  "labels_from": labels_from, "batch_size": batch_size,
+    (run_dir / "run.json").write_text(json.dumps({"summary": summary.to_dict(), **record,
                                                   "extractor": plan.extractor.describe()}, indent=2, default=str))
     return summary
 
