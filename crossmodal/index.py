@@ -24,7 +24,6 @@ JSON from the caller), ``ids.parquet``, and ``vectors.npy`` (exact) or ``index.f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -35,6 +34,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from crossmodal.errors import ConfigError, FeatureMismatchError, ModelFileError, NotTrainedError
+from crossmodal.files import file_sha256
 from crossmodal.metrics import CHUNK_ELEMENTS, top_k
 from crossmodal.registry import Registry
 
@@ -125,7 +125,7 @@ def load_index(directory: str | os.PathLike[str]) -> Index:
         path = directory / name
         if not path.is_file():
             raise ModelFileError(f"{path}: missing", hint="the index folder is incomplete; build the index again")
-        if _sha256(path) != digest:
+        if file_sha256(path) != digest:
             raise ModelFileError(f"{path}: sha256 differs from the one recorded in {INDEX_FILE}; the file was changed"
                                  " or corrupted", hint="build the index again")
     if backend not in INDEX_BACKENDS:
@@ -215,7 +215,7 @@ class Index:
             "format": FORMAT, "version": FORMAT_VERSION, "backend": self.backend, "spec": self.spec,
             "options": self.options, "search_params": self.search_params, "dim": self.dim, "metric": self.metric,
             "count": len(self), "trained_on": self.trained_on, "extra": self.extra,
-            "files": {name: _sha256(directory / name) for name in [*files, IDS_FILE]},
+            "files": {name: file_sha256(directory / name) for name in [*files, IDS_FILE]},
         }
         tmp = directory / f"{INDEX_FILE}.incomplete"
         tmp.write_text(json.dumps(meta, indent=2))
@@ -398,14 +398,6 @@ def _faiss() -> Any:
         raise ConfigError("approximate search needs faiss, which is not installed",
                           hint="pip install 'crossmodal-toolkit[ann]' (or use --index exact)") from e
     return faiss
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_ids(path: Path, ids: np.ndarray) -> None:

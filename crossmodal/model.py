@@ -6,7 +6,6 @@ modules from the card through the method registry, then loads the tensors with `
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ from torch import nn
 
 from crossmodal.device import resolve_device
 from crossmodal.errors import FeatureMismatchError, ModelFileError
+from crossmodal.files import file_sha256
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
@@ -214,14 +214,6 @@ def read_card(directory: str | Path) -> dict[str, Any]:
         if key not in card:
             raise ModelFileError(f"{path}: model card has no {key!r}")
     return card
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def library_versions() -> dict[str, str]:
