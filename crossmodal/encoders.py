@@ -56,7 +56,10 @@ def mlp_encoder(
     layers: list[nn.Module] = []
     width = in_dim
     for h in hidden:
-        layers += [nn.Linear(width, h), _ACTIVATIONS[activation]()]
+        # In place: the Linear's output is not needed for its backward, and a fresh (batch, width) buffer per layer
+        # costs an allocation and a pass over memory.
+        act = nn.ReLU(inplace=True) if activation == "relu" else _ACTIVATIONS[activation]()
+        layers += [nn.Linear(width, h), act]
         width = h
     last = nn.Linear(width, out_dim, bias=bias_last)
     if last_init == "inverse_sqrt_input":

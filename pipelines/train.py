@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from crossmodal.config import MethodConfig, load_preset, with_overrides
-from crossmodal.device import resolve_device
+from crossmodal.device import keep_freed_memory, resolve_device
 from crossmodal.errors import ConfigError
 from crossmodal.evaluation import evaluate
 from crossmodal.featureset import FeatureSet
@@ -156,6 +156,7 @@ def fit_and_save(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    keep_freed_memory()  # a training process: every step frees and reallocates the same large tensors
     checkpoints = out / CHECKPOINTS
     log = out / LOG_FILE
     if not checkpoints.exists():

@@ -68,3 +68,11 @@ def test_3d_is_an_alias_of_the_mesh_modality():
     assert canonical_modality("3d") == "mesh"
     with pytest.raises(ConfigError):
         canonical_modality("smell")
+
+
+def test_keep_freed_memory_takes_effect_on_glibc_and_is_a_no_op_elsewhere():
+    import platform
+
+    from crossmodal.device import keep_freed_memory
+
+    assert keep_freed_memory() is (platform.libc_ver()[0] == "glibc")

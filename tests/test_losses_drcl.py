@@ -86,6 +86,16 @@ def test_feature_augmentation_mixes_each_sample_with_its_permuted_partner():
     torch.testing.assert_close(y_mix[2], torch.tensor([0.1, 0.0, 0.9]))
 
 
+def test_feature_augmentation_back_propagates_like_plain_indexing():
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(6, 4, generator=g, requires_grad=True)
+    weights = torch.randn(6, 4, generator=g)
+    perm = torch.tensor([3, 0, 5, 1, 2, 4])
+    (feature_augmentation(z, torch.eye(6), 0.7, perm)[0] * weights).sum().backward()
+    expected = torch.autograd.grad(((0.7 * z + 0.3 * z[perm]) * weights).sum(), z)[0]
+    torch.testing.assert_close(z.grad, expected)
+
+
 def test_recast_inverts_the_prior_exactly():
     g = torch.Generator().manual_seed(2)
     W = torch.randn(16, 4, generator=g, dtype=torch.float64)
