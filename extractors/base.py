@@ -8,7 +8,7 @@ import importlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -40,6 +40,10 @@ class Extractor:
     # Config fields that say where or how to get the weights (a file path, allow a download), not what they are: the
     # weights' sha256 identifies them, so these fields stay out of the key and a moved file keeps its features valid.
     key_ignores: ClassVar[tuple[str, ...]] = ()
+    # How the pipeline should decode for this extractor: "spare" threads on the cores the model leaves (cores - 1),
+    # "all" threads on every core when decoding costs more than the model, "inline" in the model's thread when
+    # decoding costs less than handing an item to a thread (reading a text).
+    decoding: ClassVar[Literal["spare", "all", "inline"]] = "spare"
 
     def __init__(self, config: ExtractorConfig | None = None, *, device: str = "cpu"):
         self.config = config or self.Config()

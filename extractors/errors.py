@@ -19,6 +19,18 @@ class ExtractorError(Exception):
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message} (hint: {self.hint})"
 
+    def __reduce__(self):
+        # Subclasses take other arguments than (message, hint); rebuild from the state so that an error raised in a
+        # decoding process reaches the parent whole.
+        return _rebuild, (type(self), self.args, self.__dict__)
+
+
+def _rebuild(cls: type[ExtractorError], args: tuple, state: dict) -> ExtractorError:
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class MediaError(ExtractorError):
     """One raw file cannot be decoded: ``MediaError(path, "not a decodable image (PIL: ...)")``."""

@@ -194,6 +194,7 @@ class Doc2VecExtractor(Extractor):
     name: ClassVar[str] = "doc2vec"
     Config = Doc2VecConfig
     extensions = TEXT_EXTENSIONS
+    decoding = "inline"  # reading a text is cheaper than handing it to a thread
     is_default = True
     key_ignores = ("model_path",)
 
@@ -273,14 +274,14 @@ class Doc2VecExtractor(Extractor):
         self.config = dataclasses.replace(self.config, model_path=str(folder.resolve()))
         self._model = None  # re-read from disk: stored and fresh vectors come from the very same model
 
-    def load(self, path: Path) -> list[str]:
-        """The text's tokens (gensim ``simple_preprocess``)."""
+    def load(self, path: Path) -> str:
+        """The decoded text (tokenising is the model's own front end, in ``embed``, as for ``minilm``)."""
         require("gensim", extractor=self.name, extra="text")
-        return tokenize(read_text(path))
+        return read_text(path)
 
-    def embed(self, items: Sequence[list[str]]) -> np.ndarray:
-        """float32 (n, vector_size): ``infer_vector`` with the RNG re-seeded per text, so results do not depend on
-        batch composition or order.
+    def embed(self, items: Sequence[str]) -> np.ndarray:
+        """float32 (n, vector_size): the texts tokenised as in training (gensim ``simple_preprocess``), then
+        ``infer_vector`` with the RNG re-seeded per text, so results do not depend on batch composition or order.
 
         Raises:
             MediaError: a text has no word of the model's vocabulary (its vector would be the untrained initial one).
@@ -288,7 +289,8 @@ class Doc2VecExtractor(Extractor):
         model = self.model
         _stabilise_gensim()
         out = np.empty((len(items), self.dim), dtype=np.float32)
-        for i, words in enumerate(items):
+        for i, text in enumerate(items):
+            words = tokenize(text)
             if not any(w in model.wv.key_to_index for w in words):
                 hint = f"words seen fewer than min_count={self.config.min_count} times are dropped; --set min_count=1"
                 text = " ".join(words[:8]) or "(no words)"
@@ -324,6 +326,7 @@ class MiniLM(Extractor):
     name: ClassVar[str] = "minilm"
     Config = MiniLMConfig
     extensions = TEXT_EXTENSIONS
+    decoding = "inline"  # reading a text is cheaper than handing it to a thread
     key_ignores = ("model_dir",)
 
     def __init__(self, config: MiniLMConfig | None = None, *, device: str = "cpu"):

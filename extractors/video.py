@@ -72,6 +72,9 @@ def decode_frames(path: Path, *, width: int, height: int) -> np.ndarray:
         raise MediaError(path, "empty file (0 bytes)")
     check_iso_boxes(path)
     frames = []
+    # One reformatter for the whole video: each frame's own would build a new swscale context per frame, which costs
+    # more than the decoding (22 ms against 9 ms for 32 frames of 320x240 to 64x64, the same pixels).
+    reformatter = av.video.reformatter.VideoReformatter()
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -80,7 +83,8 @@ def decode_frames(path: Path, *, width: int, height: int) -> np.ndarray:
             stream.thread_type = "AUTO"  # FFmpeg's frame threads: decoding is otherwise single-core
             expected = stream.frames  # from the container's index; 0 when the container does not say
             for frame in container.decode(stream):
-                frames.append(frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="BILINEAR"))
+                frames.append(reformatter.reformat(frame, width=width, height=height, format="rgb24",
+                                                   interpolation="BILINEAR").to_ndarray())
     except av.FFmpegError as exc:
         raise MediaError(path, f"not a decodable video ({type(exc).__name__}: {exc.strerror})") from exc
     if not frames:
@@ -298,6 +302,7 @@ class FrameStatsExtractor(Extractor):
     name = "frame-stats"
     Config = FrameStatsConfig
     extensions = VIDEO_EXTENSIONS
+    decoding = "all"  # decoding a video costs several times its statistics: every core decodes
 
     @property
     def dim(self) -> int:

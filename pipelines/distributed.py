@@ -30,7 +30,6 @@ from extractors.store import FeatureStore
 from pipelines.extract import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_SHARD_SIZE,
-    DEFAULT_WORKERS,
     ExtractSummary,
     _commit,
     _progress,
@@ -72,7 +71,7 @@ class ExtractWorker:
         self.table = FeatureStore(store_root).open(self.extractor.describe())
         return node
 
-    def run(self, items: Sequence[Item], batch_size: int, workers: int) -> tuple[int, list[tuple[SourceError, str]]]:
+    def run(self, items: Sequence[Item], batch_size: int, workers: int | None) -> tuple[int, list[tuple[SourceError, str]]]:
         """Extract ``items`` and commit the good rows as one shard; return (rows written, [(error, content hash)])."""
         good, errors = [], []
         for item, result in extract_items(self.extractor, items, batch_size=batch_size, workers=workers):
@@ -85,7 +84,7 @@ class ExtractWorker:
 
 def run_extract_ray(workspace: str | os.PathLike, modality: str, paths: Sequence[str | os.PathLike], *,
                     address: str = "auto", extractor: str | None = None, labels_from: str = "folders",
-                    batch_size: int = DEFAULT_BATCH_SIZE, workers: int = DEFAULT_WORKERS, device: str = "auto",
+                    batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None, device: str = "auto",
                     overrides: Iterable[str] | dict[str, Any] | None = None, progress: bool = True,
                     shard_size: int = DEFAULT_SHARD_SIZE, actors: int | None = None) -> ExtractSummary:
     """Extract the files under ``paths`` into ``<workspace>/store`` with a pool of Ray actors.
@@ -112,7 +111,7 @@ def run_extract_ray(workspace: str | os.PathLike, modality: str, paths: Sequence
     from extractors.base import require
 
     ray = require("ray", extractor="--ray", extra="ray")
-    if batch_size < 1 or shard_size < 1 or workers < 0 or (actors is not None and actors < 1):
+    if batch_size < 1 or shard_size < 1 or (workers or 0) < 0 or (actors is not None and actors < 1):
         raise ConfigError(f"batch size {batch_size}, shard size {shard_size}, workers {workers} and actors {actors} "
                           "must be positive")
     start = time.perf_counter()
@@ -195,7 +194,7 @@ def _tasks(todo: Sequence[Item], *, shard_size: int, actors: int) -> list[list[I
     return [list(todo[i:i + size]) for i in range(0, len(todo), size)]
 
 
-def _run_tasks(pool: list[Any], tasks: list[list[Item]], *, batch_size: int, workers: int):
+def _run_tasks(pool: list[Any], tasks: list[list[Item]], *, batch_size: int, workers: int | None):
     """Yield each task's ``(rows written, errors)`` as it completes, keeping every actor busy with one task."""
     from ray.util.actor_pool import ActorPool
 

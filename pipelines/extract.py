@@ -39,8 +39,13 @@ from extractors.store import FeatureStore, FeatureTable, StoreRow
 from pipelines.sources import Item, SourceError, hash_items, scan
 
 DEFAULT_BATCH_SIZE = 32
-DEFAULT_WORKERS = 4  # decoding threads; I/O and C decoders release the GIL
+# Decoding threads: I/O and C decoders release the GIL, but the Python between them does not, and every extra thread
+# takes it from the model's thread. One core is left to the model: on 2 cores 1 thread decodes hog-color images 5 %
+# faster than 4 do. Extractors whose decoding costs more than their model, or less than a hand-off, say so
+# (``Extractor.decoding``, see decode_workers).
+DEFAULT_WORKERS = min(4, max(1, (os.cpu_count() or 2) - 1))
 DEFAULT_SHARD_SIZE = 1024
+DECODE_CHUNK = 4  # items per decoding task
 SHARD_SECONDS = 60.0  # a shard is also committed once this long has passed since the last one
 # Errors that concern the extractor itself, not one file: retrying item by item would only repeat them.
 _FATAL = (MissingWeightsError, MissingDependencyError, StoreError)
@@ -108,7 +113,7 @@ def parse_overrides(name: str, items: Iterable[str] | dict[str, Any] | None) -> 
 
 
 def plan_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[str | os.PathLike], *,
-                 extractor: str | None = None, labels_from: str = "folders", workers: int = DEFAULT_WORKERS,
+                 extractor: str | None = None, labels_from: str = "folders", workers: int | None = None,
                  device: str = "auto", overrides: Iterable[str] | dict[str, Any] | None = None,
                  verbose: bool = False) -> ExtractPlan:
     """Scan, hash, prepare the extractor and open its table; everything but the extraction itself.
@@ -130,7 +135,7 @@ def plan_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[st
         _ = ext.key  # resolves the weights now: a missing file stops the run before any file is read
     others = {e for n in list_extractors() for e in get_extractor_class(n).extensions} - set(ext.extensions)
     found = scan(paths, extensions=ext.extensions, labels_from=labels_from, ignore=others)
-    items, hash_errors = hash_items(found.items, workers=workers)
+    items, hash_errors = hash_items(found.items, workers=DEFAULT_WORKERS if workers is None else workers)
     errors = found.errors + hash_errors
     store = FeatureStore(Path(workspace) / "store")
     if prepare is not None:
@@ -147,30 +152,45 @@ def plan_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[st
     return ExtractPlan(ext, table, todo, len(items) - len(todo), errors, len(found.items) + len(found.errors))
 
 
+def decode_workers(extractor: Extractor, workers: int | None = None) -> int:
+    """The decoding threads of a run: ``workers`` when given, else what the extractor's ``decoding`` asks for."""
+    if workers is not None:
+        return workers
+    cores = os.cpu_count() or 2
+    return {"inline": 0, "spare": DEFAULT_WORKERS, "all": min(8, cores)}[extractor.decoding]
+
+
 def extract_items(extractor: Extractor, items: Sequence[Item], *, batch_size: int = DEFAULT_BATCH_SIZE,
-                  workers: int = DEFAULT_WORKERS) -> Iterator[tuple[Item, np.ndarray | SourceError]]:
-    """Decode (``workers`` threads, bounded read-ahead) and embed ``items``; yield each with its float32 (dim,) row or
-    its error, in input order within each batch.
+                  workers: int | None = None) -> Iterator[tuple[Item, np.ndarray | SourceError]]:
+    """Decode (``workers`` threads, default :func:`decode_workers`; bounded read-ahead) and embed ``items``; yield each
+    with its float32 (dim,) row or its error, in input order within each batch.
 
     Raises:
         MissingWeightsError, MissingDependencyError: the extractor cannot run at all.
     """
-    batch: list[tuple[Item, Any]] = []
-    for item, decoded in _decode(extractor, items, workers=workers, read_ahead=2 * batch_size + workers):
-        if isinstance(decoded, SourceError):
-            yield item, decoded
-            continue
-        batch.append((item, decoded))
-        if len(batch) == batch_size:
+    from threadpoolctl import threadpool_limits
+
+    # numpy's BLAS would spread the small products of the weight-free descriptors (MFCC's mel projection) over every
+    # core, spinning on the one the decoder needs: one thread is as fast there and leaves that core free. torch keeps
+    # its own threads.
+    workers = decode_workers(extractor, workers)
+    with threadpool_limits(limits=1, user_api="blas"):
+        batch: list[tuple[Item, Any]] = []
+        for item, decoded in _decode(extractor, items, workers=workers, read_ahead=2 * batch_size + workers):
+            if isinstance(decoded, SourceError):
+                yield item, decoded
+                continue
+            batch.append((item, decoded))
+            if len(batch) == batch_size:
+                yield from _embed(extractor, batch)
+                batch = []
+        if batch:
             yield from _embed(extractor, batch)
-            batch = []
-    if batch:
-        yield from _embed(extractor, batch)
 
 
 def run_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[str | os.PathLike], *,
                 extractor: str | None = None, labels_from: str = "folders", batch_size: int = DEFAULT_BATCH_SIZE,
-                workers: int = DEFAULT_WORKERS, device: str = "auto",
+                workers: int | None = None, device: str = "auto",
                 overrides: Iterable[str] | dict[str, Any] | None = None, progress: bool = True,
                 shard_size: int = DEFAULT_SHARD_SIZE) -> ExtractSummary:
     """Extract the files under ``paths`` into ``<workspace>/store``; see the module docstring for the flow.
@@ -182,7 +202,7 @@ def run_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[str
         extractor: a registered name; None = the modality's default.
         labels_from: ``"folders"``, a manifest path or ``"regex:PATTERN"`` (see pipelines/sources.py).
         batch_size: items per model call.
-        workers: decoding and hashing threads (0 = decode in the calling thread).
+        workers: decoding and hashing threads (0 = decode in the calling thread; None = :func:`decode_workers`).
         device: ``auto``, ``cpu`` or ``cuda``.
         overrides: extractor config overrides, ``["key=value"]`` or a dict.
         progress: show a tqdm bar (items/s) on stderr.
@@ -191,7 +211,7 @@ def run_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[str
     Returns:
         :class:`ExtractSummary`; the run's ``errors.jsonl`` and ``run.json`` are in ``<workspace>/runs/<run id>/``.
     """
-    if batch_size < 1 or shard_size < 1 or workers < 0:
+    if batch_size < 1 or shard_size < 1 or (workers or 0) < 0:
         raise ConfigError(f"batch size {batch_size}, shard size {shard_size} and workers {workers} must be positive")
     start = time.perf_counter()
     plan = plan_extract(workspace, modality, paths, extractor=extractor, labels_from=labels_from, workers=workers,
@@ -263,24 +283,29 @@ def describe_extractors(modality: str | None = None) -> list[dict[str, Any]]:
 
 def _decode(extractor: Extractor, items: Sequence[Item], *, workers: int,
             read_ahead: int) -> Iterator[tuple[Item, Any]]:
-    """``(item, decoded or SourceError)`` in input order, at most ``read_ahead`` items decoded ahead of the consumer."""
+    """``(item, decoded or SourceError)`` in input order, at most about ``read_ahead`` items decoded ahead of the
+    consumer. The pool decodes chunks of DECODE_CHUNK items: one hand-off per item costs more than reading a text."""
     if workers == 0:
         for item in items:
             yield item, _load(extractor, item)
         return
+    chunks = (items[i:i + DECODE_CHUNK] for i in range(0, len(items), DECODE_CHUNK))
     with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool:
         queue: deque = deque()
-        source = iter(items)
-        for item in source:
-            queue.append((item, pool.submit(_load, extractor, item)))
-            if len(queue) >= read_ahead:
+        for chunk in chunks:
+            queue.append((chunk, pool.submit(_load_chunk, extractor, chunk)))
+            if len(queue) * DECODE_CHUNK >= read_ahead:
                 break
         while queue:
-            item, future = queue.popleft()
-            nxt = next(source, None)
+            chunk, future = queue.popleft()
+            nxt = next(chunks, None)
             if nxt is not None:
-                queue.append((nxt, pool.submit(_load, extractor, nxt)))
-            yield item, future.result()
+                queue.append((nxt, pool.submit(_load_chunk, extractor, nxt)))
+            yield from zip(chunk, future.result())
+
+
+def _load_chunk(extractor: Extractor, items: Sequence[Item]) -> list[Any]:
+    return [_load(extractor, item) for item in items]
 
 
 def _load(extractor: Extractor, item: Item) -> Any:
@@ -317,7 +342,7 @@ def _reason(exc: BaseException) -> str:
 
 def _commit(table: FeatureTable, pending: list[tuple[Item, np.ndarray]]) -> int:
     X = np.stack([row for _, row in pending]).astype(np.float32, copy=False)
-    rows = [StoreRow(content_hash=it.content_hash or "", item_id=it.item_id, source_path=str(Path(it.path).resolve()),
+    rows = [StoreRow(content_hash=it.content_hash or "", item_id=it.item_id, source_path=os.path.abspath(it.path),
                      labels=it.labels, split=it.split) for it, _ in pending]
     table.write_shard(X, rows)
     return len(rows)

@@ -229,3 +229,24 @@ def test_the_cli_without_paths_or_manifest_says_what_to_give(capsys):
     assert main(["extract", "--modality", "image"]) == 2
     err = capsys.readouterr().err
     assert "nothing to extract: no PATH given" in err and "--labels-from MANIFEST" in err
+
+
+def test_extractor_errors_survive_pickling_whole_as_they_cross_to_ray_workers_and_back():
+    import pickle
+
+    from extractors.errors import MediaError, MissingWeightsError
+
+    for error in (MediaError("a.png", "truncated", hint="re-download it"),
+                  MissingWeightsError("vgg19-fc7", "vgg19.pth", ["/x", "/y"], "pass --weights")):
+        again = pickle.loads(pickle.dumps(error))
+        assert (type(again), str(again), again.__dict__) == (type(error), str(error), error.__dict__)
+
+
+def test_decoding_threads_follow_what_decoding_costs_unless_the_user_gives_a_number():
+    from pipelines.extract import DEFAULT_WORKERS, decode_workers
+
+    cores = os.cpu_count() or 2
+    assert decode_workers(create_extractor("doc2vec")) == 0  # a text is read in the model's thread
+    assert decode_workers(create_extractor("hog-color")) == DEFAULT_WORKERS == min(4, max(1, cores - 1))
+    assert decode_workers(create_extractor("frame-stats")) == min(8, cores)  # decoding outweighs the statistics
+    assert decode_workers(create_extractor("frame-stats"), 3) == 3

@@ -8,7 +8,7 @@ from _extract_media import TOPICS
 
 from extractors import create_extractor
 from extractors.errors import ExtractorError, MediaError
-from extractors.text import Doc2VecConfig, load_doc2vec, read_text, save_doc2vec, tokenize
+from extractors.text import Doc2VecConfig, load_doc2vec, read_text, save_doc2vec
 
 CORPUS = [s for sentences in TOPICS.values() for s in sentences] * 2
 TINY = dict(vector_size=16, min_count=1, epochs=10, sample=0.0)
@@ -48,7 +48,7 @@ def test_doc2vec_fits_the_same_model_twice_and_infers_the_same_vectors_in_any_ba
     a, b = create_extractor("doc2vec", mode=mode, **TINY), create_extractor("doc2vec", mode=mode, **TINY)
     a.fit(CORPUS)
     b.fit(CORPUS)
-    docs = [tokenize(t) for t in CORPUS[:8]]
+    docs = CORPUS[:8]
     X = a(docs)
     assert X.shape == (8, 16)
     np.testing.assert_array_equal(X, b(docs))
@@ -64,7 +64,7 @@ def test_a_saved_doc2vec_model_rebuilds_without_pickle_and_infers_identical_vect
     assert rebuilt.wv.index_to_key == model.wv.index_to_key
     np.testing.assert_array_equal(rebuilt.cum_table, model.cum_table)
     loaded = create_extractor("doc2vec", model_path=str(folder), **TINY)
-    docs = [tokenize(t) for t in CORPUS[:5]]
+    docs = CORPUS[:5]
     np.testing.assert_array_equal(loaded(docs), ext(docs))
 
 
@@ -94,7 +94,7 @@ def test_doc2vec_refuses_a_text_with_no_word_of_its_vocabulary():
     ext = create_extractor("doc2vec", **TINY)
     ext.fit(CORPUS)
     with pytest.raises(MediaError, match="no word of the text is in the doc2vec vocabulary"):
-        ext([["zyzzyva", "quux"]])
+        ext(["zyzzyva quux"])
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,7 @@ def test_doc2vec_vectors_are_the_same_in_processes_with_different_hash_seeds():
         "e = create_extractor('doc2vec', vector_size=8, min_count=1, epochs=3)\n"
         "texts = ['the cat sat on the mat', 'a dog ran in the park', 'cats and dogs are pets'] * 2\n"
         "e.fit(texts)\n"
-        "print(e([t.split() for t in texts[:2]]).tolist())\n"
+        "print(e(texts[:2]).tolist())\n"
     )
     outputs = {
         subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONHASHSEED": seed},

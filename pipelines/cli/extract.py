@@ -30,7 +30,8 @@ def extract(
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     labels_from: Annotated[str, typer.Option(help="folders, a CSV/JSONL manifest, or regex:PATTERN.")] = "folders",
     batch_size: Annotated[int, typer.Option(help="Items per model call.")] = 32,
-    workers: Annotated[int, typer.Option(help="Decoding threads (0: decode in the main thread).")] = 4,
+    workers: Annotated[int | None, typer.Option(
+        help="Decoding threads (0: decode in the main thread). Default: one per core but one, at most 4.")] = None,
     device: DeviceOpt = "auto",
     weights: Annotated[Path | None, typer.Option(help="Weights file (same as --set weights=PATH).")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Extractor option key=value.")] = None,
@@ -40,8 +41,9 @@ def extract(
     from pipelines.extract import run_extract
 
     sets = [*(overrides or []), *([f"weights={weights}"] if weights else [])]
-    kwargs = dict(extractor=extractor, labels_from=labels_from, batch_size=batch_size, workers=workers, device=device,
-                  overrides=sets)
+    kwargs = dict(extractor=extractor, labels_from=labels_from, batch_size=batch_size, device=device, overrides=sets)
+    if workers is not None:
+        kwargs["workers"] = workers
     if ray:
         from pipelines.distributed import run_extract_ray
 
