@@ -74,7 +74,9 @@ class ExtractWorker:
     def run(self, items: Sequence[Item], batch_size: int, workers: int | None) -> tuple[int, list[tuple[SourceError, str]]]:
         """Extract ``items`` and commit the good rows as one shard; return (rows written, [(error, content hash)])."""
         good, errors = [], []
-        for item, result in extract_items(self.extractor, items, batch_size=batch_size, workers=workers):
+        # threads: a Ray worker holds gRPC threads that a forked child must not inherit half-way
+        for item, result in extract_items(self.extractor, items, batch_size=batch_size, workers=workers,
+                                          decode="threads"):
             if isinstance(result, SourceError):
                 errors.append((result, item.content_hash or ""))
             else:

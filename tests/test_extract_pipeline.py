@@ -250,3 +250,22 @@ def test_decoding_threads_follow_what_decoding_costs_unless_the_user_gives_a_num
     assert decode_workers(create_extractor("hog-color")) == DEFAULT_WORKERS == min(4, max(1, cores - 1))
     assert decode_workers(create_extractor("frame-stats")) == min(8, cores)  # decoding outweighs the statistics
     assert decode_workers(create_extractor("frame-stats"), 3) == 3
+
+
+def test_decoding_in_processes_and_in_threads_fills_the_store_with_the_same_rows(tmp_path):
+    write_shapes(tmp_path / "media", per_class=3)
+    rows = {}
+    for decode in ("processes", "threads"):
+        summary = extract_images(tmp_path / decode, tmp_path / "media", decode=decode)
+        assert summary.extracted == 9
+        rows[decode] = FeatureStore(tmp_path / decode / "store").read("image")[0]
+    np.testing.assert_array_equal(rows["processes"], rows["threads"])
+
+
+def test_a_decoding_process_that_dies_stops_the_run_with_an_error_naming_its_files(tmp_path, monkeypatch):
+    from extractors.errors import ExtractorError
+
+    write_shapes(tmp_path / "media", per_class=1)
+    monkeypatch.setattr(HogColor, "load", lambda self, path: os._exit(3))  # a decoder crashing in C
+    with pytest.raises(ExtractorError, match="a decoding process died while reading one of"):
+        extract_images(tmp_path / "ws", tmp_path / "media", decode="processes")

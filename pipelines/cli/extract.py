@@ -32,6 +32,8 @@ def extract(
     batch_size: Annotated[int, typer.Option(help="Items per model call.")] = 32,
     workers: Annotated[int | None, typer.Option(
         help="Decoding threads (0: decode in the main thread). Default: one per core but one, at most 4.")] = None,
+    decode: Annotated[str | None, typer.Option(
+        help="Decode in 'processes' (default on Linux: no GIL shared with the model) or 'threads'.")] = None,
     device: DeviceOpt = "auto",
     weights: Annotated[Path | None, typer.Option(help="Weights file (same as --set weights=PATH).")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Extractor option key=value.")] = None,
@@ -44,6 +46,8 @@ def extract(
     kwargs = dict(extractor=extractor, labels_from=labels_from, batch_size=batch_size, device=device, overrides=sets)
     if workers is not None:
         kwargs["workers"] = workers
+    if decode is not None and not ray:
+        kwargs["decode"] = decode
     if ray:
         from pipelines.distributed import run_extract_ray
 
