@@ -301,7 +301,7 @@ def report(rows: list[Row], memory: dict[str, float] | None, memory_extractor: s
         "Nothing else ran on the machine.",
         "",
         "| extractor | modality | dim | items | pipeline items/s | pipeline steady items/s | bare model items/s | "
-        "ratio steady/bare | decode threads | decode CPU ms/item | bare CPU ms/item | bare, other cores busy | "
+        "ratio steady/bare | decode workers | decode CPU ms/item | bare CPU ms/item | bare, other cores busy | "
         "machine limit items/s | steady/limit | note |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
