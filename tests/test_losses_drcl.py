@@ -150,3 +150,13 @@ def test_mlp_encoder_has_drcl_shapes_init_and_unit_outputs():
     assert linears[-1].weight.abs().max().item() > 0.8 / math.sqrt(300)
     out = enc(torch.randn(7, 300))
     torch.testing.assert_close(out.norm(dim=1), torch.ones(7))
+
+
+def test_discrimination_terms_pass_gradcheck_for_each_term_including_a_clamped_short_row():
+    g = torch.Generator().manual_seed(4)
+    pinv = torch.linalg.pinv(torch.randn(6, 3, generator=g, dtype=torch.float64))
+    y = torch.eye(3, dtype=torch.float64)[[0, 1, 2, 1]]
+    z = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    z[3] *= 1e-4 / z[3].norm()  # below the 1e-3 norm floor: its scale is a constant there
+    z.requires_grad_()
+    assert torch.autograd.gradcheck(lambda z: discrimination_terms(y, z, pinv, cosine_scale=2.0), (z,))

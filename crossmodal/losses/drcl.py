@@ -121,15 +121,48 @@ def discrimination_terms(targets: torch.Tensor, z: torch.Tensor, prior_pinv: tor
     """
     pinv_gram = prior_pinv @ prior_pinv.T  # (C, C)
     inv_r = ((targets @ pinv_gram) * targets).sum(dim=1).clamp_min(0).sqrt().clamp_min(NORM_EPS).reciprocal()
-    inv_z = z.norm(dim=1).clamp_min(NORM_EPS).reciprocal()
     y_hat = targets * inv_r[:, None]  # r_i / |r_i| = y_hat_i W^+
     cos_rr = y_hat @ pinv_gram @ y_hat.T
-    cos_zz = _SymmetricGram.apply(z) * (inv_z[:, None] * inv_z[None, :])
-    cos_rz = y_hat @ ((z @ prior_pinv.T) * inv_z[:, None]).T  # [i, j] = cs(r_i, z~_j)
-    scale2 = cosine_scale * cosine_scale  # Theta = scale * cs, squared in both terms
-    intra = scale2 * (cos_rr - cos_zz).square().mean()
-    inter = scale2 * (cos_rz - cos_rz.T).square().mean()
-    return intra, inter
+    return _DiscriminationTerms.apply(z, y_hat, cos_rr, prior_pinv, cosine_scale)
+
+
+class _DiscriminationTerms(torch.autograd.Function):
+    """J_intra and J_inter of ``z`` with their gradient written out: two B x B residuals kept, and the backward is
+    three products (the Gram's, rank C, rank C) with the loss weights folded into them. Autograd of the plain
+    expression allocates some twenty B x B temporaries per step (a B x B pass costs as much as 3 % of the Gram)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, z: torch.Tensor, y_hat: torch.Tensor, cos_rr: torch.Tensor,
+                prior_pinv: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        norms = z.norm(dim=1)
+        inv_z = norms.clamp_min(NORM_EPS).reciprocal()
+        n = z * inv_z[:, None]  # z~_i / max(|z~_i|, eps)
+        residual_zz = torch.addmm(cos_rr, n, n.T, alpha=-1.0)  # cs(r_i, r_j) - cs(z~_i, z~_j)
+        cos_rz = y_hat @ (n @ prior_pinv.T).T  # [i, j] = cs(r_i, z~_j)
+        residual_rz = cos_rz - cos_rz.T
+        count, scale2 = residual_zz.numel(), scale * scale
+        intra = scale2 * residual_zz.square().sum() / count
+        inter = scale2 * residual_rz.square().sum() / count
+        ctx.save_for_backward(n, inv_z, norms, y_hat, prior_pinv, residual_zz, residual_rz)
+        ctx.scale2 = scale2
+        return intra, inter
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad_intra: torch.Tensor, grad_inter: torch.Tensor
+                 ) -> tuple[torch.Tensor, None, None, None, None]:
+        n, inv_z, norms, y_hat, prior_pinv, residual_zz, residual_rz = ctx.saved_tensors
+        count = residual_zz.numel()
+        # Weights folded into the products and the rest in place: a (B, D) pass costs a tenth of the Gram here.
+        # d intra / d n = -4 s^2 / B^2 (cos_rr - n n^T) n (the residual is symmetric)
+        grad_n = torch.addmm(n.new_zeros(()), residual_zz, n, beta=0.0,
+                             alpha=float(-4.0 * ctx.scale2 / count * grad_intra))
+        # d inter / d cos_rz = 4 s^2 / B^2 residual_rz (antisymmetric); through cos_rz = y_hat (n W^+^T)^T
+        grad_p = residual_rz.T @ y_hat * (4.0 * ctx.scale2 / count * grad_inter)  # (B, C)
+        grad_n.addmm_(grad_p, prior_pinv)
+        # n = z / max(|z|, eps): project out the radial part where the norm is not clamped
+        radial = torch.linalg.vecdot(n, grad_n) * (norms > NORM_EPS).to(n.dtype)
+        grad_z = grad_n.addcmul_(n, radial[:, None], value=-1.0).mul_(inv_z[:, None])
+        return grad_z, None, None, None, None
 
 
 def discrimination_loss(targets: torch.Tensor, z: torch.Tensor, prior_pinv: torch.Tensor, *,
@@ -137,17 +170,3 @@ def discrimination_loss(targets: torch.Tensor, z: torch.Tensor, prior_pinv: torc
     """J_D of DRCL Eq. 6: ``J_intra + J_inter`` (see ``discrimination_terms`` for the equation and inputs)."""
     intra, inter = discrimination_terms(targets, z, prior_pinv, cosine_scale=cosine_scale)
     return intra + inter
-
-
-class _SymmetricGram(torch.autograd.Function):
-    """``x x^T`` whose backward is the one product ``(g + g^T) x`` (autograd would do two, one per operand)."""
-
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x)
-        return x @ x.T
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
-        (x,) = ctx.saved_tensors
-        return (grad + grad.T) @ x
