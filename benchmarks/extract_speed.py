@@ -305,20 +305,20 @@ def report(rows: list[Row], memory: dict[str, float] | None, memory_extractor: s
         "machine limit items/s | steady/limit | note |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    lines += [f"| {r.extractor} | {r.modality} | {r.dim} | {r.items} | {r.pipeline_per_s:.2f} | {r.steady_per_s:.2f} | "
-              f"{r.bare_per_s:.2f} | {r.ratio:.2f} | {r.threads} | {1e3 * r.decode_cpu_s:.2f} | {1e3 * r.bare_cpu_s:.2f} | "
-              f"{r.busy_per_s:.2f}{'' if r.single_threaded else ' (uses every core)'} | "
+    lines += [f"| {r.extractor} | {r.modality} | {r.dim} | {r.items} | {r.pipeline_per_s:.2f} | "
+              f"{r.steady_per_s:.2f} | {r.bare_per_s:.2f} | {r.ratio:.2f} | {r.threads} | {1e3 * r.decode_cpu_s:.2f} | "
+              f"{1e3 * r.bare_cpu_s:.2f} | {r.busy_per_s:.2f}{'' if r.single_threaded else ' (uses every core)'} | "
               f"{r.limit_per_s:.2f} | {r.steady_per_s / r.limit_per_s:.2f} | {r.note} |" for r in rows]
-    lines += ["", "pipeline: `run_extract` (scan, sha256, threaded decode, embed, shard writes), extraction phase, N "
-              "items. steady: (N - 1) / (T(N) - T(1)), which removes the one-time model build of a fresh extractor. "
-              "bare: `extractor(batch)` on inputs decoded beforehand, after a warm-up call. ratio = steady / bare "
-              "(target >= 0.9). decode / bare CPU: process CPU time (every thread) per item of `extractor.load` and of "
-              "the bare model, numpy's BLAS on one thread as in the pipeline. bare, other cores busy: the bare model while "
-              "a busy loop runs in another process on every other core. machine limit: min(cores / (decode CPU + bare "
-              "CPU), the bare model's rate, or for a single-threaded model its rate with the other cores busy): the most "
-              "any pipeline gets here, since its decoding keeps the other cores busy. Where decoding costs more CPU than "
-              "the model (frame-stats) or the cores slow each other (mfcc) the limit is below the bare rate; steady/limit "
-              "says how much of what is possible the pipeline gets."]
+    lines += ["", "pipeline: `run_extract` (scan, sha256, decode in worker processes, embed, shard writes), extraction "
+              "phase, N items. steady: (N - 1) / (T(N) - T(1)), which removes the one-time model build of a fresh "
+              "extractor. bare: `extractor(batch)` on inputs decoded beforehand, after a warm-up call. ratio = "
+              "steady / bare (target >= 0.9). decode / bare CPU: process CPU time (every thread) per item of "
+              "`extractor.load` and of the bare model, numpy's BLAS on one thread as in the pipeline. bare, other "
+              "cores busy: the bare model while a busy loop runs in another process on every other core. machine "
+              "limit: min(cores / (decode CPU + bare CPU), the bare model's rate, or for a single-threaded model "
+              "its rate with the other cores busy): the most any pipeline gets here, since its decoding keeps the "
+              "other cores busy. Where decoding costs more CPU than the model (frame-stats) the limit is below the "
+              "bare rate; steady/limit says how much of what is possible the pipeline gets."]
     if memory is not None:
         lines += ["", f"## Memory over a long run ({memory_extractor}, {memory['files']:,} tiny files)", "",
                   "| RSS before | start | middle | end | peak | items/s | seconds |",

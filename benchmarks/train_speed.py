@@ -179,8 +179,8 @@ def main() -> None:
         ratios.append(max(wall / floor))
         rows.append(f"| {stage} | {macs / 1e9:.0f} | {wall.mean():.2f} | {wall.max():.2f} | "
                     f"{rate[:, 0].min() / 1e9:.0f}-{rate[:, 0].max() / 1e9:.0f} | {floor.mean():.2f} | "
-                    f"{(wall / floor).mean():.2f}x | {max(wall / floor):.2f}x | {cpu.mean():.2f} ({kernel.mean():.2f}) | "
-                    f"{max(cpu / floor_cpu):.2f}x | {REFERENCE[stage]:.2f} |")
+                    f"{(wall / floor).mean():.2f}x | {max(wall / floor):.2f}x | "
+                    f"{cpu.mean():.2f} ({kernel.mean():.2f}) | {max(cpu / floor_cpu):.2f}x | {REFERENCE[stage]:.2f} |")
     total = end - start - timer.measuring
     reference_total = args.epochs * sum(REFERENCE.values()) + REFERENCE_EVAL
     lines = [

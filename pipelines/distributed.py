@@ -71,7 +71,8 @@ class ExtractWorker:
         self.table = FeatureStore(store_root).open(self.extractor.describe())
         return node
 
-    def run(self, items: Sequence[Item], batch_size: int, workers: int | None) -> tuple[int, list[tuple[SourceError, str]]]:
+    def run(self, items: Sequence[Item], batch_size: int,
+            workers: int | None) -> tuple[int, list[tuple[SourceError, str]]]:
         """Extract ``items`` and commit the good rows as one shard; return (rows written, [(error, content hash)])."""
         good, errors = [], []
         # threads: a Ray worker holds gRPC threads that a forked child must not inherit half-way
@@ -98,7 +99,7 @@ def run_extract_ray(workspace: str | os.PathLike, modality: str, paths: Sequence
         address: ``"auto"`` joins the Ray runtime this process already started, else the cluster in ``RAY_ADDRESS`` or
             the latest one started on this machine (``ray start``), else starts a local one for the run; any other
             value is a cluster address (``HOST:PORT`` or ``ray://HOST:10001``).
-        workers: decoding threads inside each actor.
+        workers: decoding threads inside each actor (None: by extractor, see pipelines.extract.decode_workers).
         shard_size: items per task, hence rows per shard at most (tasks are made smaller so that every actor gets
             about four).
         actors: how many actors; default one per GPU (GPU actors) or per CPU of the cluster.

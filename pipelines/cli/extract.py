@@ -31,7 +31,7 @@ def extract(
     labels_from: Annotated[str, typer.Option(help="folders, a CSV/JSONL manifest, or regex:PATTERN.")] = "folders",
     batch_size: Annotated[int, typer.Option(help="Items per model call.")] = 32,
     workers: Annotated[int | None, typer.Option(
-        help="Decoding threads (0: decode in the main thread). Default: one per core but one, at most 4.")] = None,
+        help="Decoding workers (0: in the model's thread). Default: by extractor, mostly cores - 1.")] = None,
     decode: Annotated[str | None, typer.Option(
         help="Decode in 'processes' (default on Linux: no GIL shared with the model) or 'threads'.")] = None,
     device: DeviceOpt = "auto",
