@@ -269,3 +269,10 @@ def test_a_decoding_process_that_dies_stops_the_run_with_an_error_naming_its_fil
     monkeypatch.setattr(HogColor, "load", lambda self, path: os._exit(3))  # a decoder crashing in C
     with pytest.raises(ExtractorError, match="a decoding process died while reading one of"):
         extract_images(tmp_path / "ws", tmp_path / "media", decode="processes")
+
+
+def test_the_cli_refuses_decode_with_ray_instead_of_ignoring_it(tmp_path, capsys):
+    code = main(["extract", "--modality", "image", str(tmp_path), "--ray", "auto", "--decode", "processes",
+                 "--workspace", str(tmp_path / "ws")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--decode is for local runs" in err and "drop --decode, or drop --ray" in err

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from crossmodal.errors import ConfigError
 from pipelines.cli._app import app, examples
 from pipelines.cli._options import DEFAULT_WORKSPACE, DeviceOpt, JsonOpt, WorkspaceOpt
 from pipelines.cli._output import Output
@@ -46,7 +47,10 @@ def extract(
     kwargs = dict(extractor=extractor, labels_from=labels_from, batch_size=batch_size, device=device, overrides=sets)
     if workers is not None:
         kwargs["workers"] = workers
-    if decode is not None and not ray:
+    if decode is not None:
+        if ray:
+            raise ConfigError("--decode is for local runs: Ray actors always decode in threads",
+                              hint="drop --decode, or drop --ray")
         kwargs["decode"] = decode
     if ray:
         from pipelines.distributed import run_extract_ray
