@@ -22,22 +22,23 @@ through the ``sedel_*`` fields.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from crossmodal.encoders import mlp_encoder
-from crossmodal.featureset import FeatureSet
 from crossmodal.losses.dscmr import invariance_loss, label_similarity, pairwise_likelihood_loss
 from crossmodal.losses.sdml import label_regression_loss
-from crossmodal.methods.base import Callback, register_method
-from crossmodal.methods.paired import PairBatch, PairTrainer, build_pairwise_model, fit_pairwise, with_shared_layer
-from crossmodal.methods.sedel import SEDELOptions, sedel_addon
-from crossmodal.model import CrossModalModel, FeatureIdentity
+from crossmodal.methods.base import register_method
+from crossmodal.methods.paired import (
+    PairBatch,
+    PairData,
+    PairTrainer,
+    with_shared_layer,
+)
+from crossmodal.methods.sedel import PairwiseMethod, SEDELOptions
 
 
 @dataclass(frozen=True)
@@ -78,22 +79,13 @@ class _DSCMRTrainer(PairTrainer):
 
 
 @register_method
-class DSCMR:
+class DSCMR(PairwiseMethod):
     name: ClassVar[str] = "dscmr"
     Config: ClassVar[type[DSCMRConfig]] = DSCMRConfig
 
-    def fit(self, train: Mapping[str, FeatureSet], val: Mapping[str, FeatureSet] | None, *, config: DSCMRConfig,
-            device: torch.device, features: Mapping[str, FeatureIdentity] | None = None,
-            callbacks: Sequence[Callback] = (), checkpoint_dir: Path | None = None) -> CrossModalModel:
-        C = next(iter(train.values())).num_classes
-        return fit_pairwise(
-            self.name, train, val, config=config, device=device, features=features, callbacks=callbacks,
-            checkpoint_dir=checkpoint_dir,
-            make_trainer=lambda data: _DSCMRTrainer(config, data.xa.shape[1], data.xb.shape[1], C),
-            make_addon=lambda data, trainer: sedel_addon(config, data, trainer))
+    def make_trainer(self, config: DSCMRConfig, data: PairData, num_classes: int) -> PairTrainer:
+        return _DSCMRTrainer(config, data.xa.shape[1], data.xb.shape[1], num_classes)
 
     @classmethod
-    def build_model(cls, config: DSCMRConfig, features: Mapping[str, FeatureIdentity], num_classes: int,
-                    extra: Mapping[str, Any]) -> CrossModalModel:
-        return build_pairwise_model(cls.name, config, features, num_classes, extra,
-                                    lambda d_a, d_b: dscmr_encoders(d_a, d_b, hidden=config.hidden, dim=config.dim))
+    def make_encoders(cls, config: DSCMRConfig, d_a: int, d_b: int) -> tuple[nn.Module, nn.Module]:
+        return dscmr_encoders(d_a, d_b, hidden=config.hidden, dim=config.dim)

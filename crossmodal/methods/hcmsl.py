@@ -33,10 +33,8 @@ the query's paired partner) needs a paired gallery, which ``encode`` cannot see;
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -44,15 +42,13 @@ from torch import nn
 
 from crossmodal.encoders import mlp_encoder
 from crossmodal.errors import ConfigError
-from crossmodal.featureset import FeatureSet
 from crossmodal.losses.contrastive import margin_contrastive_loss
 from crossmodal.losses.dscmr import invariance_loss, label_similarity, pairwise_likelihood_loss
 from crossmodal.losses.sccmr import labelled_cross_entropy
-from crossmodal.methods.base import Callback, register_method
+from crossmodal.methods.base import register_method
 from crossmodal.methods.dscmr import dscmr_encoders
-from crossmodal.methods.paired import PairBatch, PairData, PairTrainer, build_pairwise_model, fit_pairwise
-from crossmodal.methods.sedel import SEDELOptions, sedel_addon
-from crossmodal.model import CrossModalModel, FeatureIdentity
+from crossmodal.methods.paired import PairBatch, PairData, PairTrainer
+from crossmodal.methods.sedel import PairwiseMethod, SEDELOptions
 
 
 @dataclass(frozen=True)
@@ -128,24 +124,17 @@ class _HCMSLTrainer(PairTrainer):
 
 
 @register_method
-class HCMSL:
+class HCMSL(PairwiseMethod):
     name: ClassVar[str] = "hcmsl"
     Config: ClassVar[type[HCMSLConfig]] = HCMSLConfig
 
-    def fit(self, train: Mapping[str, FeatureSet], val: Mapping[str, FeatureSet] | None, *, config: HCMSLConfig,
-            device: torch.device, features: Mapping[str, FeatureIdentity] | None = None,
-            callbacks: Sequence[Callback] = (), checkpoint_dir: Path | None = None) -> CrossModalModel:
+    def check(self, config: HCMSLConfig) -> None:
         if not 0 < config.labeled_fraction <= 1:
             raise ConfigError(f"labeled_fraction must be in (0, 1], got {config.labeled_fraction}")
-        C = next(iter(train.values())).num_classes
-        return fit_pairwise(
-            self.name, train, val, config=config, device=device, features=features, callbacks=callbacks,
-            checkpoint_dir=checkpoint_dir,
-            make_trainer=lambda data: _HCMSLTrainer(config, data, C),
-            make_addon=lambda data, trainer: sedel_addon(config, data, trainer))
+
+    def make_trainer(self, config: HCMSLConfig, data: PairData, num_classes: int) -> PairTrainer:
+        return _HCMSLTrainer(config, data, num_classes)
 
     @classmethod
-    def build_model(cls, config: HCMSLConfig, features: Mapping[str, FeatureIdentity], num_classes: int,
-                    extra: Mapping[str, Any]) -> CrossModalModel:
-        return build_pairwise_model(cls.name, config, features, num_classes, extra,
-                                    lambda d_a, d_b: dscmr_encoders(d_a, d_b, hidden=config.hidden, dim=config.dim))
+    def make_encoders(cls, config: HCMSLConfig, d_a: int, d_b: int) -> tuple[nn.Module, nn.Module]:
+        return dscmr_encoders(d_a, d_b, hidden=config.hidden, dim=config.dim)

@@ -34,10 +34,8 @@ batch, same class or not, as a negative; class knowledge enters only through the
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -45,15 +43,13 @@ from torch import nn
 
 from crossmodal.beta_mixture import noise_posterior
 from crossmodal.encoders import mlp_encoder
-from crossmodal.featureset import FeatureSet
 from crossmodal.losses.contrastive import hinge_triplet_loss
 from crossmodal.losses.rcar import predicted_alignment, refurbished_targets, soft_margin
 from crossmodal.losses.sccmr import labelled_cross_entropy
 from crossmodal.losses.sdml import reconstruction_loss
-from crossmodal.methods.base import Callback, register_method
-from crossmodal.methods.paired import PairBatch, PairData, PairTrainer, build_pairwise_model, fit_pairwise
-from crossmodal.methods.sedel import SEDELOptions, sedel_addon
-from crossmodal.model import CrossModalModel, FeatureIdentity
+from crossmodal.methods.base import register_method
+from crossmodal.methods.paired import PairBatch, PairData, PairTrainer
+from crossmodal.methods.sedel import PairwiseMethod, SEDELOptions
 
 
 @dataclass(frozen=True)
@@ -131,22 +127,13 @@ class _RCARTrainer(PairTrainer):
 
 
 @register_method
-class RCAR:
+class RCAR(PairwiseMethod):
     name: ClassVar[str] = "rcar"
     Config: ClassVar[type[RCARConfig]] = RCARConfig
 
-    def fit(self, train: Mapping[str, FeatureSet], val: Mapping[str, FeatureSet] | None, *, config: RCARConfig,
-            device: torch.device, features: Mapping[str, FeatureIdentity] | None = None,
-            callbacks: Sequence[Callback] = (), checkpoint_dir: Path | None = None) -> CrossModalModel:
-        C = next(iter(train.values())).num_classes
-        return fit_pairwise(
-            self.name, train, val, config=config, device=device, features=features, callbacks=callbacks,
-            checkpoint_dir=checkpoint_dir,
-            make_trainer=lambda data: _RCARTrainer(config, data, C),
-            make_addon=lambda data, trainer: sedel_addon(config, data, trainer))
+    def make_trainer(self, config: RCARConfig, data: PairData, num_classes: int) -> PairTrainer:
+        return _RCARTrainer(config, data, num_classes)
 
     @classmethod
-    def build_model(cls, config: RCARConfig, features: Mapping[str, FeatureIdentity], num_classes: int,
-                    extra: Mapping[str, Any]) -> CrossModalModel:
-        return build_pairwise_model(cls.name, config, features, num_classes, extra,
-                                    lambda d_a, d_b: _encoders(config, d_a, d_b))
+    def make_encoders(cls, config: RCARConfig, d_a: int, d_b: int) -> tuple[nn.Module, nn.Module]:
+        return _encoders(config, d_a, d_b)

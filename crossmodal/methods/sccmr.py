@@ -28,22 +28,23 @@ readable, so the toolkit's benchmark applies MRL's symmetric label noise (crossm
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from crossmodal.encoders import mlp_encoder
-from crossmodal.featureset import FeatureSet
 from crossmodal.losses.contrastive import info_nce_loss
 from crossmodal.losses.sccmr import smooth_label_cross_entropy
-from crossmodal.methods.base import Callback, register_method
-from crossmodal.methods.paired import PairBatch, PairTrainer, build_pairwise_model, fit_pairwise, with_shared_layer
-from crossmodal.methods.sedel import SEDELOptions, sedel_addon
-from crossmodal.model import CrossModalModel, FeatureIdentity
+from crossmodal.methods.base import register_method
+from crossmodal.methods.paired import (
+    PairBatch,
+    PairData,
+    PairTrainer,
+    with_shared_layer,
+)
+from crossmodal.methods.sedel import PairwiseMethod, SEDELOptions
 
 
 @dataclass(frozen=True)
@@ -85,22 +86,13 @@ class _SCCMRTrainer(PairTrainer):
 
 
 @register_method
-class SCCMR:
+class SCCMR(PairwiseMethod):
     name: ClassVar[str] = "sccmr"
     Config: ClassVar[type[SCCMRConfig]] = SCCMRConfig
 
-    def fit(self, train: Mapping[str, FeatureSet], val: Mapping[str, FeatureSet] | None, *, config: SCCMRConfig,
-            device: torch.device, features: Mapping[str, FeatureIdentity] | None = None,
-            callbacks: Sequence[Callback] = (), checkpoint_dir: Path | None = None) -> CrossModalModel:
-        C = next(iter(train.values())).num_classes
-        return fit_pairwise(
-            self.name, train, val, config=config, device=device, features=features, callbacks=callbacks,
-            checkpoint_dir=checkpoint_dir,
-            make_trainer=lambda data: _SCCMRTrainer(config, data.xa.shape[1], data.xb.shape[1], C),
-            make_addon=lambda data, trainer: sedel_addon(config, data, trainer))
+    def make_trainer(self, config: SCCMRConfig, data: PairData, num_classes: int) -> PairTrainer:
+        return _SCCMRTrainer(config, data.xa.shape[1], data.xb.shape[1], num_classes)
 
     @classmethod
-    def build_model(cls, config: SCCMRConfig, features: Mapping[str, FeatureIdentity], num_classes: int,
-                    extra: Mapping[str, Any]) -> CrossModalModel:
-        return build_pairwise_model(cls.name, config, features, num_classes, extra,
-                                    lambda d_a, d_b: _encoders(config, d_a, d_b))
+    def make_encoders(cls, config: SCCMRConfig, d_a: int, d_b: int) -> tuple[nn.Module, nn.Module]:
+        return _encoders(config, d_a, d_b)

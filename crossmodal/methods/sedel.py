@@ -91,6 +91,40 @@ def sedel_addon(config: SEDELOptions, data: PairData, trainer: PairTrainer) -> S
     return SEDELModules(config, trainer, num_pairs=max(len(data.xa), len(data.xb)))
 
 
+class PairwiseMethod:
+    """The Method of a two-branch model trained pair by pair (``fit_pairwise``) with SEDEL's modules plugged in
+    (``sedel_addon``): a subclass sets ``name`` and ``Config`` and gives the pair's trainer and encoders."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[SEDELOptions]]
+
+    def check(self, config: Any) -> None:
+        """Refuse a config the method cannot train, before any data is touched (nothing to refuse by default)."""
+
+    def make_trainer(self, config: Any, data: PairData, num_classes: int) -> PairTrainer:
+        raise NotImplementedError
+
+    @classmethod
+    def make_encoders(cls, config: Any, d_a: int, d_b: int) -> tuple[nn.Module, nn.Module]:
+        raise NotImplementedError
+
+    def fit(self, train: Mapping[str, FeatureSet], val: Mapping[str, FeatureSet] | None, *, config: Any,
+            device: torch.device, features: Mapping[str, FeatureIdentity] | None = None,
+            callbacks: Sequence[Callback] = (), checkpoint_dir: Path | None = None) -> CrossModalModel:
+        self.check(config)
+        return fit_pairwise(
+            self.name, train, val, config=config, device=device, features=features, callbacks=callbacks,
+            checkpoint_dir=checkpoint_dir,
+            make_trainer=lambda data: self.make_trainer(config, data, next(iter(train.values())).num_classes),
+            make_addon=lambda data, trainer: sedel_addon(config, data, trainer))
+
+    @classmethod
+    def build_model(cls, config: Any, features: Mapping[str, FeatureIdentity], num_classes: int,
+                    extra: Mapping[str, Any]) -> CrossModalModel:
+        return build_pairwise_model(cls.name, config, features, num_classes, extra,
+                                    lambda d_a, d_b: cls.make_encoders(config, d_a, d_b))
+
+
 def check_set_features(X: torch.Tensor | np.ndarray, modality: str) -> None:
     """Raise ConfigError unless ``X`` is set-valued, float (n, parts, d)."""
     if X.ndim != 3:
@@ -232,24 +266,18 @@ def _encoders(config: SEDELConfig, d_a: int, d_b: int) -> tuple[nn.Module, nn.Mo
 
 
 @register_method
-class SEDEL:
+class SEDEL(PairwiseMethod):
     name: ClassVar[str] = "sedel"
     Config: ClassVar[type[SEDELConfig]] = SEDELConfig
 
-    def fit(self, train: Mapping[str, FeatureSet], val: Mapping[str, FeatureSet] | None, *, config: SEDELConfig,
-            device: torch.device, features: Mapping[str, FeatureIdentity] | None = None,
-            callbacks: Sequence[Callback] = (), checkpoint_dir: Path | None = None) -> CrossModalModel:
+    def check(self, config: SEDELConfig) -> None:
         if config.sedel_weight <= 0:
             raise ConfigError("the sedel method is trained by its modules alone: sedel_weight must be > 0",
                               hint="to use a plain base model, train dscmr, sccmr, hcmsl or rcar instead")
-        return fit_pairwise(
-            self.name, train, val, config=config, device=device, features=features, callbacks=callbacks,
-            checkpoint_dir=checkpoint_dir,
-            make_trainer=lambda data: _SEDELTrainer(config, data.xa.shape[1], data.xb.shape[1]),
-            make_addon=lambda data, trainer: sedel_addon(config, data, trainer))
+
+    def make_trainer(self, config: SEDELConfig, data: PairData, num_classes: int) -> PairTrainer:
+        return _SEDELTrainer(config, data.xa.shape[1], data.xb.shape[1])
 
     @classmethod
-    def build_model(cls, config: SEDELConfig, features: Mapping[str, FeatureIdentity], num_classes: int,
-                    extra: Mapping[str, Any]) -> CrossModalModel:
-        return build_pairwise_model(cls.name, config, features, num_classes, extra,
-                                    lambda d_a, d_b: _encoders(config, d_a, d_b))
+    def make_encoders(cls, config: SEDELConfig, d_a: int, d_b: int) -> tuple[nn.Module, nn.Module]:
+        return _encoders(config, d_a, d_b)
