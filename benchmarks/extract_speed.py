@@ -3,7 +3,7 @@
 For each extractor, ``--items`` small generated files of its modality (real ModelNet meshes, rescaled so each file is
 distinct, when ../shared/data is present) are extracted twice in the same process:
 
-* **pipeline**: :func:`pipelines.extract.run_extract` into a temporary workspace (scan, hash, decode in threads,
+* **pipeline**: :func:`pipelines.extract.run_extract` into a temporary workspace (scan, hash, decode in processes,
   embed in batches, write shards); its ``items_per_second`` counts the extraction phase;
 * **bare model**: every file decoded first (``extractor.load``), then only ``extractor(batch)`` is timed.
 

@@ -52,6 +52,17 @@ def test_mfcc_matches_librosa_pooled_by_hand_on_real_speech(mfcc, shared_data):
     np.testing.assert_allclose(X[0], expected, rtol=1e-4, atol=1e-3)
 
 
+def test_a_config_other_than_the_default_builds_its_own_filter_bank_and_matches_librosa():
+    import librosa
+
+    config = {"n_fft": 1024, "hop_length": 256, "n_mels": 40, "n_mfcc": 13, "sample_rate": 16000}
+    y = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    M = librosa.feature.mfcc(y=y, sr=16000, n_mfcc=13, n_fft=1024, hop_length=256, n_mels=40)
+    F = np.concatenate([M, librosa.feature.delta(M), librosa.feature.delta(M, order=2)])
+    expected = np.concatenate([F.mean(axis=1), F.std(axis=1)])
+    np.testing.assert_allclose(create_extractor("mfcc", **config)([y])[0], expected, rtol=1e-5, atol=1e-4)
+
+
 def test_the_same_clip_in_lossless_formats_gives_the_same_vector(mfcc, tmp_path):
     y = (_tone() * 32767).astype(np.int16)  # integer samples: every format stores them exactly
     paths = [_write(tmp_path / f"a.{ext}", y, subtype="PCM_16") for ext in ("wav", "flac", "aiff", "au")]

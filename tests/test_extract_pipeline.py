@@ -15,7 +15,7 @@ from extractors.image import HogColor
 from extractors.store import FeatureStore
 from pipelines.cli import main
 from pipelines.extract import run_extract
-from pipelines.sources import scan
+from pipelines.sources import hash_items, scan
 
 IMAGE_EXTS = (".png", ".jpg")
 
@@ -269,6 +269,33 @@ def test_a_decoding_process_that_dies_stops_the_run_with_an_error_naming_its_fil
     monkeypatch.setattr(HogColor, "load", lambda self, path: os._exit(3))  # a decoder crashing in C
     with pytest.raises(ExtractorError, match="a decoding process died while reading one of"):
         extract_images(tmp_path / "ws", tmp_path / "media", decode="processes")
+
+
+def test_an_error_that_stops_the_run_crosses_from_a_decoding_process_whole(tmp_path, monkeypatch):
+    from extractors.errors import MissingDependencyError
+
+    write_shapes(tmp_path / "media", per_class=1)
+
+    def load(self, path):
+        raise MissingDependencyError("hog-color", "PIL", "image")
+
+    monkeypatch.setattr(HogColor, "load", load)
+    with pytest.raises(MissingDependencyError, match="PIL"):
+        extract_images(tmp_path / "ws", tmp_path / "media", decode="processes")
+
+
+def test_a_consumer_that_stops_early_leaves_no_decoding_process_behind(tmp_path):
+    import multiprocessing
+
+    from pipelines.extract import extract_items
+
+    write_shapes(tmp_path / "media", per_class=6)
+    items = hash_items(scan([tmp_path / "media"], extensions=IMAGE_EXTS).items)[0]
+    results = extract_items(create_extractor("hog-color"), items, batch_size=2, workers=2, decode="processes")
+    next(results)
+    assert [p.name for p in multiprocessing.active_children()] == ["crossmodal-decode"] * 2
+    results.close()
+    assert multiprocessing.active_children() == []
 
 
 def test_the_cli_refuses_decode_with_ray_instead_of_ignoring_it(tmp_path, capsys):
