@@ -119,7 +119,7 @@ class FeatureTable:
             StoreError: wrong dtype, width or row count, non-finite values, or a row without a content hash.
         """
         self._validate(X, rows)
-        table = pa.Table.from_pylist([dataclasses.asdict(r) | {"labels": list(r.labels)} for r in rows], schema=SCHEMA)
+        table = pa.table({name: [getattr(r, name) for r in rows] for name in SCHEMA.names}, schema=SCHEMA)
         with self._lock(".writers.lock", shared=True):
             stem = self._allocate()
             npy, parquet = self.shards / f"{stem}.npy", self.shards / f"{stem}.parquet"
