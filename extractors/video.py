@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from extractors.base import Extractor, ExtractorConfig, require
+from extractors.base import Extractor, ExtractorConfig, decoder_threads, require
 from extractors.errors import ExtractorError, MediaError
 from extractors.registry import register_extractor
 from extractors.weights import WeightsSpec, load_into, resolve_weights, weights_sha256
@@ -80,7 +80,11 @@ def decode_frames(path: Path, *, width: int, height: int) -> np.ndarray:
             if not container.streams.video:
                 raise MediaError(path, "no video stream in the container")
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"  # FFmpeg's frame threads: decoding is otherwise single-core
+            threads = decoder_threads()
+            if threads is None:
+                stream.thread_type = "AUTO"  # FFmpeg's frame threads: decoding is otherwise single-core
+            else:
+                stream.thread_count = threads
             expected = stream.frames  # from the container's index; 0 when the container does not say
             for frame in container.decode(stream):
                 frames.append(reformatter.reformat(frame, width=width, height=height, format="rgb24",

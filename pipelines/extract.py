@@ -33,6 +33,7 @@ from crossmodal.device import resolve_device
 from crossmodal.errors import ConfigError
 from crossmodal.types import canonical_modality
 from extractors import Extractor, create_extractor, default_extractor, list_extractors
+from extractors.base import set_decoder_threads
 from extractors.errors import ExtractorError, MediaError, MissingDependencyError, MissingWeightsError, StoreError
 from extractors.registry import get_extractor_class
 from extractors.store import FeatureStore, FeatureTable, StoreRow
@@ -405,7 +406,7 @@ def _serve_chunks(numbers: Any, results: Any) -> None:
     """A decoding process: decode each chunk number received, and send back ``(True, decoded)``, or ``(False,
     error)`` for an error that stops the run. A second thread sends, so decoding runs ahead while the consumer is busy
     with the model (a pipe holds less than one chunk of audio); the consumer bounds how far by the numbers it sends.
-    One thread for numpy's BLAS and torch: the processes are the parallelism."""
+    One thread for numpy's BLAS, torch and FFmpeg: the processes are the parallelism."""
     import queue
     import signal
     import threading
@@ -418,6 +419,7 @@ def _serve_chunks(numbers: Any, results: Any) -> None:
         end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the consumer, whose exit closes our pipes
     threadpool_limits(limits=1)
+    set_decoder_threads(1)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
     outbox: queue.SimpleQueue = queue.SimpleQueue()

@@ -284,6 +284,17 @@ def test_an_error_that_stops_the_run_crosses_from_a_decoding_process_whole(tmp_p
         extract_images(tmp_path / "ws", tmp_path / "media", decode="processes")
 
 
+def test_decoding_processes_decode_each_file_on_one_thread(tmp_path, monkeypatch):
+    from extractors.base import decoder_threads
+
+    write_shapes(tmp_path / "media", per_class=1)
+    real_load = HogColor.load
+    monkeypatch.setattr(HogColor, "load", lambda self, path: real_load(self, path) if decoder_threads() == 1 else None)
+    summary = extract_images(tmp_path / "ws", tmp_path / "media", decode="processes")
+    assert (summary.extracted, summary.failed) == (len(SHAPES), 0)
+    assert decoder_threads() is None  # the consuming process keeps the libraries' own choice
+
+
 def test_a_consumer_that_stops_early_leaves_no_decoding_process_behind(tmp_path):
     import multiprocessing
 
