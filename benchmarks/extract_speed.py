@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from extractors import create_extractor  # noqa: E402
+from extractors.base import set_decoder_threads  # noqa: E402
 from extractors.registry import get_extractor_class  # noqa: E402
 from pipelines.extract import decode_workers, run_extract  # noqa: E402
 
@@ -157,9 +158,10 @@ class Row:
     @property
     def limit_per_s(self) -> float:
         """The most a pipeline can do on this machine: no more than every core busy with decoding plus the model's CPU
-        time, and no more than the bare model; for a model on one core, no more than the bare model runs while the
-        other cores work (they decode), which on this VM costs a single-threaded model 10-25 %."""
-        model = self.busy_per_s if self.single_threaded else self.bare_per_s
+        time, and no more than the bare model; for a model on one core with decoding workers beside it, no more than the
+        bare model runs while the other cores work (they decode), which on this VM costs a single-threaded model up to
+        10 %."""
+        model = self.busy_per_s if self.single_threaded and self.threads else self.bare_per_s
         return min(model, (os.cpu_count() or 1) / (self.decode_cpu_s + self.bare_cpu_s))
 
 
@@ -211,9 +213,11 @@ def measure(name: str, *, items: int, batch_size: int, workers: int | None, deco
         from extractors.base import file_sha256
 
         prepare([(file_sha256(p), p) for p in files], cache_dir=work / f"fitted-{name}")
+    set_decoder_threads(1)  # as in the pipeline's decoding processes
     cpu = time.process_time()
     decoded = [extractor.load(p) for p in files]
     decode_cpu = (time.process_time() - cpu) / len(files)
+    set_decoder_threads(None)
     extractor(decoded[:1])  # warm-up: lazy model build, numba kernels, cached rays
     with threadpool_limits(limits=1, user_api="blas"):  # as the pipeline runs it (pipelines.extract.extract_items)
         bare, bare_cpu = bare_rate(extractor, decoded, batch_size)
@@ -313,11 +317,12 @@ def report(rows: list[Row], memory: dict[str, float] | None, memory_extractor: s
               "phase, N items. steady: (N - 1) / (T(N) - T(1)), which removes the one-time model build of a fresh "
               "extractor. bare: `extractor(batch)` on inputs decoded beforehand, after a warm-up call. ratio = "
               "steady / bare (target >= 0.9). decode / bare CPU: process CPU time (every thread) per item of "
-              "`extractor.load` and of the bare model, numpy's BLAS on one thread as in the pipeline. bare, other "
-              "cores busy: the bare model while a busy loop runs in another process on every other core. machine "
-              "limit: min(cores / (decode CPU + bare CPU), the bare model's rate, or for a single-threaded model "
-              "its rate with the other cores busy): the most any pipeline gets here, since its decoding keeps the "
-              "other cores busy. Where decoding costs more CPU than the model (frame-stats) the limit is below the "
+              "`extractor.load` (one FFmpeg thread, as in the decoding processes) and of the bare model, numpy's "
+              "BLAS on one thread as in the pipeline. bare, other cores busy: the bare model while a busy loop runs "
+              "in another process on every other core. machine limit: min(cores / (decode CPU + bare CPU), the bare "
+              "model's rate, or for a single-threaded model with decoding workers its rate with the other cores "
+              "busy): the most any pipeline gets here, since its decoding keeps the other cores busy. Where decoding "
+              "costs more CPU than the model (frame-stats) the limit is below the "
               "bare rate; steady/limit says how much of what is possible the pipeline gets."]
     if memory is not None:
         lines += ["", f"## Memory over a long run ({memory_extractor}, {memory['files']:,} tiny files)", "",
