@@ -7,17 +7,18 @@ distinct, when ../shared/data is present) are extracted twice in the same proces
   embed in batches, write shards); its ``items_per_second`` counts the extraction phase;
 * **bare model**: every file decoded first (``extractor.load``), then only ``extractor(batch)`` is timed.
 
-The ratio pipeline / bare is the issue's target (>= 0.9: decoding must not be the bottleneck). Beside it, the
-machine's limit: with every core busy, a pipeline cannot beat cores / (decode CPU + model CPU) per item. Where decoding
-costs more CPU than the model (``frame-stats``: an MPEG-4 video decodes in several times the milliseconds its
-statistics take) that limit is below the bare model's rate, and steady / limit is the figure that says whether the
-pipeline wastes anything.
+The ratio pipeline / bare is the issue's target (>= 0.9: decoding must not be the bottleneck). The single-core
+extractors (``Extractor.single_core``: hog-color, doc2vec, mfcc, frame-stats) run a copy of the model in each worker
+process, so their pipeline can beat one bare model. Beside it, the machine's limit: with every core busy, a pipeline
+cannot beat cores / (decode CPU + model CPU) per item. Where decoding costs more CPU than the model (``frame-stats``: an
+MPEG-4 video decodes in several times the milliseconds its statistics take) that limit is below the bare model's rate,
+and steady / limit is the figure that says whether the pipeline wastes anything.
 
 ``vgg19-fc7`` and ``c3d-fc6`` run with RANDOM weights made here, only to time the forward pass (these machines cannot
 download the real ones): their features mean nothing.
 
 ``--files N`` adds a memory run: N tiny files through the pipeline with ``--memory-extractor`` while a thread samples
-the process's resident memory; RSS at the start, middle and end of the run shows whether memory stays flat.
+the memory of the process and its workers; at the start, middle and end of the run it shows whether memory stays flat.
 
 Usage:
 
@@ -143,7 +144,8 @@ class Row:
     bare_per_s: float
     bare_cpu_s: float  # process CPU seconds per item of the bare model (all threads): wall on an idle machine is less
     decode_cpu_s: float  # CPU seconds per item of ``extractor.load`` (one thread)
-    threads: int  # the pipeline's decoding threads
+    threads: int  # the pipeline's worker processes
+    replicated: bool  # each worker runs its own copy of the model (a single_core extractor)
     busy_per_s: float  # the bare model while every other core runs a busy loop in another process
     note: str
 
@@ -158,11 +160,12 @@ class Row:
     @property
     def limit_per_s(self) -> float:
         """The most a pipeline can do on this machine: no more than every core busy with decoding plus the model's CPU
-        time, and no more than the bare model; for a model on one core with decoding workers beside it, no more than the
-        bare model runs while the other cores work (they decode), which on this VM costs a single-threaded model up to
-        10 %."""
-        model = self.busy_per_s if self.single_threaded and self.threads else self.bare_per_s
-        return min(model, (os.cpu_count() or 1) / (self.decode_cpu_s + self.bare_cpu_s))
+        time; where one model is fed by decoders, also no more than the bare model, and for a model on one core no
+        more than it runs while the other cores work (they decode), which on this VM costs it up to 10 %."""
+        machine = (os.cpu_count() or 1) / (self.decode_cpu_s + self.bare_cpu_s)
+        if self.replicated:
+            return machine
+        return min(self.busy_per_s if self.single_threaded and self.threads else self.bare_per_s, machine)
 
 
 def bare_rate(extractor: Any, decoded: list[Any], batch_size: int, *, busy_cores: int = 0) -> tuple[float, float]:
@@ -241,19 +244,30 @@ def measure(name: str, *, items: int, batch_size: int, workers: int | None, deco
     if name == "lightfield":
         note = f"256x256: {1 / bare:.2f} s/mesh bare, {bare_cpu:.2f} CPU-s/mesh"
     return Row(name, modality, extractor.dim, items, items / total, steady, bare, bare_cpu, decode_cpu,
-               decode_workers(extractor, workers), busy, note)
+               decode_workers(extractor, workers, decode=decode), bool(extractor.single_core and decode != "threads"),
+               busy, note)
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+def _memory_mb() -> float:
+    """Proportional set size (MB) of this process and every process below it (the pipeline's workers): pages the
+    forked workers share with it count once, not once per process as resident sizes would."""
+    total, pending = 0.0, [os.getpid()]
+    while pending:
+        pid = pending.pop()
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) for line in f if line.startswith("Pss:")) / 1024
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/children") as f:
+                    pending += [int(child) for child in f.read().split()]
+        except (OSError, StopIteration):  # a worker that exited meanwhile
+            continue
+    return total
 
 
 def memory_run(name: str, *, files: int, batch_size: int, workers: int | None, work: Path) -> dict[str, float]:
-    """RSS (MB) at the start, middle and end of a pipeline run over ``files`` tiny files, and the peak."""
+    """Memory (MB, :func:`_memory_mb`) at the start, middle and end of a pipeline run over ``files`` tiny files, and
+    the peak."""
     modality = get_extractor_class(name).modality
     media = work / f"memory-{name}"
     rng = np.random.default_rng(1)
@@ -266,11 +280,11 @@ def memory_run(name: str, *, files: int, batch_size: int, workers: int | None, w
 
     def sample() -> None:
         while not done.is_set():
-            samples.append((time.perf_counter(), _rss_mb()))
+            samples.append((time.perf_counter(), _memory_mb()))
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
-    before = _rss_mb()
+    before = _memory_mb()
     sampler.start()
     start = time.perf_counter()
     summary = run_extract(work / f"ws-memory-{name}", modality, [media], extractor=name, batch_size=batch_size,
@@ -305,7 +319,7 @@ def report(rows: list[Row], memory: dict[str, float] | None, memory_extractor: s
         "Nothing else ran on the machine.",
         "",
         "| extractor | modality | dim | items | pipeline items/s | pipeline steady items/s | bare model items/s | "
-        "ratio steady/bare | decode workers | decode CPU ms/item | bare CPU ms/item | bare, other cores busy | "
+        "ratio steady/bare | workers | decode CPU ms/item | bare CPU ms/item | bare, other cores busy | "
         "machine limit items/s | steady/limit | note |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
@@ -317,16 +331,19 @@ def report(rows: list[Row], memory: dict[str, float] | None, memory_extractor: s
               "phase, N items. steady: (N - 1) / (T(N) - T(1)), which removes the one-time model build of a fresh "
               "extractor. bare: `extractor(batch)` on inputs decoded beforehand, after a warm-up call. ratio = "
               "steady / bare (target >= 0.9). decode / bare CPU: process CPU time (every thread) per item of "
-              "`extractor.load` (one FFmpeg thread, as in the decoding processes) and of the bare model, numpy's "
-              "BLAS on one thread as in the pipeline. bare, other cores busy: the bare model while a busy loop runs "
-              "in another process on every other core. machine limit: min(cores / (decode CPU + bare CPU), the bare "
-              "model's rate, or for a single-threaded model with decoding workers its rate with the other cores "
-              "busy): the most any pipeline gets here, since its decoding keeps the other cores busy. Where decoding "
-              "costs more CPU than the model (frame-stats) the limit is below the "
-              "bare rate; steady/limit says how much of what is possible the pipeline gets."]
+              "`extractor.load` (one FFmpeg thread, as in the worker processes) and of the bare model, numpy's "
+              "BLAS on one thread as in the pipeline. workers: the pipeline's worker processes; *each runs a copy "
+              "of the model* for the single-core extractors (hog-color, doc2vec, mfcc, frame-stats), which is why "
+              "their pipeline beats one bare model, else they only decode. bare, other cores busy: the bare model "
+              "while a busy loop runs in another process on every other core. machine limit: cores / (decode CPU + "
+              "bare CPU) for the single-core extractors; for the others also at most the bare model's rate (for a "
+              "single-threaded model with decoding workers, its rate with the other cores busy). Where decoding "
+              "costs more CPU than the model (frame-stats) the limit is below the bare rate; steady/limit says how "
+              "much of what is possible the pipeline gets."]
     if memory is not None:
         lines += ["", f"## Memory over a long run ({memory_extractor}, {memory['files']:,} tiny files)", "",
-                  "| RSS before | start | middle | end | peak | items/s | seconds |",
+                  "Proportional set size of the process and its worker processes (shared pages counted once).", "",
+                  "| before | start | middle | end | peak | items/s | seconds |",
                   "|---:|---:|---:|---:|---:|---:|---:|",
                   f"| {memory['before']:.0f} MB | {memory['start']:.0f} MB | {memory['middle']:.0f} MB | "
                   f"{memory['end']:.0f} MB | {memory['peak']:.0f} MB | {memory['items_per_s']:.1f} | "

@@ -111,6 +111,7 @@ class MfccExtractor(Extractor):
     Config = MfccConfig
     extensions = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aiff", ".aif", ".au")
     is_default = True
+    single_core = True  # librosa, numpy's BLAS held to one thread
 
     def __init__(self, config: MfccConfig | None = None, *, device: str = "cpu"):
         super().__init__(config, device=device)

@@ -59,6 +59,10 @@ class Extractor:
     # "all" threads on every core when decoding costs more than the model, "inline" in the model's thread when
     # decoding costs less than handing an item to a thread (reading a text).
     decoding: ClassVar[Literal["spare", "all", "inline"]] = "spare"
+    # Whether ``embed`` runs on one core (numpy, librosa, gensim; torch models thread themselves): a pipeline with
+    # worker processes then runs a copy of the extractor in each, one per core, each decoding and embedding its own
+    # files, instead of feeding one model from decoders and leaving the other cores idle.
+    single_core: ClassVar[bool] = False
 
     def __init__(self, config: ExtractorConfig | None = None, *, device: str = "cpu"):
         self.config = config or self.Config()

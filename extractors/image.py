@@ -173,6 +173,7 @@ class HogColor(Extractor):
     Config = HogColorConfig
     extensions = IMAGE_EXTENSIONS
     key_ignores = ("max_pixels",)
+    single_core = True  # scikit-image and numpy
 
     @property
     def dim(self) -> int:

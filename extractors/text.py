@@ -196,6 +196,7 @@ class Doc2VecExtractor(Extractor):
     extensions = TEXT_EXTENSIONS
     decoding = "inline"  # reading a text is cheaper than handing it to a thread
     is_default = True
+    single_core = True  # gensim's infer_vector, one text at a time
     key_ignores = ("model_path",)
 
     def __init__(self, config: Doc2VecConfig | None = None, *, device: str = "cpu"):

@@ -307,6 +307,7 @@ class FrameStatsExtractor(Extractor):
     Config = FrameStatsConfig
     extensions = VIDEO_EXTENSIONS
     decoding = "all"  # decoding a video costs several times its statistics: every core decodes
+    single_core = True  # numpy
 
     @property
     def dim(self) -> int:

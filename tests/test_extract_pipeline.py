@@ -121,24 +121,26 @@ def test_a_renamed_or_copied_file_is_not_extracted_again(tmp_path):
 
 
 def test_a_killed_run_keeps_its_committed_shards_and_the_next_run_does_only_the_rest(tmp_path, monkeypatch):
+    from extractors.store import FeatureTable
+
     write_shapes(tmp_path / "media", per_class=4)
-    real_embed = HogColor.embed
+    real_write = FeatureTable.write_shard
     calls = {"n": 0}
 
-    def dies_on_the_third_batch(self, items):
+    def killed_while_writing_the_third_shard(self, X, rows):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt("killed")
-        return real_embed(self, items)
+        return real_write(self, X, rows)
 
-    monkeypatch.setattr(HogColor, "embed", dies_on_the_third_batch)
+    monkeypatch.setattr(FeatureTable, "write_shard", killed_while_writing_the_third_shard)
     with pytest.raises(KeyboardInterrupt):
         extract_images(tmp_path / "ws", tmp_path / "media", shard_size=4)
     table = FeatureStore(tmp_path / "ws" / "store").table("image")
-    assert len(table) == 8  # two batches of 4, each committed as a shard
+    assert len(table) == 8  # two shards of 4 committed
     orphan = table.shards / "part-000099-00000000.npy"  # what a kill between the two renames leaves
     np.save(orphan, np.zeros((4, table.dim), np.float32))
-    monkeypatch.setattr(HogColor, "embed", real_embed)
+    monkeypatch.setattr(FeatureTable, "write_shard", real_write)
     resumed = extract_images(tmp_path / "ws", tmp_path / "media")
     assert (resumed.extracted, resumed.skipped) == (4, 8)
     assert not orphan.exists()
@@ -242,17 +244,21 @@ def test_extractor_errors_survive_pickling_whole_as_they_cross_to_ray_workers_an
         assert (type(again), str(again), again.__dict__) == (type(error), str(error), error.__dict__)
 
 
-def test_decoding_threads_follow_what_decoding_costs_unless_the_user_gives_a_number():
+def test_workers_follow_what_decoding_and_the_model_cost_unless_the_user_gives_a_number():
     from pipelines.extract import DEFAULT_WORKERS, decode_workers
 
     cores = os.cpu_count() or 2
-    assert decode_workers(create_extractor("doc2vec")) == 0  # a text is read in the model's thread
-    assert decode_workers(create_extractor("hog-color")) == DEFAULT_WORKERS == min(4, max(1, cores - 1))
-    assert decode_workers(create_extractor("frame-stats")) == min(8, cores)  # decoding outweighs the statistics
+    assert decode_workers(create_extractor("minilm")) == 0  # a text is read in the model's thread
+    assert decode_workers(create_extractor("lightfield")) == DEFAULT_WORKERS == min(4, max(1, cores - 1))
+    for single_core in ("hog-color", "doc2vec", "mfcc", "frame-stats"):  # a copy of the model in every process
+        assert decode_workers(create_extractor(single_core), decode="processes") == min(8, cores)
+    assert decode_workers(create_extractor("doc2vec"), decode="threads") == 0  # threads share one model
+    assert decode_workers(create_extractor("hog-color"), decode="threads") == DEFAULT_WORKERS
+    assert decode_workers(create_extractor("frame-stats"), decode="threads") == min(8, cores)
     assert decode_workers(create_extractor("frame-stats"), 3) == 3
 
 
-def test_decoding_in_processes_and_in_threads_fills_the_store_with_the_same_rows(tmp_path):
+def test_worker_processes_with_a_model_each_and_decoding_threads_fill_the_store_with_the_same_rows(tmp_path):
     write_shapes(tmp_path / "media", per_class=3)
     rows = {}
     for decode in ("processes", "threads"):
@@ -267,7 +273,7 @@ def test_a_decoding_process_that_dies_stops_the_run_with_an_error_naming_its_fil
 
     write_shapes(tmp_path / "media", per_class=1)
     monkeypatch.setattr(HogColor, "load", lambda self, path: os._exit(3))  # a decoder crashing in C
-    with pytest.raises(ExtractorError, match="a decoding process died while reading one of"):
+    with pytest.raises(ExtractorError, match="a worker process died while reading one of"):
         extract_images(tmp_path / "ws", tmp_path / "media", decode="processes")
 
 

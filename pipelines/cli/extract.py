@@ -32,7 +32,8 @@ def extract(
     labels_from: Annotated[str, typer.Option(help="folders, a CSV/JSONL manifest, or regex:PATTERN.")] = "folders",
     batch_size: Annotated[int, typer.Option(help="Items per model call.")] = 32,
     workers: Annotated[int | None, typer.Option(
-        help="Decoding workers (0: in the model's thread). Default: by extractor, mostly cores - 1.")] = None,
+        help="Worker processes (0: all in this process). Default: by extractor: one per core for single-core "
+             "extractors (each with a copy of the model), else cores - 1 decoders.")] = None,
     decode: Annotated[str | None, typer.Option(
         help="Decode in 'processes' (default on Linux: no GIL shared with the model) or 'threads'.")] = None,
     device: DeviceOpt = "auto",
