@@ -358,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heavy-items", type=int, default=12, help=f"files for {', '.join(HEAVY)}")
     parser.add_argument("--fast-items", type=int, default=400, help=f"files for {', '.join(FAST)}")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--workers", type=int, help="decoding threads of the pipeline (default: the pipeline's choice "
+    parser.add_argument("--workers", type=int, help="worker processes of the pipeline (default: the pipeline's choice "
                         "per extractor, pipelines.extract.decode_workers)")
     parser.add_argument("--decode", choices=["processes", "threads"], help="the pipeline's decoding (default: its own)")
     parser.add_argument("--files", type=int, default=0, help="also run the memory run over this many tiny files")

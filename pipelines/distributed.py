@@ -99,7 +99,8 @@ def run_extract_ray(workspace: str | os.PathLike, modality: str, paths: Sequence
         address: ``"auto"`` joins the Ray runtime this process already started, else the cluster in ``RAY_ADDRESS`` or
             the latest one started on this machine (``ray start``), else starts a local one for the run; any other
             value is a cluster address (``HOST:PORT`` or ``ray://HOST:10001``).
-        workers: decoding threads inside each actor (None: by extractor, see pipelines.extract.decode_workers).
+        workers: decoding threads inside each actor (None: by extractor, see pipelines.extract.decode_workers;
+            actors decode in threads and keep one model).
         shard_size: items per task, hence rows per shard at most (tasks are made smaller so that every actor gets
             about four).
         actors: how many actors; default one per GPU (GPU actors) or per CPU of the cluster.

@@ -42,7 +42,7 @@ from pipelines.sources import Item, SourceError, hash_items, scan
 DEFAULT_BATCH_SIZE = 32
 # Decoding workers: one core is left to the model (on 2 cores, 1 decoding thread gave hog-color 277 items/s, 4 gave
 # 263: each extra thread took the GIL from the model's). Extractors whose decoding costs more than their model, or less
-# than a hand-off, say so (``Extractor.decoding``, see decode_workers).
+# than a hand-off, say so (``Extractor.decoding``, see decode_workers); single-core ones get a model per process.
 DEFAULT_WORKERS = min(4, max(1, (os.cpu_count() or 2) - 1))
 DEFAULT_SHARD_SIZE = 1024
 DECODE_CHUNK = 4  # items per decoding task
@@ -220,7 +220,8 @@ def run_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[str
         extractor: a registered name; None = the modality's default.
         labels_from: ``"folders"``, a manifest path or ``"regex:PATTERN"`` (see pipelines/sources.py).
         batch_size: items per model call.
-        workers: decoding workers and hashing threads (0 = decode in the calling thread; None = :func:`decode_workers`).
+        workers: worker processes or threads and hashing threads (0 = all in the calling thread; None =
+            :func:`decode_workers`).
         device: ``auto``, ``cpu`` or ``cuda``.
         overrides: extractor config overrides, ``["key=value"]`` or a dict.
         progress: show a tqdm bar (items/s) on stderr.
