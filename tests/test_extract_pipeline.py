@@ -301,6 +301,19 @@ def test_decoding_processes_decode_each_file_on_one_thread(tmp_path, monkeypatch
     assert decoder_threads() is None  # the consuming process keeps the libraries' own choice
 
 
+def test_a_single_core_extractor_embeds_in_the_worker_processes_not_in_the_caller(tmp_path, monkeypatch):
+    write_shapes(tmp_path / "media", per_class=2)
+    caller, real_embed = os.getpid(), HogColor.embed
+
+    def embed_outside_the_caller(self, items):
+        assert os.getpid() != caller, "embedded in the calling process"
+        return real_embed(self, items)
+
+    monkeypatch.setattr(HogColor, "embed", embed_outside_the_caller)
+    summary = extract_images(tmp_path / "ws", tmp_path / "media", decode="processes")
+    assert (summary.extracted, summary.failed) == (2 * len(SHAPES), 0)
+
+
 def test_a_consumer_that_stops_early_leaves_no_decoding_process_behind(tmp_path):
     import multiprocessing
 
