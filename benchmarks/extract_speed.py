@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 from extractors import create_extractor  # noqa: E402
 from extractors.base import set_decoder_threads  # noqa: E402
 from extractors.registry import get_extractor_class  # noqa: E402
-from pipelines.extract import decode_workers, run_extract  # noqa: E402
+from pipelines.extract import decode_workers, models_in_workers, run_extract  # noqa: E402
 
 ALL = ("hog-color", "vgg19-fc7", "minilm", "doc2vec", "mfcc", "lightfield", "frame-stats", "c3d-fc6")
 RANDOM_WEIGHTS = ("vgg19-fc7", "c3d-fc6")
@@ -244,7 +244,7 @@ def measure(name: str, *, items: int, batch_size: int, workers: int | None, deco
     if name == "lightfield":
         note = f"256x256: {1 / bare:.2f} s/mesh bare, {bare_cpu:.2f} CPU-s/mesh"
     return Row(name, modality, extractor.dim, items, items / total, steady, bare, bare_cpu, decode_cpu,
-               decode_workers(extractor, workers, decode=decode), bool(extractor.single_core and decode != "threads"),
+               decode_workers(extractor, workers, decode=decode), models_in_workers(extractor, workers, decode=decode),
                busy, note)
 
 

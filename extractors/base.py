@@ -55,9 +55,9 @@ class Extractor:
     # Config fields that say where or how to get the weights (a file path, allow a download), not what they are: the
     # weights' sha256 identifies them, so these fields stay out of the key and a moved file keeps its features valid.
     key_ignores: ClassVar[tuple[str, ...]] = ()
-    # How the pipeline should decode for this extractor: "spare" threads on the cores the model leaves (cores - 1),
-    # "all" threads on every core when decoding costs more than the model, "inline" in the model's thread when
-    # decoding costs less than handing an item to a thread (reading a text).
+    # How the pipeline should decode for this extractor when one model is fed by decoding workers: "spare" workers on
+    # the cores the model leaves (cores - 1), "all" on every core when decoding costs more than the model, "inline" in
+    # the model's thread when decoding costs less than a hand-off (reading a text).
     decoding: ClassVar[Literal["spare", "all", "inline"]] = "spare"
     # Whether ``embed`` runs on one core (numpy, librosa, gensim; torch models thread themselves): a pipeline with
     # worker processes then runs a copy of the extractor in each, one per core, each decoding and embedding its own

@@ -23,6 +23,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -160,16 +161,23 @@ def decode_workers(extractor: Extractor, workers: int | None = None, *, decode: 
     if workers is not None:
         return workers
     cores = os.cpu_count() or 2
-    if extractor.single_core and (decode or DEFAULT_DECODE) == "processes":
+    if extractor.single_core and _in_processes_mode(decode):
         return min(8, cores)
     return {"inline": 0, "spare": DEFAULT_WORKERS, "all": min(8, cores)}[extractor.decoding]
+
+
+def models_in_workers(extractor: Extractor, workers: int | None = None, *, decode: Decode | None = None) -> bool:
+    """Whether a run embeds in its worker processes, a copy of the model in each (a ``single_core`` extractor with
+    worker processes), rather than in the calling thread fed by decoding workers."""
+    return (extractor.single_core and _in_processes_mode(decode)
+            and decode_workers(extractor, workers, decode=decode) > 0)
 
 
 def extract_items(extractor: Extractor, items: Sequence[Item], *, batch_size: int = DEFAULT_BATCH_SIZE,
                   workers: int | None = None, decode: Decode | None = None
                   ) -> Iterator[tuple[Item, np.ndarray | SourceError]]:
     """Decode (``workers`` processes or threads, default :func:`decode_workers`; bounded read-ahead) and embed
-    ``items``; yield each with its float32 (dim,) row or its error, in input order within each batch.
+    ``items`` in batches of ``batch_size``; yield each with its float32 (dim,) row or its error, in input order.
 
     ``decode``: ``"processes"`` (the default on Linux) or ``"threads"`` (elsewhere, and inside Ray actors). A
     ``single_core`` extractor in worker processes runs in each of them on batches of its own, and only the rows come
@@ -183,27 +191,18 @@ def extract_items(extractor: Extractor, items: Sequence[Item], *, batch_size: in
     # numpy's BLAS would spread the small products of the weight-free descriptors (MFCC's mel projection) over every
     # core, spinning on the one the decoder needs: one thread is as fast there and leaves that core free. torch keeps
     # its own threads.
-    processes = (decode or DEFAULT_DECODE) == "processes"
+    in_workers = models_in_workers(extractor, workers, decode=decode)
     workers = decode_workers(extractor, workers, decode=decode)
+    batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
     with threadpool_limits(limits=1, user_api="blas"):
-        if processes and workers and extractor.single_core:
-            batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
-            for batch_items, results in zip(batches, _in_processes(_extract_chunk, extractor, batches,
-                                                                   workers=workers, ahead=2 * workers)):
-                yield from zip(batch_items, results)
-            return
-        batch: list[tuple[Item, Any]] = []
-        for item, decoded in _decode(extractor, items, workers=workers, read_ahead=2 * batch_size + workers,
-                                     processes=processes):
-            if isinstance(decoded, SourceError):
-                yield item, decoded
-                continue
-            batch.append((item, decoded))
-            if len(batch) == batch_size:
-                yield from _embed(extractor, batch)
-                batch = []
-        if batch:
-            yield from _embed(extractor, batch)
+        if in_workers:
+            results = _in_processes(_extract_chunk, extractor, batches, workers=workers, ahead=2 * workers)
+        else:
+            decoded = (d for _, d in _decode(extractor, items, workers=workers, read_ahead=2 * batch_size + workers,
+                                             processes=_in_processes_mode(decode)))
+            results = (_embed_decoded(extractor, batch, list(islice(decoded, len(batch)))) for batch in batches)
+        for batch, rows in zip(batches, results):
+            yield from zip(batch, rows)
 
 
 def run_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[str | os.PathLike], *,
@@ -468,12 +467,21 @@ def _load_chunk(extractor: Extractor, items: Sequence[Item]) -> list[Any]:
 
 
 def _extract_chunk(extractor: Extractor, items: Sequence[Item]) -> list[np.ndarray | SourceError]:
-    """Each item's row or error: decoded, then embedded as one batch (a rejected item isolated by :func:`_embed`)."""
-    results = _load_chunk(extractor, items)
+    return _embed_decoded(extractor, items, _load_chunk(extractor, items))
+
+
+def _embed_decoded(extractor: Extractor, items: Sequence[Item], decoded: list[Any]) -> list[np.ndarray | SourceError]:
+    """Each item's row, or its error: the decoded ones embedded as one batch (a rejected item isolated by
+    :func:`_embed`), the decoding errors kept in place."""
+    results = list(decoded)
     good = [k for k, r in enumerate(results) if not isinstance(r, SourceError)]
     for k, (_, row) in zip(good, _embed(extractor, [(items[k], results[k]) for k in good])):
         results[k] = row
     return results
+
+
+def _in_processes_mode(decode: Decode | None) -> bool:
+    return (decode or DEFAULT_DECODE) == "processes"
 
 
 def _load(extractor: Extractor, item: Item) -> Any:
