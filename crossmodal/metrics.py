@@ -39,6 +39,8 @@ CHUNK_ELEMENTS = 1 << 22  # similarities held at once (16 MiB of float32, 32 MiB
 __all__ = [
     "all_pairs_map",
     "average_precisions",
+    "chance_map",
+    "expected_average_precision",
     "map_at_k",
     "mean_map",
     "metric_name",
@@ -221,6 +223,104 @@ def all_pairs_map(
 def mean_map(results: Mapping[tuple[str, str], float]) -> float:
     """The mean over all pairs of an :func:`all_pairs_map` result (the papers' "Avg." column)."""
     return float(np.mean(list(results.values()))) if results else 0.0
+
+
+def chance_map(
+    query_labels: np.ndarray,
+    gallery_labels: np.ndarray,
+    k: int | None = None,
+    *,
+    multilabel_all: MultilabelAll = "num_queries",
+) -> float:
+    """The MAP@k a uniformly random ranking of the gallery scores on these labels (the level a table reads against).
+
+    Each query's relevant count R (same label; for multi-label, sharing any label) gives its expected AP@k in closed
+    form (:func:`expected_average_precision`), with the conventions of :func:`map_at_k`: the same cut-off (including
+    the multi-label "@all" quirk), single-label queries without a relevant item in the top k counting 0. For
+    multi-label data, whose queries without a hit are left out of the mean, the result is the ratio
+    ``sum E[AP 1(hit)] / sum P(hit)`` over the queries: the large-sample value of that mean (exact when every query
+    surely has a hit, as at @all).
+
+    Args:
+        query_labels, gallery_labels: as in :func:`map_at_k` (no embeddings: a random ranking needs none).
+        k: rank cut-off; None = all.
+        multilabel_all: as in :func:`map_at_k`.
+
+    Returns:
+        A Python float in [0, 1] (0 when no query has a relevant item).
+
+    Raises:
+        DatasetFormatError: labels of different kinds, or no queries or gallery items.
+    """
+    nq, ng = len(np.asarray(query_labels)), len(np.asarray(gallery_labels))
+    if nq == 0 or ng == 0:
+        raise DatasetFormatError(f"nothing to rank: {nq} queries and {ng} gallery items")
+    q_lab = _as_labels(query_labels, nq, "query labels")
+    g_lab = _as_labels(gallery_labels, ng, "gallery labels")
+    if q_lab.ndim != g_lab.ndim or (q_lab.ndim == 2 and q_lab.shape[1] != g_lab.shape[1]):
+        raise DatasetFormatError(f"query labels {q_lab.shape} and gallery labels {g_lab.shape} are not the same kind")
+    multilabel = q_lab.ndim == 2
+    if k is None:
+        k = nq if (multilabel and multilabel_all == "num_queries") else ng
+    if k < 1:
+        raise DatasetFormatError(f"k must be a positive rank cut-off, got {k}")
+    kk = min(int(k), ng)
+    if multilabel:
+        step = max(1, CHUNK_ELEMENTS // ng)
+        relevant = np.concatenate([((q_lab[s:s + step].astype(np.float32) @ g_lab.T.astype(np.float32)) > 0).sum(1)
+                                   for s in range(0, nq, step)])
+    else:
+        counts = np.bincount(g_lab[g_lab >= 0], minlength=int(max(q_lab.max(), 0)) + 1)
+        relevant = np.where(q_lab >= 0, counts[np.clip(q_lab, 0, None)], 0)
+    values, per_value = np.unique(relevant, return_counts=True)
+    ap_sum = hit_sum = 0.0
+    for r, n in zip(values.tolist(), per_value.tolist()):
+        ap, hit = expected_average_precision(ng, r, kk)
+        ap_sum += n * ap
+        hit_sum += n * hit
+    if multilabel:
+        return ap_sum / hit_sum if hit_sum > 0 else 0.0
+    return ap_sum / nq
+
+
+def expected_average_precision(n: int, relevant: int, k: int | None = None) -> tuple[float, float]:
+    """E[AP@k] of one query under a uniformly random ranking of n gallery items of which ``relevant`` are relevant.
+
+    AP@k is normalised by the hits H within the top k (this module's convention), so conditioned on H = h the h hits
+    sit uniformly among the k ranks and the expected AP of that full ranking of k items is (rank r is a hit with
+    probability h/k; two ranks both are with h(h-1)/(k(k-1)))::
+
+        g(h, k) = (1/h) sum_r (1/r) E[rel_r (1 + hits before r)] = (h-1)/(k-1) + (Harm_k / k) (k-h)/(k-1)
+
+    with Harm_k the k-th harmonic number (g = 1 when k = 1), and H is hypergeometric (n, relevant, k). At k = n,
+    H = relevant surely and this is the known expectation of AP for a random ranking.
+
+    Returns:
+        ``(E[AP@k 1(H > 0)], P(H > 0))``: the expectation with a query without a hit counted as 0, and the chance the
+        query has a hit (multi-label means leave the others out).
+    """
+    k = n if k is None else min(int(k), n)
+    if relevant <= 0 or n <= 0 or k <= 0:
+        return 0.0, 0.0
+    relevant = min(int(relevant), n)
+    harmonic = float(np.sum(1.0 / np.arange(1, k + 1)))
+
+    def full(h: np.ndarray | int) -> np.ndarray | float:
+        return 1.0 if k == 1 else (np.asarray(h) - 1) / (k - 1) + harmonic / k * (k - np.asarray(h)) / (k - 1)
+
+    if k == n:
+        return float(full(relevant)), 1.0
+    # Hypergeometric P(H = h) from log-factorials (exact in float64 to ~1e-12 for any n that fits in memory).
+    log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1, dtype=np.float64)))])
+
+    def log_comb(a: np.ndarray | int, b: np.ndarray | int) -> np.ndarray:
+        return log_fact[a] - log_fact[b] - log_fact[np.asarray(a) - np.asarray(b)]
+
+    h = np.arange(max(1, k - (n - relevant)), min(relevant, k) + 1)
+    if h.size == 0:
+        return 0.0, 0.0
+    p = np.exp(log_comb(relevant, h) + log_comb(n - relevant, k - h) - log_comb(n, k))
+    return float(np.sum(p * full(h))), float(np.sum(p))
 
 
 def metric_name(k: int | None) -> str:

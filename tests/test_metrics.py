@@ -10,6 +10,8 @@ from crossmodal.errors import DatasetFormatError, FeatureMismatchError
 from crossmodal.metrics import (
     all_pairs_map,
     average_precisions,
+    chance_map,
+    expected_average_precision,
     map_at_k,
     mean_map,
     pairs_table,
@@ -244,3 +246,51 @@ def test_single_label_queries_against_a_multi_label_gallery_are_refused():
 def test_non_finite_embeddings_are_refused():
     with pytest.raises(DatasetFormatError, match="NaN"):
         map_at_k(np.full((2, 3), np.nan), np.zeros(2), np.ones((2, 3)), np.zeros(2))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Chance level: the MAP of a uniformly random ranking, which every MAP table prints next to the model's.
+
+
+@pytest.mark.parametrize(("n", "relevant", "k"), [(6, 2, 3), (6, 2, 6), (7, 3, 2), (5, 1, 1), (8, 5, 4), (7, 1, 7)])
+def test_the_expected_ap_equals_the_mean_over_every_placement_of_the_relevant_items(n, relevant, k):
+    aps, hits = [], []
+    for positions in itertools.combinations(range(n), relevant):
+        rel = np.zeros((1, n), dtype=bool)
+        rel[0, list(positions)] = True
+        in_top = rel[:, :k]
+        hits.append(in_top.any())
+        aps.append(naive_ap(list(in_top[0])))
+    ap, hit = expected_average_precision(n, relevant, k)
+    assert ap == pytest.approx(np.mean(aps), abs=1e-12)
+    assert hit == pytest.approx(np.mean(hits), abs=1e-12)
+
+
+def naive_ap(relevance):
+    hits, total = 0, 0.0
+    for rank, rel in enumerate(relevance, start=1):
+        if rel:
+            hits += 1
+            total += hits / rank
+    return total / hits if hits else 0.0
+
+
+def test_single_label_chance_is_not_the_class_fraction():
+    """One relevant item among 10: a random ranking finds it at rank r with AP 1/r, so E[AP] = H_10 / 10 = 0.293."""
+    assert chance_map(np.array([0]), np.array([0] + [1] * 9)) == pytest.approx(sum(1 / r for r in range(1, 11)) / 10)
+
+
+@pytest.mark.parametrize("multilabel", [False, True])
+@pytest.mark.parametrize("k", [None, 10])
+def test_the_chance_level_matches_the_map_of_random_embeddings(multilabel, k):
+    """Monte Carlo: map_at_k of 400 draws of Gaussian embeddings (each a uniformly random ranking) averages to the
+    closed form within 4 standard errors."""
+    rng = np.random.default_rng(0)
+    if multilabel:
+        ql = (rng.random((30, 6)) < 0.2).astype(np.uint8)
+        gl = (rng.random((50, 6)) < 0.2).astype(np.uint8)
+    else:
+        ql, gl = rng.integers(0, 4, 30), rng.integers(-1, 4, 50)
+    draws = [map_at_k(rng.normal(size=(30, 8)), ql, rng.normal(size=(50, 8)), gl, k) for _ in range(400)]
+    standard_error = np.std(draws) / np.sqrt(len(draws))
+    assert abs(np.mean(draws) - chance_map(ql, gl, k)) < 4 * standard_error + 1e-3
