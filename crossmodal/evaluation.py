@@ -17,7 +17,7 @@ import numpy as np
 
 from crossmodal.errors import DatasetFormatError
 from crossmodal.featureset import FeatureSet
-from crossmodal.metrics import map_at_k, metric_name, pr_curve
+from crossmodal.metrics import chance_map, map_at_k, metric_name, pr_curve
 from crossmodal.model import CrossModalModel
 
 PR_RECALL_POINTS = np.linspace(0.0, 1.0, 21)  # recall levels of the saved precision-recall curves
@@ -34,8 +34,10 @@ def evaluate(model: CrossModalModel, test: Mapping[str, FeatureSet], ks: Sequenc
         pr_curves: also compute the interpolated precision at PR_RECALL_POINTS for every pair.
 
     Returns:
-        ``{"pairs": [{"query", "target", "MAP@all", "MAP@50"}...], "average": {"MAP@all", "MAP@50"},
-        "pr": {"image->text": {"recall": [...], "precision": [...]}}}`` (JSON-serialisable).
+        ``{"pairs": [{"query", "target", "queries", "gallery", "MAP@all", "MAP@50", "chance": {"MAP@all", "MAP@50"}}
+        ...], "average": {"MAP@all", "MAP@50"}, "chance": {"MAP@all", "MAP@50"}, "pr": {"image->text": {"recall":
+        [...], "precision": [...]}}}`` (JSON-serialisable): ``queries``/``gallery`` are the pair's test sizes and
+        ``chance`` the MAP a random ranking scores on those labels (``crossmodal.metrics.chance_map``).
 
     Raises:
         DatasetFormatError: fewer than two of the model's modalities are in ``test``.
@@ -92,12 +94,15 @@ def _evaluate(modalities: Sequence[str], pair_embeddings: Callable[[str, str], t
     for q, g in itertools.permutations(modalities, 2):
         queries, gallery = pair_embeddings(q, g)
         args = (queries, test[q].labels, gallery, test[g].labels)
-        rows.append({"query": q, "target": g, **{metric_name(k): map_at_k(*args, k) for k in ks}})
+        rows.append({"query": q, "target": g, "queries": len(queries), "gallery": len(gallery),
+                     **{metric_name(k): map_at_k(*args, k) for k in ks},
+                     "chance": {metric_name(k): chance_map(test[q].labels, test[g].labels, k) for k in ks}})
         if pr_curves:
             precision, recall = pr_curve(*args, recall_points=PR_RECALL_POINTS)
             pr[f"{q}->{g}"] = {"recall": recall.tolist(), "precision": precision.tolist()}
     average = {metric_name(k): float(np.mean([r[metric_name(k)] for r in rows])) for k in ks}
-    result: dict[str, Any] = {"pairs": rows, "average": average}
+    chance = {metric_name(k): float(np.mean([r["chance"][metric_name(k)] for r in rows])) for k in ks}
+    result: dict[str, Any] = {"pairs": rows, "average": average, "chance": chance}
     if pr_curves:
         result["pr"] = pr
     return result

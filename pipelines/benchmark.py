@@ -55,7 +55,8 @@ class BenchmarkResult:
         dataset: the dataset's name. noise_kind: what was corrupted. rates: the noise rates. methods: the rows of the
         table (a prior-transfer row is ``<method>+drcl-prior``). seeds: the seeds run. settings: the epochs and
         overrides used.
-        runs: one dict per (seed, rate, method): ``MAP@all``, ``MAP@50``, per-pair MAP, seconds, effective noise.
+        runs: one dict per (seed, rate, method): ``MAP@all``, ``MAP@50``, their ``chance`` levels, per-pair MAP (with
+        the pair's query and gallery sizes and chance), seconds, effective noise.
     """
 
     dataset: str
@@ -86,8 +87,29 @@ class BenchmarkResult:
         lines = ["| method | " + " | ".join(f"noise {r:g}" for r in self.rates) + " |",
                  "|---" * (len(self.rates) + 1) + "|"]
         lines += [f"| {m} | " + " | ".join(cells.get((m, r), "") for r in self.rates) + " |" for m in self.methods]
+        chance = self._chance(metric)
+        if chance is not None:
+            lines.append("| chance (random ranking) | " + " | ".join(f"{chance:.3f}" for _ in self.rates) + " |")
         lines.append("| effective rate | " + " | ".join(effective.get(r, "") for r in self.rates) + " |")
+        sizes = self._sizes()
+        if sizes:
+            head.insert(1, f"Test split (queries x gallery): {sizes}. Chance is the {metric} of a uniformly random "
+                           "ranking of those labels (crossmodal.metrics.chance_map), the same at every noise rate "
+                           "since only the training split is corrupted.")
         return "\n".join(head + lines) + "\n"
+
+    def _chance(self, metric: str) -> float | None:
+        """The average over pairs of the chance level of ``metric`` (the test split is the same in every run)."""
+        values = [r["chance"][metric] for r in self.runs if metric in r.get("chance", {})]
+        return float(np.mean(values)) if values else None
+
+    def _sizes(self) -> str:
+        """``image->text 400x400, ...`` from the first run that recorded its pairs' sizes."""
+        for run in self.runs:
+            pairs = [p for p in run.get("pairs", []) if "queries" in p]
+            if pairs:
+                return ", ".join(f"{p['query']}->{p['target']} {p['queries']}x{p['gallery']}" for p in pairs)
+        return ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "noise_kind": self.noise_kind, "rates": self.rates, "methods": self.methods,
@@ -270,7 +292,7 @@ def _run(method: str, config: MethodConfig, train: Mapping, ds: CrossModalDatase
     seconds = time.perf_counter() - start
     metrics = evaluate(model, ds.test, pr_curves=False)
     return model, {"MAP@all": metrics["average"]["MAP@all"], "MAP@50": metrics["average"]["MAP@50"],
-                   "pairs": metrics["pairs"], "seconds": seconds}
+                   "chance": metrics["chance"], "pairs": metrics["pairs"], "seconds": seconds}
 
 
 def _split_overrides(overrides: Sequence[str], methods: Sequence[str]) -> dict[str, list[str]]:

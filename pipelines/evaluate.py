@@ -72,8 +72,18 @@ def load_test_split(card: Mapping[str, Any], data: str | Path | None = None, *,
 
 
 def table_rows(result: Mapping[str, Any]) -> tuple[list[list[Any]], list[str]]:
-    """Rows ``query -> target, MAP@all, MAP@k`` and the average row, with their column names."""
+    """Rows ``query -> target, queries, gallery, MAP@all, chance@all, MAP@k, chance@k`` and the average row.
+
+    The chance columns are the MAP of a random ranking of the same test labels (``crossmodal.metrics.chance_map``),
+    what a score is read against; metrics saved before they were recorded leave them blank.
+    """
     metrics = list(result["average"])
-    rows = [[f"{p['query']} -> {p['target']}", *[p[m] for m in metrics]] for p in result["pairs"]]
-    rows.append(["average", *[result["average"][m] for m in metrics]])
-    return rows, ["pair (query -> target)", *metrics]
+
+    def cells(scores: Mapping[str, Any], chance: Mapping[str, Any] | None) -> list[Any]:
+        return [v for m in metrics for v in (scores[m], (chance or {}).get(m))]
+
+    rows = [[f"{p['query']} -> {p['target']}", p.get("queries"), p.get("gallery"), *cells(p, p.get("chance"))]
+            for p in result["pairs"]]
+    rows.append(["average", None, None, *cells(result["average"], result.get("chance"))])
+    columns = [c for m in metrics for c in (m, m.replace("MAP@", "chance@"))]
+    return rows, ["pair (query -> target)", "queries", "gallery", *columns]

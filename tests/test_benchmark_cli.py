@@ -27,7 +27,8 @@ def test_benchmark_writes_the_table_the_plot_and_the_json(report):
     table = (report / "benchmark.md").read_text()
     assert "| method | noise 0 | noise 0.5 |" in table
     assert [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")][1:] == \
-        ["| sdml", "| mcca", "| dscmr", "| effective rate"]
+        ["| sdml", "| mcca", "| dscmr", "| chance (random ranking)", "| effective rate"]
+    assert "image->text 400x400" in table  # the synthetic set's test split: 400 queries, 400 gallery items
 
 
 def test_table_cells_are_the_mean_and_std_over_seeds_of_the_runs(report):
