@@ -1,33 +1,77 @@
-"""One door to build extractors: ``create_extractor(name, **overrides)``; ``list_extractors(modality=...)``."""
+"""One door to build extractors: ``create_extractor(name, **overrides)``; ``list_extractors(modality=...)``.
+
+Registration is lazy (timm's ``_model_to_module`` idea): ``extractors/__init__.py`` holds one line per extractor,
+``register_lazy(name, module, modality=..., default=...)``, and the module, with its torch or librosa imports, is
+imported only when the class is first asked for (``create_extractor``, ``get_extractor_class``). Listing names and
+choosing a modality's default need no import, so ``crossmodal --help`` and a cold start stay cheap. The class itself
+still carries ``@register_extractor``, which checks it against its line.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from extractors.base import MODALITIES, Extractor
 from extractors.errors import ExtractorError, UnknownExtractorError
 
+if TYPE_CHECKING:
+    from extractors.base import Extractor
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    module: str  # where the class is defined, e.g. "extractors.image"
+    modality: str
+    default: bool
+
+
+_LAZY: dict[str, _Entry] = {}
 _EXTRACTORS: dict[str, type[Extractor]] = {}
 
 
+def register_lazy(name: str, module: str, *, modality: str, default: bool = False) -> None:
+    """Declare that ``module`` defines extractor ``name`` (imported on first use). Duplicates and a second default per
+    modality raise; the modality is checked when the class registers (extractors.base, which holds the list, imports
+    numpy)."""
+    if name in _LAZY:
+        raise ValueError(f"extractor {name!r} is registered twice")
+    if default and any(e.default and e.modality == modality for e in _LAZY.values()):
+        raise ValueError(f"modality {modality!r} has two default extractors")
+    _LAZY[name] = _Entry(module, modality, default)
+
+
 def register_extractor(cls: type[Extractor]) -> type[Extractor]:
-    """Class decorator; duplicate names and a second default per modality raise."""
+    """Class decorator; the class must match its ``register_lazy`` line (module, modality, default) when it has one,
+    and a name registered twice raises."""
+    from extractors.base import MODALITIES
+
     if cls.name in _EXTRACTORS:
         raise ValueError(f"extractor {cls.name!r} is registered twice")
     if cls.modality not in MODALITIES:
         raise ValueError(f"extractor {cls.name!r} has unknown modality {cls.modality!r}")
-    if cls.is_default and any(c.is_default and c.modality == cls.modality for c in _EXTRACTORS.values()):
-        raise ValueError(f"modality {cls.modality!r} has two default extractors")
+    entry = _LAZY.get(cls.name)
+    if entry is None:  # a class registered from outside the package (a plug-in): declared by its import
+        register_lazy(cls.name, cls.__module__, modality=cls.modality, default=cls.is_default)
+    elif (entry.module, entry.modality, entry.default) != (cls.__module__, cls.modality, cls.is_default):
+        raise ValueError(f"extractor {cls.name!r}: class ({cls.__module__}, {cls.modality}, default={cls.is_default}) "
+                         f"does not match its registration line ({entry.module}, {entry.modality}, "
+                         f"default={entry.default})")
     _EXTRACTORS[cls.name] = cls
     return cls
 
 
 def get_extractor_class(name: str) -> type[Extractor]:
-    try:
-        return _EXTRACTORS[name]
-    except KeyError:
-        raise UnknownExtractorError(name, list(_EXTRACTORS)) from None
+    """The class of ``name``, importing its module the first time."""
+    if name not in _EXTRACTORS:
+        entry = _LAZY.get(name)
+        if entry is None:
+            raise UnknownExtractorError(name, list(_LAZY))
+        importlib.import_module(entry.module)
+        if name not in _EXTRACTORS:
+            raise ExtractorError(f"extractor {name!r}: module {entry.module} defines no class registered under it",
+                                 hint="decorate the class with @register_extractor")
+    return _EXTRACTORS[name]
 
 
 def create_extractor(name: str, *, device: str = "cpu", **overrides: Any) -> Extractor:
@@ -42,12 +86,14 @@ def create_extractor(name: str, *, device: str = "cpu", **overrides: Any) -> Ext
 
 
 def list_extractors(modality: str | None = None) -> list[str]:
-    return sorted(n for n, c in _EXTRACTORS.items() if modality is None or c.modality == modality)
+    """Registered names (of ``modality`` when given), sorted; imports nothing."""
+    return sorted(n for n, e in _LAZY.items() if modality is None or e.modality == modality)
 
 
 def default_extractor(modality: str) -> str:
-    for name, cls in _EXTRACTORS.items():
-        if cls.modality == modality and cls.is_default:
+    """The default extractor of ``modality``; imports nothing."""
+    for name, entry in _LAZY.items():
+        if entry.modality == modality and entry.default:
             return name
     raise ExtractorError(
         f"no default extractor for modality {modality!r}", hint=f"choose one of {list_extractors(modality)}"

@@ -1,9 +1,11 @@
-# ruff: noqa: I001  (one import line appended per method)
-"""Methods: one file each, registered by name. Importing this package registers them all."""
+# ruff: noqa: I001  (one registration line appended per method)
+"""Methods: one file each, registered by name. A method's module is imported the first time it is asked for
+(``get_method``/``create_method``); ``list_methods`` imports none of them. Adding a method is one file plus one line."""
 
 from __future__ import annotations
 
 from crossmodal.methods.base import (
+    METHODS,
     Callback,
     Checkpoint,
     Method,
@@ -16,12 +18,12 @@ from crossmodal.methods.base import (
 
 __all__ = ["Callback", "Checkpoint", "Method", "create_method", "fit_loop", "get_method", "list_methods",
            "register_method"]
-from crossmodal.methods import drcl  # noqa: F401
-from crossmodal.methods import sdml  # noqa: F401
-from crossmodal.methods import mars  # noqa: F401
-from crossmodal.methods import dscmr  # noqa: F401
-from crossmodal.methods import mcca  # noqa: F401
-from crossmodal.methods import sccmr  # noqa: F401
-from crossmodal.methods import hcmsl  # noqa: F401
-from crossmodal.methods import rcar  # noqa: F401
-from crossmodal.methods import sedel  # noqa: F401
+METHODS.register_lazy("drcl", "crossmodal.methods.drcl")
+METHODS.register_lazy("sdml", "crossmodal.methods.sdml")
+METHODS.register_lazy("mars", "crossmodal.methods.mars")
+METHODS.register_lazy("dscmr", "crossmodal.methods.dscmr")
+METHODS.register_lazy("mcca", "crossmodal.methods.mcca")
+METHODS.register_lazy("sccmr", "crossmodal.methods.sccmr")
+METHODS.register_lazy("hcmsl", "crossmodal.methods.hcmsl")
+METHODS.register_lazy("rcar", "crossmodal.methods.rcar")
+METHODS.register_lazy("sedel", "crossmodal.methods.sedel")

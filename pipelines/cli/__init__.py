@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 import typer
 import typer.main
@@ -11,6 +13,7 @@ import typer.main
 from pipelines.cli import _verbs  # noqa: F401  (registers every verb on the app)
 from pipelines.cli._app import app
 from pipelines.cli._errors import USER_ERRORS, report, report_usage
+from pipelines.cli._options import OFFLINE_ENV
 
 try:  # typer >= 0.20 vendors click
     from typer._click.exceptions import ClickException
@@ -21,6 +24,8 @@ except ImportError:  # pragma: no cover
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv``; return the exit code. User errors print one line with the fix, never a traceback."""
     command = typer.main.get_command(app)
+    _help_reads_as_a_flag(command)
+    saved = {name: os.environ.get(name) for name in (OFFLINE_ENV, "HF_HUB_OFFLINE")}  # --offline sets them
     try:
         command.main(args=list(sys.argv[1:] if argv is None else argv), prog_name="crossmodal", standalone_mode=False)
     except USER_ERRORS as exc:
@@ -35,7 +40,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc.filename or exc}: no such file or directory", file=sys.stderr)
         return 2
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return 0
+
+
+def _help_reads_as_a_flag(command) -> None:
+    """Blank the metavar of every command's ``--help``: typer 0.29 shows it as ``--help <bool>``, as if it took a
+    value (the shared flags set ``metavar=""`` themselves, pipelines/cli/_options.py)."""
+    commands = [command, *getattr(command, "commands", {}).values()]
+    for cmd in commands:
+        option = cmd.get_help_option(SimpleNamespace(help_option_names=["--help"]))
+        if option is not None:
+            option.metavar = ""
 
 
 def run() -> None:
