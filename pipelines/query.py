@@ -1,7 +1,8 @@
 """The query step: one raw file (or a typed text) -> the extractor recorded in the model card -> its encoder -> search
 the index of another modality -> ranked gallery items.
 
-The JSON shape (``crossmodal query --json`` and the web server's ``/api/query``) is stable::
+The JSON shape (``crossmodal query --json`` and the web server's ``/api/query``) is stable and declared once, as
+``QueryResult`` below; the server states it as its response model, so FastAPI checks every answer against it::
 
     {"query": {"modality", "file", "text", "extractor", "model"}, "target": "image", "k": 10,
      "results": [{"rank", "score", "item_id", "label", "source_path", "modality"}, ...]}
@@ -20,11 +21,43 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from typing_extensions import TypedDict  # pydantic (the server's response model) needs this one before Python 3.12
 
-from crossmodal.errors import ConfigError, FeatureMismatchError, NotTrainedError
+from crossmodal.errors import ConfigError, CrossmodalError, FeatureMismatchError, NotTrainedError
 from crossmodal.types import MODALITIES, canonical_modality
+from extractors.errors import ExtractorError, MediaError
 from pipelines.index import GALLERY_META, GALLERY_ROWS, index_folder, require_model
 from pipelines.workspace import DEFAULT_WORKSPACE, Workspace
+
+
+class QueryAsked(TypedDict):
+    """What was searched with: the query's modality, the file's name as the user gave it, or the typed text."""
+
+    modality: str
+    file: str | None
+    text: str | None
+    extractor: str
+    model: str
+
+
+class QueryHit(TypedDict):
+    """One ranked gallery item; ``score`` is the cosine similarity in the common space."""
+
+    rank: int
+    score: float
+    item_id: str
+    label: str
+    source_path: str
+    modality: str
+
+
+class QueryResult(TypedDict):
+    """The answer of one query: ``crossmodal query --json`` prints it, ``/api/query`` returns it."""
+
+    query: QueryAsked
+    target: str
+    k: int
+    results: list[QueryHit]
 
 
 def query(
@@ -37,7 +70,7 @@ def query(
     k: int = 10,
     device: str = "auto",
     modality: str | None = None,
-) -> dict[str, Any]:
+) -> QueryResult:
     """Search the ``target`` modality's index with one file or a typed text.
 
     Args:
@@ -66,6 +99,8 @@ def query(
     if (file is None) == (text is None):
         raise ConfigError("give one query: a FILE or --text", hint='e.g. crossmodal query photo.jpg --target text, or '
                                                                   'crossmodal query --text "a red boat" --target image')
+    if text is not None and not text.strip():
+        raise ConfigError("the text query is empty", hint='type some words, e.g. --text "a red boat"')
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}")
     ws = Workspace(workspace)
@@ -98,7 +133,7 @@ def query(
     net = _load_model(str(model_dir), _mtime(model_dir / "card.json"), device)
     q = net.encode(source, X, against=target)
     index, rows = _load_index(str(folder), _mtime(meta_path))
-    results = []
+    results: list[QueryHit] = []
     scores, ids = index.search(q, min(k, len(rows))) if rows else (np.zeros((1, 0)), np.zeros((1, 0), dtype=str))
     for rank, (score, content_hash) in enumerate(zip(scores[0], ids[0]), start=1):
         row = rows.get(str(content_hash))
@@ -158,12 +193,42 @@ def _query_modality(path: Path, card: dict[str, Any], modality: str | None) -> s
     raise ConfigError(f"{path}: {suffix} could be {' or '.join(matches)}", hint="say which with --modality")
 
 
+def warm(workspace: str | os.PathLike, *, model: str, device: str = "auto") -> list[str]:
+    """Load what queries of ``model`` use (the model, every modality's extractor, every index) into this process's
+    caches, so that a server's idle memory already holds them and its first query is as fast as the others.
+
+    Returns:
+        One line per part that could not be loaded (a query needing it will raise the same error then).
+    """
+    from crossmodal.model import read_card
+
+    ws = Workspace(workspace)
+    try:
+        model_dir = require_model(ws, model)
+        card = read_card(model_dir)
+        _load_model(str(model_dir), _mtime(model_dir / "card.json"), device)
+    except (CrossmodalError, ExtractorError) as exc:
+        return [f"model {model!r}: {exc}"]
+    notes = []
+    for modality in card["features"]:
+        try:
+            card_extractor(ws, card, modality, device=device)
+        except (CrossmodalError, ExtractorError) as exc:
+            notes.append(f"{modality} queries: {exc}")
+    for meta in sorted((ws.index_dir / model).rglob(GALLERY_META)):
+        _load_index(str(meta.parent), _mtime(meta))
+    return notes
+
+
 def _embed_text(extractor: Any, text: str) -> np.ndarray:
     """float32 (1, dim): a typed text goes through the same ``load`` as a text file (decoding, tokenising)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "query.txt"
         path.write_text(text, encoding="utf-8")
-        return extractor([extractor.load(path)])
+        try:
+            return extractor([extractor.load(path)])
+        except MediaError as exc:  # its message names the temporary file, which the user never saw
+            raise MediaError("the typed text", exc.reason, hint=exc.hint) from None
 
 
 def _mtime(path: Path) -> int:

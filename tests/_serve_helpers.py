@@ -105,11 +105,12 @@ class FakeQuery:
                 self.calls.append(call)
             time.sleep(self.delay)
             ids = [i for modality, i in self.gallery if modality == target][:k]
-            query = {"modality": MODALITY_OF[file.suffix] if file else "text", "file": str(file) if file else None,
-                     "text": text}
+            modality = MODALITY_OF[file.suffix] if file else "text"
+            query = {"modality": modality, "file": str(file) if file else None, "text": text,
+                     "extractor": f"fake-{modality}@0", "model": model}
             results = [{"rank": r + 1, "score": round(1.0 - 0.1 * r, 4), "item_id": i, "label": i.split("/")[0],
                         "source_path": str(self.gallery[target, i]), "modality": target} for r, i in enumerate(ids)]
-            return {"query": query, "target": target, "results": results}
+            return {"query": query, "target": target, "k": k, "results": results}
         finally:
             with self._lock:
                 self.running -= 1

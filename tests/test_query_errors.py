@@ -143,3 +143,12 @@ def test_an_image_query_of_the_indexed_model_ranks_text_items(indexed, capsys):
     assert [r["rank"] for r in result["results"]] == [1, 2, 3, 4]
     assert {r["modality"] for r in result["results"]} == {"text"}
     assert all(r["source_path"].endswith(".txt") for r in result["results"])
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t"])
+def test_an_empty_text_query_is_refused_without_naming_a_temporary_file(indexed, capsys, text):
+    _, ws = indexed
+    assert main(["query", "--text", text, "--target", "image", "--workspace", str(ws), "--model", "m"]) == 2
+    err = _error(capsys)
+    assert "the text query is empty" in err
+    assert "/tmp" not in err and "query.txt" not in err

@@ -213,14 +213,35 @@ def test_requests_for_a_foreign_host_name_are_refused(hostile):
     assert TestClient(app, base_url="http://localhost:8000").get("/api/media/image/7/red").status_code == 200
 
 
-def test_cross_origin_queries_are_refused(hostile):
+@pytest.mark.parametrize("origin", ["http://attacker.example", "http://127.0.0.1:9999", "http://127.0.0.1",
+                                    "https://127.0.0.1:8000", "http://localhost:8000", "null", "http://[::1]:8000",
+                                    "http://127.0.0.1:80000", "http://127.0.0.1:x", "file://"])
+def test_queries_from_another_origin_even_another_local_port_are_refused(hostile, origin):
+    """Same origin means the same scheme, host and port: a page on another local port must not POST queries."""
     app, _, _, fake = hostile
-    client = TestClient(app, base_url="http://127.0.0.1")
+    client = TestClient(app, base_url="http://127.0.0.1:8000")
     form = {"text": (None, "seven"), "target": (None, "image")}
-    foreign = client.post("/api/query", files=form, headers={"Origin": "http://attacker.example"})
-    assert foreign.status_code == 403
-    assert client.post("/api/query", files=form, headers={"Origin": "http://127.0.0.1:8000"}).status_code == 200
+    response = client.post("/api/query", files=form, headers={"Origin": origin})
+    assert response.status_code == 403 and response.json()["error"] == "cross-origin requests are refused"
+    assert fake.calls == []
+
+
+@pytest.mark.parametrize(("base_url", "origin"), [("http://127.0.0.1:8000", "http://127.0.0.1:8000"),
+                                                  ("http://localhost:8000", "http://localhost:8000"),
+                                                  ("http://[::1]:8000", "http://[::1]:8000"),
+                                                  ("http://127.0.0.1", "http://127.0.0.1:80")])
+def test_queries_from_the_pages_own_origin_are_answered(hostile, base_url, origin):
+    app, _, _, fake = hostile
+    response = TestClient(app, base_url=base_url).post(
+        "/api/query", files={"text": (None, "seven"), "target": (None, "image")}, headers={"Origin": origin})
+    assert response.status_code == 200
     assert len(fake.calls) == 1
+
+
+def test_ipv6_loopback_is_an_allowed_host_with_or_without_a_port(hostile):
+    app, _, _, _ = hostile
+    for base_url in ("http://[::1]:8000", "http://[::1]", "http://[::1]:1"):
+        assert TestClient(app, base_url=base_url).get("/api/info").status_code == 200, base_url
 
 
 def test_serve_binds_to_loopback_unless_told_otherwise(tmp_path, monkeypatch, capsys):
@@ -233,11 +254,43 @@ def test_serve_binds_to_loopback_unless_told_otherwise(tmp_path, monkeypatch, ca
     monkeypatch.setattr(serve_module, "workspace_info", fake_info)
     made: list[dict] = []
     monkeypatch.setattr(serve_module, "create_app", lambda workspace, **kw: made.append(kw) or "app")
+    monkeypatch.setattr(serve_module, "QueryProcess", IdleQueries)
     assert main(["serve", "--workspace", str(tmp_path)]) == 0
     assert main(["serve", "--workspace", str(tmp_path), "--host", "0.0.0.0", "--port", "8123"]) == 0
     assert [(h, p) for h, p, _ in bound] == [("127.0.0.1", 8000), ("0.0.0.0", 8123)]
     assert made[0]["allowed_hosts"] == ("127.0.0.1", "localhost", "::1") and made[1]["allowed_hosts"] == ("*",)
     assert "reachable from other machines" in capsys.readouterr().err
+
+
+class IdleQueries:
+    """Stands in for the query process in tests of ``serve`` that never query."""
+
+    def __init__(self, workspace, **options):
+        self.idle_mb = 100.0
+
+    def start(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_serve_on_ipv6_loopback_prints_a_bracketed_url_that_the_host_check_accepts(tmp_path, monkeypatch, capsys,
+                                                                                    host):
+    uvicorn = pytest.importorskip("uvicorn")
+    from pipelines import serve as serve_module
+    from pipelines.cli import main
+
+    bound: list[tuple[str, object]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: bound.append((host, app)))
+    monkeypatch.setattr(serve_module, "workspace_info", fake_info)
+    monkeypatch.setattr(serve_module, "QueryProcess", IdleQueries)
+    monkeypatch.setattr(serve_module, "upload_extensions", lambda: EXTENSIONS)
+    assert main(["serve", "--workspace", str(tmp_path), "--host", host]) == 0
+    assert "at http://[::1]:8000/" in capsys.readouterr().err
+    ((bound_host, app),) = bound
+    assert bound_host == "::1"
+    client = TestClient(app, base_url="http://[::1]:8000")
+    assert client.get("/").status_code == 200
+    assert client.get("/", headers={"Host": "attacker.example:8000"}).status_code == 400
 
 
 def test_a_burst_of_concurrent_queries_all_succeed(tmp_path, private_tmp):
@@ -345,6 +398,80 @@ def test_a_model_card_missing_a_field_is_refused(tmp_path):
     (directory / CARD_FILE).write_text(json.dumps(card))
     with pytest.raises(ModelFileError, match="model card has no 'features'"):
         CrossModalModel.load(directory)
+
+
+def loadable_model(directory: Path) -> Path:
+    """A tiny DRCL model that loads (24- and 16-wide features, hidden 8, a 4-d space, 3 classes), saved there."""
+    from crossmodal.methods.drcl import DRCL, DRCLConfig
+
+    features = {"image": FeatureIdentity("pixels", "pixels@0", 24), "text": FeatureIdentity("words", "words@0", 16)}
+    return DRCL.build_model(DRCLConfig(hidden=(8,), dim=4), features, 3, {}).save(directory)
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda c: c.update(num_classes=1e12), "'num_classes' must be an integer"),
+    (lambda c: c.update(num_classes=10**12), "'num_classes' must be an integer in"),
+    (lambda c: c.update(num_classes="ten"), "'num_classes' must be an integer"),
+    (lambda c: c["features"]["image"].update(dim=10**6), "width must be an integer in"),
+    (lambda c: c["features"]["image"].update(dim="24"), "width must be an integer in"),
+    (lambda c: c["config"].update(hidden=[200000, 200000]), "do not match the model the card describes"),
+    (lambda c: c["config"].update(hidden=[-3]), "cannot be built"),
+    (lambda c: c["config"].update(hidden="wide"), "config does not fit drcl"),
+    (lambda c: c.update(features=[]), "'features' must be a non-empty object"),
+    (lambda c: c.update(method=["drcl"]), "'method' must be a name"),
+    (lambda c: c.pop("weights_sha256"), "model card has no 'weights_sha256'"),
+    (lambda c: c.update(weights_sha256="0" * 63), "'weights_sha256' must be 64 hex digits"),
+])
+def test_a_hostile_model_card_is_refused_before_anything_is_allocated(tmp_path, change, message):
+    """Issue 15 item 7: each of these once allocated terabytes or gave a traceback. Now each is one named refusal, and
+    the process's peak memory does not move by more than 64 MiB while refusing."""
+    directory = loadable_model(tmp_path / "model")
+    card = json.loads((directory / CARD_FILE).read_text())
+    change(card)
+    (directory / CARD_FILE).write_text(json.dumps(card))
+    before = _peak_rss_mib()
+    with pytest.raises(ModelFileError, match=message.replace("(", r"\(")):
+        CrossModalModel.load(directory)
+    assert _peak_rss_mib() - before < 64
+
+
+def test_a_card_without_a_hash_does_not_load_modified_weights(tmp_path):
+    directory = loadable_model(tmp_path / "model")
+    weights = directory / WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    card = json.loads((directory / CARD_FILE).read_text())
+    del card["weights_sha256"]
+    (directory / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ModelFileError, match="no 'weights_sha256'") as info:
+        CrossModalModel.load(directory)
+    assert "crossmodal train" in info.value.hint
+
+
+def test_a_weights_header_that_claims_more_than_the_file_holds_is_refused(tmp_path):
+    """A safetensors header whose tensor claims 10^6 x 10^6 floats, with the card's hash forged to match."""
+    directory = loadable_model(tmp_path / "model")
+    header = json.dumps({"image.0.weight": {"dtype": "F32", "shape": [10**6, 10**6],
+                                            "data_offsets": [0, 4 * 10**12]}}).encode()
+    (directory / WEIGHTS_FILE).write_bytes(len(header).to_bytes(8, "little") + header + bytes(64))
+    card = json.loads((directory / CARD_FILE).read_text())
+    card["weights_sha256"] = file_sha256(directory / WEIGHTS_FILE)
+    (directory / CARD_FILE).write_text(json.dumps(card))
+    with pytest.raises(ModelFileError, match="does not fit its bytes"):
+        CrossModalModel.load(directory)
+
+
+def test_the_untouched_hostile_test_model_loads(tmp_path):
+    """The control for the tests above: the model they alter loads as saved."""
+    model = CrossModalModel.load(loadable_model(tmp_path / "model"))
+    assert model.num_classes == 3 and model.features["image"].dim == 24
 
 
 class _Payload:

@@ -73,7 +73,8 @@ def test_file_query_passes_the_upload_and_fields_to_the_query_function(tmp_path,
 def test_query_reports_the_clients_file_name_not_the_servers_temporary_path(tmp_path, gallery):
     response = make_client(tmp_path, gallery).post(
         "/api/query", files={"file": ("C:\\Users\\me\\my photo.PNG", b"png", "image/png")}, data={"target": "text"})
-    assert response.json()["query"] == {"modality": "image", "file": "my photo.PNG", "text": None}
+    assert response.json()["query"] == {"modality": "image", "file": "my photo.PNG", "text": None,
+                                        "extractor": "fake-image@0", "model": "tiny"}
 
 
 def test_query_answers_the_same_json_as_the_query_function(tmp_path, gallery):

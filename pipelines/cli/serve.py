@@ -23,9 +23,11 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest accepted upload, in MiB.")] = 64.0,
     media_root: Annotated[list[Path] | None, typer.Option(help="A folder outside the workspace whose items may be "
                                                                "shown (repeatable).")] = None,
+    query_memory_mb: Annotated[float, typer.Option(min=64, help="Memory one query may take above the idle server, "
+                                                             "in MB; a query past it is stopped and refused.")] = 1024.0,
     device: DeviceOpt = "auto",
 ) -> None:
     from pipelines.serve import serve as run_server
 
     run_server(workspace, model=model, host=host, port=port, max_upload_mb=max_upload_mb, device=device,
-               media_roots=media_root or ())
+               media_roots=media_root or (), query_memory_mb=query_memory_mb)
