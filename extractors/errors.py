@@ -73,3 +73,7 @@ class UnknownExtractorError(ExtractorError, KeyError):
 
 class StoreError(ExtractorError):
     """The feature store is inconsistent or a write would corrupt it (wrong width, non-finite values...)."""
+
+
+class StoreFullError(StoreError):
+    """The disk of the workspace is full (ENOSPC/EDQUOT): nothing of the shard being written was kept."""

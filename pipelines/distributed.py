@@ -5,7 +5,8 @@ scan, hash, skip what the store holds, fit corpus-fitted extractors), then cuts 
 ``shard_size`` items. Each actor builds the extractor once (on its GPU when the cluster has GPUs: one GPU per actor),
 runs :func:`pipelines.extract.extract_items` on a task (the same decode threads and model batches as a local run) and
 commits the rows it extracted as one shard of its own, with the store's atomic commit; the driver writes the errors of
-every task to the run's ``errors.jsonl``. The store therefore ends up with the same rows as a single-process run on the
+every task to the run's ``errors.jsonl``, then the rows of items whose bytes another item has (features copied, as in a
+local run). The store therefore ends up with the same rows as a single-process run on the
 same files (content hash, vector, item id, source path, labels, split), in more shards; and a killed run resumes like a
 local one, since every committed task is skipped the next time.
 
@@ -34,6 +35,8 @@ from pipelines.extract import (
     _commit,
     _progress,
     _write_error,
+    commit_duplicates,
+    disk_full_names,
     extract_items,
     finish_run,
     plan_extract,
@@ -129,8 +132,10 @@ def run_extract_ray(workspace: str | os.PathLike, modality: str, paths: Sequence
     seconds = 0.0
     started_ray = _connect(ray, address)
     pool: list[Any] = []
+    duplicates = lost = 0
     try:
-        with open(errors_file, "w") as errors_out, _progress(len(plan.todo), plan.extractor.name, progress) as bar:
+        with (disk_full_names(workspace, plan), open(errors_file, "w") as errors_out,
+              _progress(len(plan.todo), plan.extractor.name, progress) as bar):
             for err in plan.errors:
                 _write_error(errors_out, err, None)
             unsupported = sum(err.error == "unsupported" for err in plan.errors)
@@ -146,13 +151,14 @@ def run_extract_ray(workspace: str | os.PathLike, modality: str, paths: Sequence
                     failed += len(errors)
                     bar.update(written + len(errors))
                 seconds = time.perf_counter() - t_extract
+            duplicates, lost = commit_duplicates(plan, errors_out)
     finally:
         for actor in pool:
             ray.kill(actor)
         if started_ray:
             ray.shutdown()
-    return finish_run(plan, run_dir, run_id=run_id, extracted=extracted, failed=failed, unsupported=unsupported,
-                      started=start, extract_seconds=seconds,
+    return finish_run(plan, run_dir, run_id=run_id, extracted=extracted, failed=failed + lost, unsupported=unsupported,
+                      started=start, extract_seconds=seconds, duplicates=duplicates,
                       record={"paths": [str(p) for p in paths], "labels_from": labels_from, "batch_size": batch_size,
                               "ray": {"address": address, "shard_size": shard_size}})
 

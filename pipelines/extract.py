@@ -1,11 +1,17 @@
 """The extract step: raw files -> extractor -> feature store, resumable, with every failure recorded.
 
-Flow (STYLE.md §3.3): :func:`pipelines.sources.scan` -> sha256 of each file -> skip what the store already holds for the
-extractor's key (a renamed or copied file is not extracted twice) -> decode in worker processes (or threads), ahead of
+Flow (STYLE.md §3.3): :func:`pipelines.sources.scan` -> sha256 of each file -> skip the items the store already holds
+for the extractor's key -> decode in worker processes (or threads), ahead of
 the model by a bounded window -> ``extractor(batch)`` -> ``FeatureTable.write_shard`` every ``shard_size`` rows (and at
 least once a minute, so a killed run loses little) -> summary. A file that fails never costs the others: decoding
 errors are per file, and a batch the model rejects is retried item by item to isolate the culprit. Failures go to
 ``<workspace>/runs/<run id>/errors.jsonl`` as ``{path, hash, error, message}``.
+
+Every item gets its row. An item is a (file, item id, labels) entry and its content hash is the key of its features, so
+a file with the same bytes as another (the same picture under two names or two classes, a renamed or copied file) is
+not embedded again: after the extraction its row is written with the features stored under that hash, and the summary
+counts it under ``duplicates``. A run that finds nothing to read (a missing path, an empty folder, no file of an
+extension the extractor reads) stops with an error saying what it found.
 
 Extractors fitted on the corpus (doc2vec) expose ``prepare(corpus, *, cache_dir)``; it is called with every scanned item
 before the key is read, because the fitted model is part of the key.
@@ -13,7 +19,9 @@ before the key is read, because the fitted model is part of the key.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -31,14 +39,21 @@ import numpy as np
 
 from crossmodal.config import coerce_field
 from crossmodal.device import resolve_device
-from crossmodal.errors import ConfigError
+from crossmodal.errors import ConfigError, DatasetFormatError
 from crossmodal.types import canonical_modality
 from extractors import Extractor, create_extractor, default_extractor, list_extractors
 from extractors.base import set_decoder_threads
-from extractors.errors import ExtractorError, MediaError, MissingDependencyError, MissingWeightsError, StoreError
+from extractors.errors import (
+    ExtractorError,
+    MediaError,
+    MissingDependencyError,
+    MissingWeightsError,
+    StoreError,
+    StoreFullError,
+)
 from extractors.registry import get_extractor_class
-from extractors.store import FeatureStore, FeatureTable, StoreRow
-from pipelines.sources import Item, SourceError, hash_items, scan
+from extractors.store import FeatureStore, FeatureTable, StoreRow, item_key, printable
+from pipelines.sources import Item, Scan, SourceError, hash_items, scan
 
 DEFAULT_BATCH_SIZE = 32
 # Decoding workers: one core is left to the model (on 2 cores, 1 decoding thread gave hog-color 277 items/s, 4 gave
@@ -56,9 +71,12 @@ _FATAL = (MissingWeightsError, MissingDependencyError, StoreError)
 
 @dataclasses.dataclass
 class ExtractSummary:
-    """What one run did. ``skipped``: items already in the store (or repeated within the run); ``failed``: files that
-    could not be read, decoded or embedded; ``unsupported``: files of an extension the extractor does not read. Both
-    of the last two are listed with their reasons in ``errors_file``."""
+    """What one run did, every found item counted once: ``found = extracted + skipped + duplicates + failed +
+    unsupported``. ``extracted``: items embedded; ``skipped``: items already in the store (same bytes, id and labels);
+    ``duplicates``: items whose bytes another item has, given their own row with those features (not embedded again);
+    ``failed``: files that could not be read, decoded or embedded; ``unsupported``: files of an extension the extractor
+    does not read. Both of the last two are listed with their reasons in ``errors_file``. ``unlabelled``: found items
+    that carry no label (train leaves them out)."""
 
     run_id: str
     modality: str
@@ -74,6 +92,9 @@ class ExtractSummary:
     items_per_second: float
     errors_file: str
     unsupported: int = 0
+    duplicates: int = 0
+    unlabelled: int = 0
+    unlabelled_examples: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,7 +102,9 @@ class ExtractSummary:
 
 @dataclasses.dataclass
 class ExtractPlan:
-    """The work of a run, decided before any model runs: what to extract, what is done, what failed to scan."""
+    """The work of a run, decided before any model runs: what to embed (``todo``, one item per new content hash), the
+    items that share the bytes of a stored or ``todo`` item (``duplicates``: rows written with those features), how
+    many are stored already (``skipped``), what failed to scan, and the unlabelled items."""
 
     extractor: Extractor
     table: FeatureTable
@@ -89,6 +112,8 @@ class ExtractPlan:
     skipped: int
     errors: list[SourceError]
     found: int
+    duplicates: list[Item] = dataclasses.field(default_factory=list)
+    unlabelled: list[Item] = dataclasses.field(default_factory=list)
 
 
 def parse_overrides(name: str, items: Iterable[str] | dict[str, Any] | None) -> dict[str, Any]:
@@ -136,8 +161,13 @@ def plan_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[st
     prepare = getattr(ext, "prepare", None)
     if prepare is None:
         _ = ext.key  # resolves the weights now: a missing file stops the run before any file is read
+    missing = [str(p) for p in paths if not os.path.lexists(p)]
+    if missing:
+        raise ConfigError(f"no such file or folder: {', '.join(missing)}", hint="check the path (nothing was read)")
     others = {e for n in list_extractors() for e in get_extractor_class(n).extensions} - set(ext.extensions)
     found = scan(paths, extensions=ext.extensions, labels_from=labels_from, ignore=others)
+    if not found.items:
+        raise _nothing_found(ext, paths, labels_from, found)
     items, hash_errors = hash_items(found.items, workers=DEFAULT_WORKERS if workers is None else workers)
     errors = found.errors + hash_errors
     store = FeatureStore(Path(workspace) / "store")
@@ -146,13 +176,58 @@ def plan_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[st
             print(f"{name}: preparing on {len(items)} items (a fit on the corpus, unless done before)", file=sys.stderr)
         prepare([(it.content_hash, it.path) for it in items], cache_dir=store.fitted_dir(modality))
     table = store.open(ext.describe())
-    done = table.known_hashes()
+    stored, embedded = table.known_items(), table.known_hashes()
     todo: list[Item] = []
+    duplicates: list[Item] = []
+    skipped = 0
     for item in items:
-        if item.content_hash not in done:
+        key = item_key(item.content_hash or "", item.item_id, item.labels)
+        if key in stored:
+            skipped += 1
+            continue
+        stored.add(key)  # the same entry twice in one run (a manifest row repeated) is one item
+        if item.content_hash in embedded:
+            duplicates.append(item)
+        else:
             todo.append(item)
-            done.add(item.content_hash)  # a second copy within this run is skipped too
-    return ExtractPlan(ext, table, todo, len(items) - len(todo), errors, len(found.items) + len(found.errors))
+            embedded.add(item.content_hash or "")
+    return ExtractPlan(ext, table, todo, skipped, errors, len(found.items) + len(found.errors), duplicates=duplicates,
+                       unlabelled=[it for it in found.items if not it.labels])
+
+
+def _nothing_found(ext: Extractor, paths: Sequence[str | os.PathLike], labels_from: str,
+                   found: Scan) -> DatasetFormatError:
+    """The error of a scan without one item the extractor reads: what was there instead, and what would read it."""
+    where = ", ".join(str(p) for p in paths) or labels_from
+    unsupported: dict[str, int] = {}
+    for err in found.errors:
+        if err.error == "unsupported":
+            suffix = os.path.splitext(err.path)[1].lower() or "(no extension)"
+            unsupported[suffix] = unsupported.get(suffix, 0) + 1
+    parts = [f"{n} {suffix}" for suffix, n in sorted(unsupported.items(), key=lambda kv: -kv[1])]
+    details = []
+    if parts:
+        details.append(f"{', '.join(parts)} are not read: {ext.name} reads {' '.join(sorted(ext.extensions))}")
+    if found.passed_over:
+        media = sorted(found.passed_over.items(), key=lambda kv: -kv[1])
+        details.append(f"{', '.join(f'{n} {suffix}' for suffix, n in media)} are other modalities' files")
+    other_errors = [e for e in found.errors if e.error != "unsupported"]
+    if other_errors:
+        details.append(f"{len(other_errors)} unreadable or missing ({other_errors[0].error}: {other_errors[0].path})")
+    message = f"found no {ext.modality} files in {where} ({'; '.join(details) or 'it is empty'})"
+    readers = {}
+    for suffix in [*unsupported, *found.passed_over]:
+        for name in sorted(list_extractors(), key=lambda n: get_extractor_class(n).modality != ext.modality):
+            if suffix in get_extractor_class(name).extensions:
+                readers.setdefault(suffix, (name, get_extractor_class(name).modality))
+                break
+    if readers:
+        suffix, (name, modality) = next(iter(readers.items()))
+        option = f"--modality {modality}" if modality != ext.modality else f"-e {name}"
+        hint = f"give a folder of {' '.join(sorted(ext.extensions))} files, or read the {suffix} files with {option}"
+    else:
+        hint = f"give folders, files or a manifest of {' '.join(sorted(ext.extensions))} files"
+    return DatasetFormatError(message, hint=hint)
 
 
 def decode_workers(extractor: Extractor, workers: int | None = None, *, decode: Decode | None = None) -> int:
@@ -237,6 +312,14 @@ def run_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[str
     start = time.perf_counter()
     plan = plan_extract(workspace, modality, paths, extractor=extractor, labels_from=labels_from, workers=workers,
                         device=device, overrides=overrides, verbose=progress)
+    with disk_full_names(workspace, plan):
+        return _run_plan(plan, workspace, paths, labels_from=labels_from, batch_size=batch_size, workers=workers,
+                         progress=progress, shard_size=shard_size, decode=decode, start=start)
+
+
+def _run_plan(plan: ExtractPlan, workspace: str | os.PathLike, paths: Sequence[str | os.PathLike], *,
+              labels_from: str, batch_size: int, workers: int | None, progress: bool, shard_size: int,
+              decode: Decode | None, start: float) -> ExtractSummary:
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     run_dir = Path(workspace) / "runs" / run_id
     run_dir.mkdir(parents=True)
@@ -263,20 +346,66 @@ def run_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[str
                 pending, last_commit = [], time.monotonic()
         if pending:
             extracted += _commit(plan.table, pending)
-    return finish_run(plan, run_dir, run_id=run_id, extracted=extracted, failed=failed, unsupported=unsupported,
-                      started=start, extract_seconds=time.perf_counter() - t_extract,
+        duplicates, lost = commit_duplicates(plan, errors_out)
+    return finish_run(plan, run_dir, run_id=run_id, extracted=extracted, failed=failed + lost, unsupported=unsupported,
+                      started=start, extract_seconds=time.perf_counter() - t_extract, duplicates=duplicates,
                       record={"paths": [str(p) for p in paths], "labels_from": labels_from, "batch_size": batch_size})
 
 
+@contextlib.contextmanager
+def disk_full_names(workspace: str | os.PathLike, plan: ExtractPlan) -> Iterator[None]:
+    """Turn a full disk anywhere in the run (a shard, errors.jsonl, run.json) into one :class:`StoreFullError` that
+    names the workspace and the space the whole run needs (its rows at the table's width, plus their metadata)."""
+    rows = len(plan.todo) + len(plan.duplicates)
+    needed = rows * (4 * plan.extractor.dim + 512)  # 512: a generous bound on a row's metadata (hash, id, path)
+    try:
+        yield
+    except StoreFullError as exc:
+        raise StoreFullError(f"{exc.message}; this run needs up to {_megabytes(needed)} for {rows} rows",
+                             hint=exc.hint) from exc
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise StoreFullError(f"no space left on the disk of workspace {workspace} ({exc.filename or 'a run file'}); "
+                             f"this run needs up to {_megabytes(needed)} for {rows} rows",
+                             hint="free space on that disk (or give --workspace on another one) and re-run the same "
+                                  "command: it resumes where it stopped") from exc
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.1f} GB"
+
+
+def commit_duplicates(plan: ExtractPlan, errors_out: Any) -> tuple[int, int]:
+    """Write the rows of ``plan.duplicates``, each with the stored features of its bytes (embedded by this run or an
+    earlier one), in shards of at most DEFAULT_SHARD_SIZE rows. A duplicate of a file that failed fails with it.
+
+    Returns:
+        (rows written, items that failed).
+    """
+    if not plan.duplicates:
+        return 0, 0
+    vectors = plan.table.vectors({it.content_hash or "" for it in plan.duplicates})
+    ready = [(it, vectors[it.content_hash]) for it in plan.duplicates if it.content_hash in vectors]
+    lost = [it for it in plan.duplicates if it.content_hash not in vectors]
+    for item in lost:
+        _write_error(errors_out, SourceError(str(item.path), "failed-duplicate", "the file with the same bytes could "
+                                             "not be extracted (its reason is listed above)"), item.content_hash)
+    for i in range(0, len(ready), DEFAULT_SHARD_SIZE):
+        _commit(plan.table, ready[i:i + DEFAULT_SHARD_SIZE])
+    return len(ready), len(lost)
+
+
 def finish_run(plan: ExtractPlan, run_dir: Path, *, run_id: str, extracted: int, failed: int, unsupported: int,
-               started: float, extract_seconds: float, record: dict[str, Any]) -> ExtractSummary:
+               started: float, extract_seconds: float, record: dict[str, Any], duplicates: int = 0) -> ExtractSummary:
     """The run's summary, also written with ``record`` and the extractor's description to ``run_dir/run.json``."""
     summary = ExtractSummary(
         run_id=run_id, modality=plan.extractor.modality, extractor=plan.extractor.name, key=plan.extractor.key,
         dim=plan.extractor.dim, table=str(plan.table.path), found=plan.found, extracted=extracted,
         skipped=plan.skipped, failed=failed, unsupported=unsupported, seconds=round(time.perf_counter() - started, 3),
         items_per_second=round(extracted / extract_seconds, 2) if extracted and extract_seconds > 0 else 0.0,
-        errors_file=str(run_dir / "errors.jsonl"),
+        errors_file=str(run_dir / "errors.jsonl"), duplicates=duplicates, unlabelled=len(plan.unlabelled),
+        unlabelled_examples=[printable(str(it.path)) for it in plan.unlabelled[:3]],
     )
     (run_dir / "run.json").write_text(json.dumps({"summary": summary.to_dict(), **record,
                                                   "extractor": plan.extractor.describe()}, indent=2, default=str))

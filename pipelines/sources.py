@@ -4,7 +4,10 @@
   directly under ``root`` get none. The item id is the path relative to ``root`` without its suffix, so the image
   ``root/cat/001.jpg`` and the text ``root/cat/001.txt`` are a pair.
 * **a manifest** (``.csv`` or ``.jsonl``): columns ``path`` (relative paths are resolved against the manifest's folder),
-  ``label`` or ``labels`` (several separated by ``;`` or ``|``, or a JSON list), optional ``split`` and ``id``.
+  ``label`` or ``labels`` (several separated by ``;`` or ``|``, or a JSON list), optional ``split`` and ``id``. A split
+  is ``train``, ``val`` or ``test`` (case and surrounding spaces aside); any other value, and a CSV row with more fields
+  than the header (``a.png,cat,dog`` unquoted), refuse the manifest naming its lines, since either would otherwise
+  change silently what is trained on.
 * **regex:PATTERN**: the label is the first group of PATTERN (else the whole match) searched in the file name, e.g.
   ``regex:^(\\d)_`` for the spoken digits ``<digit>_<speaker>_<index>.wav``; files that do not match are unlabelled.
 
@@ -61,8 +64,12 @@ class SourceError:
 
 @dataclasses.dataclass
 class Scan:
+    """What a scan found: ``items``, the paths that gave none (``errors``), and ``passed_over``: how many files of
+    each suffix a folder walk passed over because they are another modality's media."""
+
     items: list[Item]
     errors: list[SourceError]
+    passed_over: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def scan(paths: Sequence[str | os.PathLike], *, extensions: Iterable[str], labels_from: str = "folders",
@@ -88,6 +95,7 @@ def scan(paths: Sequence[str | os.PathLike], *, extensions: Iterable[str], label
     label_of = _label_rule(labels_from)
     items: list[Item] = []
     errors: list[SourceError] = []
+    passed_over: dict[str, int] = {}
     manifests = [Path(p) for p in paths if Path(p).suffix.lower() in MANIFEST_SUFFIXES and Path(p).is_file()]
     roots = [Path(p) for p in paths if Path(p) not in manifests]
     if label_of is None:  # labels_from is a manifest
@@ -117,7 +125,9 @@ def scan(paths: Sequence[str | os.PathLike], *, extensions: Iterable[str], label
                     items.append(Item(path, label_of(path, rel), None, rel.with_suffix("").as_posix()))
                 elif suffix not in skip:
                     errors.append(_unsupported(path, exts))
-    return Scan(items, errors)
+                else:
+                    passed_over[suffix] = passed_over.get(suffix, 0) + 1
+    return Scan(items, errors, passed_over)
 
 
 def hash_items(items: Sequence[Item], *, workers: int = 4) -> tuple[list[Item], list[SourceError]]:
@@ -204,6 +214,7 @@ def _is_within(path: Path, root: Path) -> bool:
 
 def _read_manifest(manifest: Path, exts: set[str]) -> tuple[list[Item], list[SourceError]]:
     rows = _manifest_rows(manifest)
+    _check_manifest(manifest, rows)
     items: list[Item] = []
     errors: list[SourceError] = []
     base = manifest.parent
@@ -229,11 +240,45 @@ def _read_manifest(manifest: Path, exts: set[str]) -> tuple[list[Item], list[Sou
         except ValueError as exc:
             errors.append(SourceError(str(path), "manifest", f"{where}: bad labels ({exc})"))
             continue
-        split = row.get("split") or None
+        split = _split(row.get("split"))
         rel = os.path.relpath(path, base)
         item_id = str(row.get("id") or Path(rel).with_suffix("").as_posix())
-        items.append(Item(path, labels, None if split is None else str(split), item_id))
+        items.append(Item(path, labels, split, item_id))
     return items, errors
+
+
+def _split(value: object) -> str | None:
+    """A manifest's split, normalised (``" Test "`` -> ``"test"``); None when empty. :func:`_check_manifest` has
+    refused every other value."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    return str(value).strip().lower()
+
+
+def _check_manifest(manifest: Path, rows: list[tuple[int, dict | SourceError]]) -> None:
+    """Refuse a manifest whose rows would be read other than as written: a split that is not train/val/test, or a
+    CSV row with more fields than the header (an unquoted label list ``a.png,cat,dog`` would keep only ``cat``).
+
+    Raises:
+        DatasetFormatError: naming the lines (the first five) and how many there are.
+    """
+    extra = [line for line, row in rows if isinstance(row, dict) and None in row]
+    if extra:
+        raise DatasetFormatError(
+            f"{manifest}: {_lines(extra)} more fields than the header, so part of the row would be dropped",
+            hint='quote a field that holds commas ("a.png","cat,dog" is one label; a.png,cat;dog gives two labels)')
+    bad = [(line, row["split"]) for line, row in rows if isinstance(row, dict) and row.get("split") not in (None, "")
+           and _split(row["split"]) not in ("train", "val", "test")]
+    if bad:
+        shown = ", ".join(f"{line}: {value!r}" for line, value in bad[:5])
+        raise DatasetFormatError(
+            f"{manifest}: split must be train, val or test, but {_lines([line for line, _ in bad])} another value "
+            f"({shown})", hint="fix those rows, or leave split empty to let the workspace draw it")
+
+
+def _lines(lines: list[int]) -> str:
+    shown = ", ".join(map(str, lines[:5])) + (f" and {len(lines) - 5} more" if len(lines) > 5 else "")
+    return f"line {shown} has" if len(lines) == 1 else f"lines {shown} have"
 
 
 def _manifest_rows(manifest: Path) -> list[tuple[int, dict | SourceError]]:
@@ -246,7 +291,8 @@ def _manifest_rows(manifest: Path) -> list[tuple[int, dict | SourceError]]:
         if not reader.fieldnames or "path" not in reader.fieldnames:
             raise DatasetFormatError(f"{manifest}: a manifest needs a 'path' column (found {reader.fieldnames})",
                                      hint="columns: path, label or labels, optional split and id")
-        return [(i + 2, {k: v for k, v in row.items() if v not in (None, "")}) for i, row in enumerate(reader)]
+        # line numbers as a reader of the file counts them (a quoted field may span lines)
+        return [(reader.line_num, {k: v for k, v in row.items() if v not in (None, "")}) for row in reader]
     rows: list[tuple[int, dict | SourceError]] = []
     for i, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

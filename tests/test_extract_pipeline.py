@@ -110,14 +110,18 @@ def test_a_second_run_extracts_nothing_and_skips_everything(tmp_path):
     assert (again.extracted, again.skipped, again.failed) == (0, 6, 0)
 
 
-def test_a_renamed_or_copied_file_is_not_extracted_again(tmp_path):
+def test_a_renamed_or_copied_file_is_not_embedded_again_but_gets_its_own_row_with_the_same_features(tmp_path):
     write_shapes(tmp_path / "media", per_class=2)
     extract_images(tmp_path / "ws", tmp_path / "media")
     (tmp_path / "media" / "circle" / "0.png").rename(tmp_path / "media" / "circle" / "renamed.png")
     (tmp_path / "media" / "copy.png").write_bytes((tmp_path / "media" / "square" / "1.png").read_bytes())
     again = extract_images(tmp_path / "ws", tmp_path / "media")
-    assert (again.extracted, again.skipped) == (0, 7)
-    assert len(FeatureStore(tmp_path / "ws" / "store").read("image")[0]) == 6
+    assert (again.extracted, again.skipped, again.duplicates) == (0, 5, 2)
+    X, meta = FeatureStore(tmp_path / "ws" / "store").read("image")
+    ids = meta.column("item_id").to_pylist()
+    assert len(ids) == 8 and {"circle/renamed", "copy"} <= set(ids)
+    np.testing.assert_array_equal(X[ids.index("copy")], X[ids.index("square/1")])
+    np.testing.assert_array_equal(X[ids.index("circle/renamed")], X[ids.index("circle/0")])
 
 
 def test_a_killed_run_keeps_its_committed_shards_and_the_next_run_does_only_the_rest(tmp_path, monkeypatch):

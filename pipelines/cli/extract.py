@@ -20,7 +20,9 @@ EXAMPLES = examples(
     "crossmodal extract --modality text --labels-from corpus.csv --set vector_size=100 --json",
     "crossmodal extract --modality video clips/ --ray auto",
 )
-COLUMNS = ["extractor", "key", "dim", "extracted", "skipped", "failed", "unsupported", "items_per_second", "table"]
+COLUMNS = ["extractor", "key", "dim", "found", "extracted", "skipped", "duplicates", "failed", "unsupported",
+           "items_per_second", "table"]
+HEADERS = {"skipped": "already stored", "duplicates": "same bytes"}
 
 
 @app.command("extract", help=HELP + EXAMPLES)
@@ -60,8 +62,21 @@ def extract(
     else:
         s = run_extract(workspace, modality, paths or [], **kwargs).to_dict()
     out = Output(as_json)
-    out.json(s) if as_json else out.table([[s[c] for c in COLUMNS]], COLUMNS, title=f"extract {s['modality']}")
+    out.json(s) if as_json else out.table([[s[c] for c in COLUMNS]], [HEADERS.get(c, c) for c in COLUMNS],
+                                          title=f"extract {s['modality']}")
+    if s["duplicates"]:
+        out.info(f"{_items(s['duplicates'])} the same bytes as another item (another name or class): each has its own "
+                 "row with the shared features, embedded once")
+    if s["unlabelled"]:
+        examples = ", ".join(s["unlabelled_examples"])
+        out.info(f"{_items(s['unlabelled'])} no label (e.g. {examples}: files directly under a scanned folder, or "
+                 "manifest rows without one): train leaves them out; an index of the whole store (--gallery all) "
+                 "still lists them")
     if s["failed"] or s["unsupported"]:
         out.info(f"{s['failed']} failed, {s['unsupported']} unsupported; reasons in {s['errors_file']}")
     if s["failed"] and not (s["extracted"] or s["skipped"]):
         raise typer.Exit(1)
+
+
+def _items(n: int) -> str:
+    return "1 item has" if n == 1 else f"{n} items have"
