@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,7 +10,8 @@ import pytest
 
 from crossmodal.errors import ModelFileError
 from crossmodal.methods.drcl import DRCL, DRCLConfig
-from crossmodal.model import CrossModalModel
+from crossmodal.methods import get_method, list_methods
+from crossmodal.model import CrossModalModel, FeatureIdentity
 from crossmodal.synthetic import make_synthetic
 
 
@@ -60,3 +62,17 @@ def test_a_folder_without_a_model_is_an_error_with_a_fix(tmp_path):
     with pytest.raises(ModelFileError) as info:
         CrossModalModel.load(tmp_path)
     assert "crossmodal train" in info.value.hint
+
+
+@pytest.mark.parametrize("method", list_methods())
+def test_every_method_s_model_passes_the_load_time_shape_check(method, tmp_path):
+    """Loading builds the card's model on the meta device first and compares it with the weights file's header; shared
+    layers (SCCMR's) are stored once, under one name, and still match."""
+    cls = get_method(method)
+    config = cls.Config()
+    sizes = {k: v for k, v in (("hidden", (8, 8)), ("dim", 4)) if hasattr(config, k)}
+    features = {m: FeatureIdentity(m, f"{m}@0", d) for m, d in (("image", 24), ("text", 16), ("audio", 8))}
+    model = cls.build_model(dataclasses.replace(config, **sizes), features, 3, {"dim": 4} if method == "mcca" else {})
+    loaded = CrossModalModel.load(model.save(tmp_path))
+    X = np.random.default_rng(0).normal(size=(5, 16)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.encode("text", X, against="image"), model.encode("text", X, against="image"))
