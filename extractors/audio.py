@@ -15,6 +15,15 @@ Choices where the spec is silent:
   1-sample clip gives a valid vector. Deltas use librosa's Savitzky-Golay ``interp`` mode when the clip has at least
   ``delta_width`` frames and ``nearest`` (edge-replicating) mode when it is shorter, where ``interp`` is undefined.
 * Silence gives finite values: librosa's dB floor (``amin=1e-10``) bounds the log.
+* Length: the descriptor is over the whole clip, and a clip is at most ``max_seconds`` long (600 s by default);
+  longer ones are refused with a :class:`~extractors.errors.MediaError` naming the file and the limit, not truncated,
+  so a descriptor always describes all of its file. Files are decoded block by block (about 4 MB at a time, averaged
+  to mono as they are read), and decoding stops at the limit: a 3-hour file costs at most ``max_seconds`` of signal,
+  and is refused before any decoding when its header already declares more. Files above ``max_sample_rate``
+  (192 kHz) are refused too, since the decoded signal before resampling grows with the rate. Memory at the limit,
+  measured by ``benchmarks/extract_memory.py``: under 1 GB above the idle process (most of it the spectrogram, about
+  0.9 MB per second of audio at the defaults). Both limits only refuse files, so they are not part of the key:
+  raising one keeps the stored features valid.
 * numba's on-disk cache: librosa compiles its numba kernels on first import (about 26 s on these machines). Unless the
   user set ``NUMBA_CACHE_DIR``, it is pointed at ``~/.cache/crossmodal/numba`` (or ``$XDG_CACHE_HOME``) before librosa
   is imported, so only the first process on a machine pays the compile, also when site-packages is read-only.
@@ -24,6 +33,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import itertools
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -84,6 +95,8 @@ class MfccConfig(ExtractorConfig):
     n_mels: int = 128  # mel bands before the DCT (librosa default)
     delta_width: int = 9  # odd Savitzky-Golay window of the deltas in frames (librosa default)
     pooling: tuple[str, ...] = ("mean", "std")  # statistics over time, each over every row, in this order
+    max_seconds: float = 600.0  # longer clips are refused (memory grows by about 0.9 MB per second; module docstring)
+    max_sample_rate: int = 192_000  # files at higher rates are refused (the signal is decoded at its own rate first)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pooling", tuple(self.pooling))  # lists from JSON/CLI become the hashable tuple
@@ -96,6 +109,9 @@ class MfccConfig(ExtractorConfig):
             raise ExtractorError(f"mfcc: delta_width={self.delta_width} must be odd and >= 3")
         if min(self.sample_rate, self.n_mfcc, self.n_fft, self.hop_length, self.n_mels) <= 0:
             raise ExtractorError("mfcc: sample_rate, n_mfcc, n_fft, hop_length and n_mels must be positive")
+        if not (self.max_seconds > 0 and self.max_sample_rate > 0):
+            raise ExtractorError(f"mfcc: max_seconds={self.max_seconds} and max_sample_rate={self.max_sample_rate} "
+                                 "must be positive")
 
 
 @register_extractor
@@ -112,6 +128,7 @@ class MfccExtractor(Extractor):
     extensions = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aiff", ".aif", ".au")
     is_default = True
     single_core = True  # librosa, numpy's BLAS held to one thread
+    key_ignores = ("max_seconds", "max_sample_rate")  # they refuse files, never change a descriptor
 
     def __init__(self, config: MfccConfig | None = None, *, device: str = "cpu"):
         super().__init__(config, device=device)
@@ -131,14 +148,15 @@ class MfccExtractor(Extractor):
         """Decode ``path`` to mono float32 ``(samples,)`` at ``config.sample_rate``.
 
         Raises:
-            MediaError: empty, zero-byte or unreadable file, no samples, or non-finite samples.
+            MediaError: empty, zero-byte or unreadable file, no samples, non-finite samples, longer than
+                ``max_seconds`` or sampled faster than ``max_sample_rate`` (decoding stops there).
         """
         path = Path(path)
         if not path.is_file():
             raise MediaError(path, "no such file (or a broken symlink)")
         if path.stat().st_size == 0:
             raise MediaError(path, "empty file (0 bytes)")
-        y, sr = decode_audio(path)
+        y, sr = decode_audio(path, limits=AudioLimits(self.config.max_seconds, self.config.max_sample_rate))
         if y.size == 0:
             raise MediaError(path, "the audio stream has no samples")
         if not np.isfinite(y).all():
@@ -167,11 +185,41 @@ class MfccExtractor(Extractor):
         return np.concatenate([_POOLS[p](F) for p in c.pooling])
 
 
-def decode_audio(path: Path) -> tuple[np.ndarray, int]:
-    """Decode a file to mono float32 ``(samples,)`` and its sample rate, trying each decoder in turn.
+@dataclasses.dataclass(frozen=True)
+class AudioLimits:
+    """What a decoder may decode of one file: ``max_seconds`` of signal at a rate of at most ``max_sample_rate``."""
+
+    max_seconds: float = math.inf
+    max_sample_rate: float = math.inf
+
+    def samples(self, path: Path, rate: int) -> int:
+        """Samples (per channel) allowed at ``rate``; refuses a rate above the limit.
+
+        Raises:
+            MediaError: ``rate`` exceeds ``max_sample_rate``.
+        """
+        if rate > self.max_sample_rate:
+            raise MediaError(path, f"sampled at {rate} Hz, above the limit max_sample_rate={self.max_sample_rate}",
+                             hint="resample the file, or raise the limit with --set max_sample_rate=N")
+        return int(min(self.max_seconds * rate, 2**62))
+
+    def too_long(self, path: Path, seconds: float, *, declared: bool = False) -> MediaError:
+        """The error for a clip longer than ``max_seconds`` (``declared``: its header says so, nothing decoded)."""
+        how = f"its header declares {seconds:.1f} s" if declared else f"decoding passed {seconds:.1f} s and stopped"
+        return MediaError(path, f"longer than the limit max_seconds={self.max_seconds:g} ({how})",
+                          hint="cut the file, or raise the limit with --set max_seconds=N "
+                               "(memory grows by about 1 MB per second)")
+
+
+_BLOCK_VALUES = 1 << 20  # values (samples x channels) a decoder reads at a time: 4 MB of float32
+
+
+def decode_audio(path: Path, *, limits: AudioLimits = AudioLimits()) -> tuple[np.ndarray, int]:
+    """Decode a file to mono float32 ``(samples,)`` and its sample rate, trying each decoder in turn; each decodes
+    block by block and stops once the clip passes ``limits``.
 
     Raises:
-        MediaError: no decoder could read it; the reason names each decoder's error.
+        MediaError: no decoder could read it (the reason names each decoder's error), or the clip passes ``limits``.
     """
     reasons = []
     for name, decoder in _DECODERS:
@@ -181,39 +229,65 @@ def decode_audio(path: Path) -> tuple[np.ndarray, int]:
             reasons.append(f"{name}: not installed")
             continue
         try:
-            return decoder(module, path)
+            return decoder(module, path, limits)
+        except MediaError:
+            raise  # a refusal by the limits: another decoder would refuse the same clip
         except Exception as exc:  # each library raises its own types (LibsndfileError, av.FFmpegError, NoBackendError)
             detail = str(exc).replace(f": '{path}'", "").replace(f"'{path}'", "the file")
             reasons.append(f"{name}: {type(exc).__name__}" + (f": {detail}" if detail else ""))
     raise MediaError(path, "not a decodable audio file (" + "; ".join(reasons) + ")")
 
 
-def _read_soundfile(sf: Any, path: Path) -> tuple[np.ndarray, int]:
-    data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    return data.mean(axis=1), int(sr)
+def _read_soundfile(sf: Any, path: Path, limits: AudioLimits) -> tuple[np.ndarray, int]:
+    with sf.SoundFile(str(path)) as f:
+        sr, channels = int(f.samplerate), max(1, f.channels)
+        allowed = limits.samples(path, sr)
+        if f.frames > allowed:
+            raise limits.too_long(path, f.frames / sr, declared=True)
+        # one mono buffer of the declared length, filled block by block: no whole multichannel copy, no second copy
+        mono, n = np.empty(f.frames, np.float32), 0
+        while n < len(mono):
+            block = f.read(min(max(1, _BLOCK_VALUES // channels), len(mono) - n), dtype="float32", always_2d=True)
+            if not len(block):
+                break
+            mono[n:n + len(block)] = block.mean(axis=1)
+            n += len(block)
+    return mono[:n], sr
 
 
-def _read_pyav(av: Any, path: Path) -> tuple[np.ndarray, int]:
+def _read_pyav(av: Any, path: Path, limits: AudioLimits) -> tuple[np.ndarray, int]:
     with av.open(str(path)) as container:
         if not container.streams.audio:
             raise ValueError("no audio stream")
         stream = container.streams.audio[0]
+        sr = int(stream.codec_context.sample_rate)
+        allowed = limits.samples(path, sr)
         resampler = av.AudioResampler(format="flt", layout="mono")  # keeps the rate; soxr resamples afterwards
-        chunks = [out.to_ndarray().reshape(-1) for frame in container.decode(stream)
-                  for out in resampler.resample(frame)]
-        chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
-        sr = stream.codec_context.sample_rate
-    return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), int(sr)
+        chunks: list[np.ndarray] = []
+        n = 0
+        for frame in itertools.chain(container.decode(stream), [None]):  # None flushes the resampler
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray().reshape(-1))
+                n += len(chunks[-1])
+                if n > allowed:
+                    raise limits.too_long(path, n / sr)
+    return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), sr
 
 
-def _read_audioread(audioread: Any, path: Path) -> tuple[np.ndarray, int]:
+def _read_audioread(audioread: Any, path: Path, limits: AudioLimits) -> tuple[np.ndarray, int]:
     with audioread.audio_open(str(path)) as f:
-        pcm = np.frombuffer(b"".join(f), dtype="<i2").astype(np.float32) / 32768.0
-        sr, channels = f.samplerate, f.channels
-    return pcm.reshape(-1, channels).mean(axis=1), int(sr)
+        sr, channels = int(f.samplerate), max(1, f.channels)
+        allowed, buffers, n = limits.samples(path, sr), [], 0
+        for buffer in f:
+            buffers.append(buffer)
+            n += len(buffer) // (2 * channels)
+            if n > allowed:
+                raise limits.too_long(path, n / sr)
+        pcm = np.frombuffer(b"".join(buffers), dtype="<i2").astype(np.float32) / 32768.0
+    return pcm.reshape(-1, channels).mean(axis=1), sr
 
 
-_DECODERS: tuple[tuple[str, Callable[[Any, Path], tuple[np.ndarray, int]]], ...] = (
+_DECODERS: tuple[tuple[str, Callable[[Any, Path, AudioLimits], tuple[np.ndarray, int]]], ...] = (
     ("soundfile", _read_soundfile),
     ("av", _read_pyav),
     ("audioread", _read_audioread),

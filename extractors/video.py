@@ -27,8 +27,14 @@ A file is a :class:`~extractors.errors.MediaError` when it has no video stream, 
 zero frames, yields fewer frames than its container's index lists, or (MP4/MOV) a top-level box runs past the end of
 the file: the last two are truncated files, which FFmpeg otherwise decodes in part without an error.
 
-Known limit: a video is decoded whole before its clips are formed (about 37 KB per frame for C3D after the crop,
-12 KB for ``frame-stats``): an hour at 30 fps needs about 4 GB for C3D.
+Length and size limits: the descriptor is over every frame of the video (every 16-frame clip for C3D), and a video
+holds at most ``max_frames`` frames (9,000 by default: 5 minutes at 30 fps) of at most ``max_pixels`` pixels each (8K,
+8192 x 4320). A longer video is refused with a :class:`~extractors.errors.MediaError` naming the file and the limit,
+not truncated, so a descriptor always describes all of its file: before any decoding when the container's index already
+lists more frames, else as soon as decoding passes the limit. Frames are decoded one at a time and only their resized
+(C3D: also cropped) copy is kept, so memory is bounded by the limit whatever the file: about 38 KB per frame for C3D,
+12 KB for ``frame-stats``, whose statistics are computed a few hundred frames at a time. Both limits only refuse files,
+so they are not part of the key: raising one keeps the stored features valid.
 
 ``frame-stats`` needs no weights: per frame, a joint RGB colour histogram and a grey thumbnail; per pair of consecutive
 frames, a histogram of the absolute grey-level difference and a thumbnail of it (motion); each pooled over time by mean
@@ -51,18 +57,23 @@ from extractors.errors import ExtractorError, MediaError
 from extractors.registry import register_extractor
 from extractors.weights import WeightsSpec, load_into, resolve_weights, weights_sha256
 
+_FRAMES_PER_STEP = 256  # frames per step of frame-stats' statistics (about 40 MB of intermediates at size 64)
+
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ogv")
 
 
-def decode_frames(path: Path, *, width: int, height: int) -> np.ndarray:
-    """Decode every frame of the first video stream, resized (bilinear, in FFmpeg) to ``height x width``.
+def decode_frames(path: Path, *, width: int, height: int, max_frames: int | None = None,
+                  max_pixels: int | None = None, crop: tuple[int, int, int] | None = None) -> np.ndarray:
+    """Decode every frame of the first video stream, resized (bilinear, in FFmpeg) to ``height x width``, and cropped
+    to the square ``crop = (top, left, side)`` of that when given; only the resized (and cropped) frames are kept.
 
     Returns:
-        uint8 ``(T, height, width, 3)`` RGB frames, ``T >= 1``.
+        uint8 ``(T, height, width, 3)`` RGB frames (``(T, side, side, 3)`` with ``crop``), ``1 <= T <= max_frames``.
 
     Raises:
-        MediaError: missing or empty file, no video stream, undecodable data, zero frames, or fewer frames than the
-            container's index lists (truncated).
+        MediaError: missing or empty file, no video stream, undecodable data, zero frames, fewer frames than the
+            container's index lists (truncated), more than ``max_frames`` frames (decoding stops there) or frames of
+            more than ``max_pixels`` pixels.
     """
     av = require("av", extractor="video decoding", extra="video")
     path = Path(path)
@@ -86,9 +97,19 @@ def decode_frames(path: Path, *, width: int, height: int) -> np.ndarray:
             else:
                 stream.thread_count = threads
             expected = stream.frames  # from the container's index; 0 when the container does not say
+            if max_frames is not None and expected > max_frames:
+                raise _too_many_frames(path, max_frames, f"its index lists {expected}")
+            _check_pixels(path, stream.codec_context.width, stream.codec_context.height, max_pixels)
             for frame in container.decode(stream):
-                frames.append(reformatter.reformat(frame, width=width, height=height, format="rgb24",
-                                                   interpolation="BILINEAR").to_ndarray())
+                _check_pixels(path, frame.width, frame.height, max_pixels)  # a stream may change size midway
+                if max_frames is not None and len(frames) == max_frames:
+                    raise _too_many_frames(path, max_frames, "decoding passed it and stopped")
+                rgb = reformatter.reformat(frame, width=width, height=height, format="rgb24",
+                                           interpolation="BILINEAR").to_ndarray()
+                if crop is not None:
+                    top, left, side = crop
+                    rgb = np.ascontiguousarray(rgb[top:top + side, left:left + side])  # the full frame is dropped
+                frames.append(rgb)
     except av.FFmpegError as exc:
         raise MediaError(path, f"not a decodable video ({type(exc).__name__}: {exc.strerror})") from exc
     if not frames:
@@ -96,6 +117,18 @@ def decode_frames(path: Path, *, width: int, height: int) -> np.ndarray:
     if expected and len(frames) < expected:
         raise MediaError(path, f"truncated: decoded {len(frames)} of the {expected} frames its index lists")
     return np.stack(frames)
+
+
+def _too_many_frames(path: Path, max_frames: int, how: str) -> MediaError:
+    return MediaError(path, f"more frames than the limit max_frames={max_frames} ({how})",
+                      hint="cut the video, or raise the limit with --set max_frames=N (memory grows with it: "
+                           "about 38 KB per frame for c3d-fc6, 12 KB for frame-stats)")
+
+
+def _check_pixels(path: Path, width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise MediaError(path, f"{width}x{height} = {width * height} pixels per frame exceeds the limit max_pixels="
+                               f"{max_pixels}", hint="raise it with --set max_pixels=N if the file is trusted")
 
 
 def check_iso_boxes(path: Path) -> None:
@@ -166,9 +199,11 @@ class C3D(nn.Module):
         return self.relu(self.fc6(h.flatten(1)))
 
 
-#: The community conversion of the authors' Sports-1M model (DavideA/c3d-pytorch README); no checksum is published.
+#: The community conversion of the authors' Sports-1M model (DavideA/c3d-pytorch README). No checksum is published
+#: (the README gives none, and these machines cannot fetch the file to record one): a download prints its sha256, and
+#: CROSSMODAL_C3D_SHA256 pins it.
 WEIGHTS = WeightsSpec(extractor="c3d-fc6", env_name="C3D", filename="c3d.pickle",
-                      url="http://imagelab.ing.unimore.it/files/c3d_pytorch/c3d.pickle")
+                      url="http://imagelab.ing.unimore.it/files/c3d_pytorch/c3d.pickle", alternative="frame-stats")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,7 +211,7 @@ class C3DConfig(ExtractorConfig):
     """C3D fc6; defaults are the C3D paper's (§3) and the Caffe model's input convention."""
 
     weights: str = ""  # state dict file (.pth/.pickle/.safetensors); else $CROSSMODAL_C3D_WEIGHTS, the weights dir, hub
-    allow_download: bool = False  # fetch the published file when no local copy exists (needs a network)
+    allow_download: bool = True  # fetch the published file into the torch hub cache when missing (unless offline)
     clip_length: int = 16  # frames per clip (§3: 16-frame clips)
     clip_stride: int = 16  # frames between clip starts (§3.3: non-overlapping clips)
     resize: tuple[int, int] = (128, 171)  # (height, width) frames are resized to (§3.2)
@@ -186,6 +221,8 @@ class C3DConfig(ExtractorConfig):
     l2_normalize: bool = False  # §3.3 L2-normalises the clip mean; the benchmark spec takes the plain mean
     clips_per_batch: int = 8  # clips per forward pass: memory only, not identity
     width_multiplier: float = 1.0  # scales every width; 1.0 is C3D, smaller values are for tests with tiny state dicts
+    max_frames: int = 9000  # longer videos are refused (5 minutes at 30 fps; about 38 KB of memory per frame)
+    max_pixels: int = 8192 * 4320  # videos of larger frames are refused (8K; FFmpeg decodes at the full size first)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "resize", tuple(self.resize))
@@ -199,14 +236,18 @@ class C3DConfig(ExtractorConfig):
                                  hint="keep clip_length=16 and crop=112")
         if min(self.clip_stride, self.clips_per_batch) < 1 or not self.width_multiplier > 0:
             raise ExtractorError("c3d-fc6: clip_stride, clips_per_batch and width_multiplier must be positive")
+        if min(self.max_frames, self.max_pixels) < 1:
+            raise ExtractorError("c3d-fc6: max_frames and max_pixels must be positive")
 
 
 @register_extractor
 class C3DExtractor(Extractor):
     """C3D fc6 (after ReLU) averaged over a video's 16-frame clips: float32 ``(n, 4096)``.
 
+    The weights are resolved (found, else downloaded) on first need: ``key``, ``weights_path`` or ``embed``.
+
     Raises:
-        MissingWeightsError: at construction, when no weights file is found (lists every place looked).
+        MissingWeightsError: then, when no weights file can be had (lists every place looked).
     """
 
     modality = "video"
@@ -214,33 +255,52 @@ class C3DExtractor(Extractor):
     Config = C3DConfig
     extensions = VIDEO_EXTENSIONS
     is_default = True
-    key_ignores = ("weights", "allow_download", "clips_per_batch")
+    key_ignores = ("weights", "allow_download", "clips_per_batch", "max_frames", "max_pixels")  # none changes a row
 
     def __init__(self, config: C3DConfig | None = None, *, device: str = "cpu"):
         super().__init__(config, device=device)
-        self.weights_path = resolve_weights(WEIGHTS, explicit=self.config.weights or None,
-                                            allow_download=self.config.allow_download)
-        model = load_into(C3D(self.config.width_multiplier), self.weights_path, extractor=self.name)
-        self.model = model.eval().to(device)
-        self._sha = weights_sha256(self.weights_path)
+        self._weights_path: Path | None = None
+        self._model: C3D | None = None
 
     @property
     def dim(self) -> int:
-        return self.model.fc6.out_features
+        return max(1, round(4096 * self.config.width_multiplier))  # C3D's fc6 width (w(4096) in C3D.__init__)
+
+    def weights_spec(self) -> WeightsSpec:
+        return WEIGHTS
+
+    @property
+    def weights_path(self) -> Path:
+        """The resolved weights file (searched, or downloaded, once; see extractors/weights.py for the order)."""
+        if self._weights_path is None:
+            self._weights_path = resolve_weights(WEIGHTS, explicit=self.config.weights or None,
+                                                 allow_download=self.config.allow_download)
+        return self._weights_path
+
+    @property
+    def model(self) -> C3D:
+        """The network with the weights loaded (strict), in eval mode, on the extractor's device."""
+        if self._model is None:
+            model = load_into(C3D(self.config.width_multiplier), self.weights_path, extractor=self.name)
+            self._model = model.eval().to(self.device)
+        return self._model
 
     def weights_sha256(self) -> str:
-        return self._sha
+        # NOTE: the key is asked for before any item is read (crossmodal extract, query): loading the model here makes
+        # a file that does not fit the architecture stop the run there, not fail every item one by one.
+        _ = self.model
+        return weights_sha256(self.weights_path)
 
     def load(self, path: Path) -> np.ndarray:
         """Decoded, resized, centre-cropped frames: uint8 ``(T, 112, 112, 3)`` RGB, ``T >= 16`` (last frame repeated).
 
         Raises:
-            MediaError: see :func:`decode_frames`.
+            MediaError: see :func:`decode_frames` (``max_frames`` and ``max_pixels`` are the config's).
         """
         c = self.config
-        frames = decode_frames(path, width=c.resize[1], height=c.resize[0])
         top, left = (c.resize[0] - c.crop) // 2, (c.resize[1] - c.crop) // 2
-        frames = frames[:, top:top + c.crop, left:left + c.crop]
+        frames = decode_frames(path, width=c.resize[1], height=c.resize[0], max_frames=c.max_frames,
+                               max_pixels=c.max_pixels, crop=(top, left, c.crop))
         if len(frames) < c.clip_length:
             frames = np.concatenate([frames, np.repeat(frames[-1:], c.clip_length - len(frames), axis=0)])
         return np.ascontiguousarray(frames)
@@ -285,6 +345,8 @@ class FrameStatsConfig(ExtractorConfig):
     colour_bins: int = 4  # bins per RGB channel of the joint colour histogram (4^3 = 64 bins)
     thumbnail: int = 8  # side of the grey thumbnails of each frame and of each frame difference (8x8 = 64 values)
     motion_bins: int = 8  # bins of the histogram of |grey difference| of consecutive frames, over [0, 1]
+    max_frames: int = 9000  # longer videos are refused (5 minutes at 30 fps; 12 KB of memory per frame at size 64)
+    max_pixels: int = 8192 * 4320  # videos of larger frames are refused (8K; FFmpeg decodes at the full size first)
 
     def __post_init__(self) -> None:
         if self.size % self.thumbnail or min(self.size, self.colour_bins, self.thumbnail, self.motion_bins) < 1:
@@ -292,6 +354,8 @@ class FrameStatsConfig(ExtractorConfig):
                                  f"{self.thumbnail}, and every bin count positive")
         if 256 % self.colour_bins:
             raise ExtractorError(f"frame-stats: colour_bins={self.colour_bins} must divide 256")
+        if min(self.max_frames, self.max_pixels) < 1:
+            raise ExtractorError("frame-stats: max_frames and max_pixels must be positive")
 
 
 @register_extractor
@@ -308,6 +372,7 @@ class FrameStatsExtractor(Extractor):
     extensions = VIDEO_EXTENSIONS
     decoding = "all"  # decoding a video costs several times its statistics: every core decodes
     single_core = True  # numpy
+    key_ignores = ("max_frames", "max_pixels")  # they refuse files, never change a row
 
     @property
     def dim(self) -> int:
@@ -318,35 +383,52 @@ class FrameStatsExtractor(Extractor):
         """Decoded frames resized to ``size x size``: uint8 ``(T, size, size, 3)`` RGB.
 
         Raises:
-            MediaError: see :func:`decode_frames`.
+            MediaError: see :func:`decode_frames` (``max_frames`` and ``max_pixels`` are the config's).
         """
-        return decode_frames(path, width=self.config.size, height=self.config.size)
+        c = self.config
+        return decode_frames(path, width=c.size, height=c.size, max_frames=c.max_frames, max_pixels=c.max_pixels)
 
     def embed(self, items: Sequence[np.ndarray]) -> np.ndarray:
         """float32 ``(n, dim)`` from decoded frames (uint8 ``(T, size, size, 3)``)."""
         return np.stack([self._describe(frames) for frames in items]).astype(np.float32)
 
     def _describe(self, frames: np.ndarray) -> np.ndarray:
+        # A few hundred frames at a time: the int64 intermediates of a whole video would take 80 bytes per pixel
         c = self.config
-        T, pixels = len(frames), c.size * c.size
+        T = len(frames)
+        per_frame, motion, previous = [], [], None
+        for start in range(0, T, _FRAMES_PER_STEP):
+            chunk = frames[start:start + _FRAMES_PER_STEP]
+            grey = chunk.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255.0  # (t, size, size)
+            per_frame.append(np.concatenate([self._colour_histogram(chunk), self._thumbnail(grey)], axis=1))
+            pairs = grey if previous is None else np.concatenate([previous, grey])
+            if len(pairs) > 1:
+                diff = np.abs(pairs[1:] - pairs[:-1])
+                motion.append(np.concatenate([self._motion_histogram(diff), self._thumbnail(diff)], axis=1))
+            previous = grey[-1:]
+        frame_rows = np.concatenate(per_frame)
+        if T > 1:
+            motion_rows = np.concatenate(motion)
+            pooled_motion = [motion_rows.mean(axis=0), motion_rows.std(axis=0)]
+        else:
+            pooled_motion = [np.zeros(c.motion_bins + c.thumbnail**2)] * 2
+        return np.concatenate([frame_rows.mean(axis=0), frame_rows.std(axis=0), *pooled_motion])
+
+    def _colour_histogram(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 ``(t, size, size, 3)`` -> the share of pixels in each joint RGB bin, ``(t, colour_bins^3)``."""
+        c, T = self.config, len(frames)
         q = (frames // (256 // c.colour_bins)).astype(np.int64)
-        colour = (q[..., 0] * c.colour_bins + q[..., 1]) * c.colour_bins + q[..., 2]  # (T, size, size)
+        colour = (q[..., 0] * c.colour_bins + q[..., 1]) * c.colour_bins + q[..., 2]  # (t, size, size)
         offsets = np.arange(T)[:, None, None] * c.colour_bins**3
         histogram = np.bincount((colour + offsets).ravel(), minlength=T * c.colour_bins**3)
-        histogram = histogram.reshape(T, -1) / pixels
-        grey = frames.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255.0  # (T, size, size)
-        per_frame = np.concatenate([histogram, self._thumbnail(grey)], axis=1)
+        return histogram.reshape(T, -1) / (c.size * c.size)
 
-        motion = np.zeros((0, c.motion_bins + c.thumbnail**2))
-        if T > 1:
-            diff = np.abs(grey[1:] - grey[:-1])
-            bins = np.minimum((diff * c.motion_bins).astype(np.int64), c.motion_bins - 1)
-            bins += np.arange(T - 1)[:, None, None] * c.motion_bins
-            diff_histogram = np.bincount(bins.ravel(), minlength=(T - 1) * c.motion_bins).reshape(T - 1, -1) / pixels
-            motion = np.concatenate([diff_histogram, self._thumbnail(diff)], axis=1)
-        pooled_motion = ([motion.mean(axis=0), motion.std(axis=0)] if T > 1
-                         else [np.zeros(motion.shape[1]), np.zeros(motion.shape[1])])
-        return np.concatenate([per_frame.mean(axis=0), per_frame.std(axis=0), *pooled_motion])
+    def _motion_histogram(self, diff: np.ndarray) -> np.ndarray:
+        """|grey differences| ``(t, size, size)`` in [0, 1] -> the share of pixels in each bin, ``(t, motion_bins)``."""
+        c, T = self.config, len(diff)
+        bins = np.minimum((diff * c.motion_bins).astype(np.int64), c.motion_bins - 1)
+        bins += np.arange(T)[:, None, None] * c.motion_bins
+        return np.bincount(bins.ravel(), minlength=T * c.motion_bins).reshape(T, -1) / (c.size * c.size)
 
     def _thumbnail(self, images: np.ndarray) -> np.ndarray:
         """Block means: float ``(k, size, size)`` -> ``(k, thumbnail^2)``."""

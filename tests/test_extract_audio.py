@@ -136,3 +136,42 @@ def test_numba_cache_goes_to_the_crossmodal_cache_folder_unless_the_user_chose_o
     assert os.environ["NUMBA_CACHE_DIR"] == str(tmp_path / "crossmodal" / "numba")
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "mine"))
     assert enable_numba_cache() == tmp_path / "mine"
+
+
+# ------------------------------------------------------------------------------------------- bounded decoding
+
+
+def test_a_clip_longer_than_max_seconds_is_refused_from_its_header_naming_the_file_and_the_limit(tmp_path):
+    mfcc = create_extractor("mfcc", max_seconds=2)
+    path = _write(tmp_path / "long.flac", _tone(3.0), subtype="PCM_16")
+    with pytest.raises(MediaError, match=r"max_seconds=2 \(its header declares 3.0 s\)") as info:
+        mfcc.load(path)
+    assert str(path) in str(info.value) and "--set max_seconds" in info.value.hint
+
+
+def test_a_clip_of_exactly_max_seconds_is_decoded_whole(tmp_path):
+    mfcc = create_extractor("mfcc", max_seconds=2)
+    y = mfcc.load(_write(tmp_path / "two.flac", _tone(2.0), subtype="PCM_16"))
+    assert y.shape == (2 * 22050,)
+
+
+def test_a_stream_without_a_declared_length_stops_decoding_at_max_seconds(tmp_path):
+    av = pytest.importorskip("av")
+    path = tmp_path / "long.m4a"  # soundfile cannot read it; PyAV decodes it frame by frame, with no length known
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=SR)
+        frame = av.AudioFrame.from_ndarray(_tone(30.0)[None, :], format="fltp", layout="mono")
+        frame.sample_rate = SR
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    with pytest.raises(MediaError, match=r"max_seconds=1 \(decoding passed 1\.\d+ s and stopped\)"):
+        create_extractor("mfcc", max_seconds=1).load(path)
+
+
+def test_a_file_sampled_above_max_sample_rate_is_refused(tmp_path):
+    with pytest.raises(MediaError, match="sampled at 8000 Hz, above the limit max_sample_rate=4000"):
+        create_extractor("mfcc", max_sample_rate=4000).load(_write(tmp_path / "a.wav", _tone(0.1)))
+
+
+def test_the_length_limits_only_refuse_files_so_they_leave_the_key_unchanged():
+    assert create_extractor("mfcc", max_seconds=5, max_sample_rate=8000).key == create_extractor("mfcc").key

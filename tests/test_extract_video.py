@@ -164,12 +164,12 @@ def test_the_pooling_reduces_a_clip_to_the_8192_values_fc6_expects():
 
 def test_c3d_is_the_default_video_extractor_and_needs_weights(monkeypatch, tmp_path):
     monkeypatch.delenv("CROSSMODAL_C3D_WEIGHTS", raising=False)
-    monkeypatch.delenv("CROSSMODAL_ALLOW_DOWNLOAD", raising=False)
+    monkeypatch.setenv("CROSSMODAL_OFFLINE", "1")
     monkeypatch.setenv("CROSSMODAL_WEIGHTS_DIR", str(tmp_path / "weights"))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     assert default_extractor("video") == "c3d-fc6"
     with pytest.raises(MissingWeightsError) as info:
-        create_extractor("c3d-fc6")
+        create_extractor("c3d-fc6").weights_path
     message = str(info.value)
     assert "c3d.pickle" in message and "CROSSMODAL_C3D_WEIGHTS" in message
     assert str(tmp_path / "weights" / "c3d.pickle") in message and str(tmp_path / "hub") in message
@@ -207,7 +207,7 @@ def test_c3d_refuses_a_state_dict_of_another_width(tmp_path):
     path = tmp_path / "wrong.pth"
     torch.save(C3D(1 / 32).state_dict(), path)
     with pytest.raises(ExtractorError, match="does not fit"):
-        create_extractor("c3d-fc6", weights=str(path), width_multiplier=TINY)
+        create_extractor("c3d-fc6", weights=str(path), width_multiplier=TINY).key
 
 
 def test_c3d_key_follows_the_weights_content_not_their_path(tiny_weights, tmp_path):
@@ -217,3 +217,45 @@ def test_c3d_key_follows_the_weights_content_not_their_path(tiny_weights, tmp_pa
     torch.save(C3D(TINY).state_dict(), other)
     keys = [create_extractor("c3d-fc6", weights=str(p), width_multiplier=TINY).key for p in (tiny_weights, copy, other)]
     assert keys[0] == keys[1] != keys[2]
+
+
+# ------------------------------------------------------------------------------------------- bounded decoding
+
+
+def test_a_video_whose_index_lists_more_than_max_frames_is_refused_before_decoding(videos):
+    with pytest.raises(MediaError, match=r"max_frames=10 \(its index lists 20\)") as info:
+        create_extractor("frame-stats", max_frames=10).load(videos["moving"])
+    assert str(videos["moving"]) in str(info.value) and "--set max_frames" in info.value.hint
+
+
+def test_a_video_without_a_frame_count_stops_decoding_past_max_frames(tmp_path):
+    path = write_video(tmp_path / "no-index.mkv", moving_square(20))
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].frames == 0  # Matroska lists no frame count: only decoding can tell
+    with pytest.raises(MediaError, match=r"max_frames=10 \(decoding passed it and stopped\)"):
+        create_extractor("frame-stats", max_frames=10).load(path)
+    assert create_extractor("frame-stats", max_frames=20).load(path).shape == (20, 64, 64, 3)
+
+
+def test_a_video_of_frames_larger_than_max_pixels_is_refused(videos):
+    with pytest.raises(MediaError, match=r"64x48 = 3072 pixels per frame exceeds the limit max_pixels=3000"):
+        create_extractor("frame-stats", max_pixels=3000).load(videos["moving"])
+
+
+def test_c3d_keeps_only_the_cropped_frames_of_a_video(tiny_weights, videos):
+    extractor = create_extractor("c3d-fc6", weights=str(tiny_weights), width_multiplier=TINY, max_frames=40)
+    frames = extractor.load(videos["forty"])
+    assert frames.shape == (40, 112, 112, 3) and frames.flags.owndata  # no view of the uncropped 128x171 frames
+
+
+def test_frame_stats_computed_a_few_frames_at_a_time_equal_the_whole_video_at_once(frame_stats, videos, monkeypatch):
+    import extractors.video
+
+    frames = frame_stats.load(videos["forty"])
+    whole = frame_stats([frames])
+    monkeypatch.setattr(extractors.video, "_FRAMES_PER_STEP", 3)  # steps that split the 40 frames unevenly
+    np.testing.assert_array_equal(frame_stats([frames]), whole)
+
+
+def test_the_frame_limits_only_refuse_files_so_they_leave_the_key_unchanged(frame_stats):
+    assert create_extractor("frame-stats", max_frames=5, max_pixels=100).key == frame_stats.key
