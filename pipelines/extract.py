@@ -664,3 +664,84 @@ def _progress(total: int, name: str, enabled: bool):
 
     return tqdm(total=total, desc=f"extract {name}", unit="item", disable=not enabled, dynamic_ncols=True,
                 mininterval=0.5, smoothing=0.1)
+
+
+@dataclasses.dataclass
+class ShardReport:
+    """One bad shard as ``store verify`` and ``store repair`` report it: where, why, how many rows it held (None when
+    its parquet cannot be read), and after a repair how many of them were re-extracted from their files."""
+
+    table: str
+    shard: str
+    reason: str
+    rows: int | None
+    reextracted: int = 0
+
+
+def verify_store(workspace: str | os.PathLike) -> dict[str, Any]:
+    """Check every shard of ``<workspace>/store`` (both checksums, shapes, finite values), without the read cache.
+
+    Returns:
+        ``{"shards": checked, "bad": [ShardReport dicts], "unchecked": [shards without checksums]}``.
+    """
+    store = FeatureStore(Path(workspace) / "store")
+    problems, count, unchecked = store.verify()
+    bad = [ShardReport(str(p.table.path), p.parquet.stem, p.reason, _row_count(p.parquet)) for p in problems]
+    return {"shards": count, "bad": [dataclasses.asdict(b) for b in bad], "unchecked": [str(p) for p in unchecked]}
+
+
+def repair_store(workspace: str | os.PathLike, *, reextract: bool = True, device: str = "auto") -> dict[str, Any]:
+    """Drop every bad shard; with ``reextract``, extract again the rows of a shard whose metadata is intact (only its
+    ``.npy`` is bad) from their source files when these still hold the same bytes.
+
+    What is dropped and not re-extracted is no longer in the store, so the next ``crossmodal extract`` of the same
+    folders extracts it again.
+
+    Returns:
+        ``verify_store``'s dict, the ``bad`` entries with ``reextracted`` filled in, and ``dropped``: rows removed
+        and not re-extracted.
+    """
+    from extractors.base import file_sha256
+    from extractors.store import stored_path
+
+    store = FeatureStore(Path(workspace) / "store")
+    problems, count, unchecked = store.verify()
+    reports, dropped = [], 0
+    for problem in problems:
+        table = problem.table
+        try:  # a parquet that passes its own checksum is trusted, even when its .npy is not
+            rows = table._read_meta(problem.parquet, cached=False).to_pylist()
+        except StoreError:
+            rows = None
+        lost = table.drop_shard(problem.parquet)
+        report = ShardReport(str(table.path), problem.parquet.stem, problem.reason,
+                             len(rows) if rows is not None else (lost.num_rows if lost is not None else None))
+        if reextract and rows:
+            items = []
+            for row in rows:
+                path = Path(stored_path(row["source_path"], row["source_path_bytes"]))
+                with contextlib.suppress(OSError):
+                    if file_sha256(path) == row["content_hash"]:
+                        items.append(Item(path, tuple(row["labels"] or ()), row["split"], row["item_id"],
+                                          row["content_hash"]))
+            if items:
+                description = table.description
+                ext = create_extractor(description["name"], device=str(resolve_device(device)),
+                                       **description.get("config", {}))
+                if ext.key == table.key:
+                    good = [(it, r) for it, r in extract_items(ext, items) if not isinstance(r, SourceError)]
+                    report.reextracted = _commit(table, good) if good else 0
+        dropped += (report.rows or 0) - report.reextracted
+        reports.append(report)
+    return {"shards": count, "bad": [dataclasses.asdict(r) for r in reports], "dropped": dropped,
+            "unchecked": [str(p) for p in unchecked]}
+
+
+def _row_count(parquet: Path) -> int | None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(parquet).metadata.num_rows
+    except (OSError, pa.ArrowException):  # a damaged footer: the count is unknown, which the report says
+        return None

@@ -478,19 +478,45 @@ def _draw_splits(
 ) -> dict[str, str]:
     """Assign a split to every unit (item id, labels) and so to each of its content hashes.
 
-    A unit takes, in order: a split its manifest rows fixed, a split recorded for one of its hashes, or a split drawn so
-    that its class (its first label) gets ``round(0.2 n)`` test and ``round(0.1 n)`` validation units out of n (at least
-    one each from n = 3). Units are drawn in the order of sha256(seed, item id), so the draw depends on the seed only.
+    Units that share a content hash (the same bytes under two names or two classes) are one group and share a split:
+    the same features in train and in test would leak the test item into training. A group takes, in order: a split
+    its manifest rows fixed (the strictest, test before val before train, when they differ), a split recorded for one
+    of its hashes, or a split drawn so that its class (the first label of its first unit) gets ``round(0.2 n)`` test
+    and ``round(0.1 n)`` validation groups out of n (at least one each from n = 3). Groups are drawn in the order of
+    sha256(seed, item id) of their first unit, so the draw depends on the seed only; without shared bytes every group
+    is one unit.
     """
-    assigned = dict(recorded)
-    by_class: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
-    fixed: dict[tuple[str, tuple[str, ...]], str] = {}
+    Unit = tuple[str, tuple[str, ...]]
+    parent: dict[Unit, Unit] = {u: u for u in units}
+
+    def root(u: Unit) -> Unit:
+        while parent[u] != u:
+            parent[u] = parent[parent[u]]
+            u = parent[u]
+        return u
+
+    owner: dict[str, Unit] = {}
     for unit, members in units.items():
-        explicit = [s for _, s in members if s in SPLITS]
-        known = [assigned[h] for h, _ in members if h in assigned]
+        for h, _ in members:
+            if h in owner:
+                a, b = root(owner[h]), root(unit)
+                parent[max(a, b)] = min(a, b)
+            else:
+                owner[h] = unit
+    groups: dict[Unit, list[Unit]] = {}
+    for unit in units:
+        groups.setdefault(root(unit), []).append(unit)
+    strictest = {"test": 0, "val": 1, "train": 2}.__getitem__
+    assigned = dict(recorded)
+    by_class: dict[str, list[Unit]] = {}
+    fixed: dict[Unit, str] = {}
+    for first, group in groups.items():
+        members = [m for unit in group for m in units[unit]]
+        explicit = sorted({s for _, s in members if s in SPLITS}, key=strictest)
+        known = sorted({assigned[h] for h, _ in members if h in assigned}, key=strictest)
         if explicit or known:
-            fixed[unit] = (explicit or known)[0]
-        by_class.setdefault(unit[1][0], []).append(unit)
+            fixed[first] = (explicit or known)[0]
+        by_class.setdefault(first[1][0], []).append(first)
     for group in by_class.values():
         quota = _quota(len(group))
         for unit in group:
@@ -504,7 +530,7 @@ def _draw_splits(
             fixed[unit] = split
     for unit, members in units.items():
         for h, _ in members:
-            assigned[h] = fixed[unit]
+            assigned[h] = fixed[root(unit)]
     return assigned
 
 
@@ -521,13 +547,9 @@ def _quota(n: int) -> dict[str, int]:
 
 def _metadata(table_dir: Path, columns: list[str]) -> dict[str, list]:
     """Columns of a table's row metadata, without reading its features (duplicates of a content hash included)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from extractors.store import FeatureTable
 
-    from extractors.store import SCHEMA
-
-    parts = [pq.read_table(p, columns=columns, schema=SCHEMA) for p in _shards(table_dir)]
-    return pa.concat_tables(parts).to_pydict() if parts else {c: [] for c in columns}
+    return FeatureTable(table_dir).metadata(columns).to_pydict()  # each shard verified against its checksum
 
 
 def _shards(table_dir: Path) -> list[Path]:

@@ -27,7 +27,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     _help_reads_as_a_flag(command)
     saved = {name: os.environ.get(name) for name in (OFFLINE_ENV, "HF_HUB_OFFLINE")}  # --offline sets them
     try:
-        command.main(args=list(sys.argv[1:] if argv is None else argv), prog_name="crossmodal", standalone_mode=False)
+        # standalone_mode=False: click returns a verb's typer.Exit code instead of raising it
+        code = command.main(args=list(sys.argv[1:] if argv is None else argv), prog_name="crossmodal",
+                            standalone_mode=False)
+        if isinstance(code, int) and not isinstance(code, bool):
+            return code
     except USER_ERRORS as exc:
         return report(exc)
     except typer.Exit as exc:

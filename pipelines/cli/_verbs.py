@@ -13,3 +13,4 @@ from pipelines.cli import benchmark  # noqa: F401
 from pipelines.cli import index  # noqa: F401
 from pipelines.cli import query  # noqa: F401
 from pipelines.cli import demo  # noqa: F401
+from pipelines.cli import store  # noqa: F401
