@@ -1,10 +1,10 @@
 """Start-up cost of the ``crossmodal`` command: wall time and peak memory of ``--help`` and of each verb's ``--help``.
 
-Each command runs ``--repeat`` times in a fresh process (what a user's shell does); the table gives the median wall time,
-the median CPU time (user + system: on a shared, busy machine the wall time also counts waiting for a core, the CPU time
-does not), the peak resident memory of the process (``ru_maxrss`` from ``os.wait4``, so each run is measured alone), and
-the heavy libraries the command left imported (``torch``, ``transformers``, ``librosa``...), read from a second run of the same
-command under ``python -X importtime``.
+Each command runs ``--repeat`` times in a fresh process (what a user's shell does); the table gives the median wall
+time, the median CPU time (user + system: on a shared, busy machine the wall time also counts waiting for a core, the
+CPU time does not), the peak resident memory of the process (``ru_maxrss`` from ``os.wait4``, so each run is measured
+alone), and the heavy libraries the command imported (``torch``, ``transformers``, ``librosa``...), read from a second
+run of the same command under ``python -X importtime``.
 
 The command runs through the installed console script's own interpreter (``python -c 'from pipelines.cli import run;
 run()'``, exactly what the ``crossmodal`` entry point does) so that a version manager's shim (pyenv's bash wrapper adds
@@ -28,10 +28,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]  # the checkout whose code runs (``python -c`` puts the cwd first on the path)
+ROOT = Path(__file__).resolve().parents[1]  # the checkout that runs (``python -c`` puts the cwd first on the path)
 VERBS = ("version", "serve", "extract", "extractors", "train", "evaluate", "benchmark", "index", "query", "demo")
-HEAVY = ("torch", "torchvision", "transformers", "librosa", "sentence_transformers", "open3d", "gensim", "numpy", "scipy",
-         "pandas", "matplotlib", "faiss")
+HEAVY = ("torch", "torchvision", "transformers", "librosa", "sentence_transformers", "open3d", "gensim", "numpy",
+         "scipy", "pandas", "matplotlib", "faiss")
 ENTRY = "from pipelines.cli import run; run()"
 
 

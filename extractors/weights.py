@@ -6,12 +6,21 @@ Resolution order (the first that exists wins):
 2. the environment variable ``CROSSMODAL_<NAME>_WEIGHTS`` (e.g. ``CROSSMODAL_VGG19_WEIGHTS``), a file;
 3. ``$CROSSMODAL_WEIGHTS_DIR/<file name>``, a folder holding weight files under their published names;
 4. the torch hub cache, ``torch.hub.get_dir()/checkpoints/<file name>`` (where torchvision's weight enums download to);
-5. a download from the published URL into the torch hub cache, only when allowed (``allow_download`` in the config or
-   ``CROSSMODAL_ALLOW_DOWNLOAD=1``): these machines have no network, so nothing is tried by default.
+5. a download from the published URL into the torch hub cache, with a progress bar, as torchvision, timm and
+   transformers do on first use, unless offline (``--offline``, ``CROSSMODAL_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``) or
+   the extractor's ``allow_download`` is false. The download goes to ``<file>.incomplete`` first and resumes it (HTTP
+   Range) after an interruption; the finished file is checked against its published sha256 (in full, or the prefix
+   torchvision puts in its file names) and removed, not used, when it differs. ``CROSSMODAL_WEIGHTS_URL`` replaces the
+   base URL of every file (a mirror), ``CROSSMODAL_<NAME>_URL`` the URL of one.
 
-When nothing is found, :class:`MissingWeightsError` lists every place looked and how to supply the file. Weights
-never fall back to random values. State dicts are read without arbitrary unpickling (``torch.load(weights_only=True)``)
-or from safetensors.
+When nothing is found, :class:`MissingWeightsError` names every place looked, the cache path to fill, and the
+weight-free extractor to use instead. Weights never fall back to random values. State dicts are read without arbitrary
+unpickling (``torch.load(weights_only=True)``) or from safetensors.
+
+Hugging Face models (``minilm``) resolve the same way with :func:`resolve_hf_model`: the standard Hugging Face cache
+first, then other local sources, then a download from the Hub unless offline.
+
+torch is imported inside the functions that need it: ``crossmodal --help`` and listing extractors must not pay for it.
 """
 
 from __future__ import annotations
@@ -20,17 +29,25 @@ import dataclasses
 import json
 import os
 import re
-from collections.abc import Mapping
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from extractors.base import file_sha256
 from extractors.errors import ExtractorError, MissingWeightsError
 
-ALLOW_DOWNLOAD_ENV = "CROSSMODAL_ALLOW_DOWNLOAD"
+if TYPE_CHECKING:
+    import torch
+
 WEIGHTS_DIR_ENV = "CROSSMODAL_WEIGHTS_DIR"
+WEIGHTS_URL_ENV = "CROSSMODAL_WEIGHTS_URL"
 CACHE_DIR_ENV = "CROSSMODAL_CACHE_DIR"
+OFFLINE_ENV = "CROSSMODAL_OFFLINE"
+OFFLINE_ENVS = (OFFLINE_ENV, "HF_HUB_OFFLINE")  # huggingface_hub's switch counts too: one "no network" for the user
+DOWNLOAD_TIMEOUT_S = 30  # per socket operation (connect, each read), not for the whole file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,64 +56,97 @@ class WeightsSpec:
 
     Attributes:
         extractor: the extractor that needs it (for messages), e.g. ``"vgg19-fc7"``.
-        env_name: the ``<NAME>`` of ``CROSSMODAL_<NAME>_WEIGHTS``, e.g. ``"VGG19"``.
+        env_name: the ``<NAME>`` of ``CROSSMODAL_<NAME>_WEIGHTS`` and ``CROSSMODAL_<NAME>_URL``, e.g. ``"VGG19"``.
         filename: the published file name, e.g. ``"vgg19-dcbb9e9d.pth"`` (torchvision's names end in the first 8 hex
             digits of the file's sha256, which a download checks).
-        url: where it is published ('' when it is not downloadable, e.g. community conversions).
+        url: where it is published ('' when it is not downloadable).
+        sha256: the published full sha256 ('' when none is published; the file name's prefix is then checked if it
+            has one).
+        alternative: a weight-free extractor of the same modality, named in errors (e.g. ``"hog-color"``).
     """
 
     extractor: str
     env_name: str
     filename: str
     url: str = ""
+    sha256: str = ""
+    alternative: str = ""
 
     @property
     def env_var(self) -> str:
         return f"CROSSMODAL_{self.env_name}_WEIGHTS"
 
+    @property
+    def url_env_var(self) -> str:
+        return f"CROSSMODAL_{self.env_name}_URL"
+
+    @property
+    def download_url(self) -> str:
+        """The URL to fetch: ``$CROSSMODAL_<NAME>_URL``, else ``$CROSSMODAL_WEIGHTS_URL/<file name>``, else ``url``."""
+        if os.environ.get(self.url_env_var):
+            return os.environ[self.url_env_var]
+        base = os.environ.get(WEIGHTS_URL_ENV, "").strip()
+        if base and self.url:
+            return f"{base.rstrip('/')}/{self.filename}"
+        return self.url
+
+    @property
+    def hash_prefix(self) -> str:
+        """The sha256 prefix torchvision writes in its file names (``vgg19-dcbb9e9d.pth`` -> ``dcbb9e9d``), or ''."""
+        match = re.search(r"-([0-9a-f]{8,})\.", self.filename)
+        return match.group(1) if match else ""
+
     @classmethod
-    def from_torchvision(cls, enum_name: str, *, extractor: str, env_name: str) -> WeightsSpec:
+    def from_torchvision(cls, enum_name: str, *, extractor: str, env_name: str, alternative: str = "") -> WeightsSpec:
         """The spec of a torchvision weights enum member, e.g. ``"VGG19_Weights.IMAGENET1K_V1"``."""
         from torchvision.models import get_weight
 
         url = get_weight(enum_name).url
-        return cls(extractor=extractor, env_name=env_name, filename=url.rsplit("/", 1)[-1], url=url)
+        return cls(extractor=extractor, env_name=env_name, filename=url.rsplit("/", 1)[-1], url=url,
+                   alternative=alternative)
 
 
-def download_allowed(config_value: bool = False) -> bool:
-    """True when the config allows it or ``CROSSMODAL_ALLOW_DOWNLOAD`` is ``1``/``true``/``yes``."""
-    return config_value or os.environ.get(ALLOW_DOWNLOAD_ENV, "").strip().lower() in ("1", "true", "yes")
+def offline() -> bool:
+    """True when ``CROSSMODAL_OFFLINE`` or ``HF_HUB_OFFLINE`` is ``1``/``true``/``yes``/``on``."""
+    return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on") for name in OFFLINE_ENVS)
 
 
-def resolve_weights(spec: WeightsSpec, *, explicit: str | os.PathLike | None = None,
-                    allow_download: bool = False) -> Path:
-    """Find the weights file of ``spec`` (module docstring gives the order).
+def download_allowed(config_value: bool = True) -> bool:
+    """Whether a missing file may be downloaded: the extractor's ``allow_download`` and not :func:`offline`."""
+    return config_value and not offline()
 
-    Args:
-        spec: which file.
-        explicit: a path the user gave (config field or flag); when given it must exist, nothing else is searched.
-        allow_download: download from ``spec.url`` into the torch hub cache when no local file is found (also enabled
-            by ``CROSSMODAL_ALLOW_DOWNLOAD=1``).
 
-    Returns:
-        The path of an existing file.
+def hub_checkpoints() -> Path:
+    """``torch.hub.get_dir()/checkpoints``, computed as torch does when torch is not imported yet (no 1 s import to
+    list what is ready)."""
+    if "torch" in sys.modules:
+        import torch
+
+        return Path(torch.hub.get_dir()) / "checkpoints"
+    cache = os.environ.get("XDG_CACHE_HOME", os.path.join("~", ".cache"))
+    return Path(os.path.expanduser(os.environ.get("TORCH_HOME", os.path.join(cache, "torch")))) / "hub" / "checkpoints"
+
+
+def find_weights(spec: WeightsSpec, *, explicit: str | os.PathLike | None = None) -> tuple[Path | None, list[str]]:
+    """The local file of ``spec`` (steps 1-4 of the module docstring) and the places looked; fetches nothing.
 
     Raises:
-        MissingWeightsError: no file anywhere; the message lists each place looked and how to supply it.
+        MissingWeightsError: an explicit path or ``$CROSSMODAL_<NAME>_WEIGHTS`` names a file that does not exist
+            (never replaced by another file silently).
     """
-    how = _how_to_supply(spec)
     if explicit:
         path = Path(explicit).expanduser()
         if path.is_file():
-            return path
-        raise MissingWeightsError(spec.extractor, spec.filename, [f"{path} (given explicitly)"], how)
+            return path, []
+        raise MissingWeightsError(spec.extractor, spec.filename, [f"{path} (given explicitly)"], _how_to_supply(spec))
     looked: list[str] = []
     env_file = os.environ.get(spec.env_var)
     if env_file:
         path = Path(env_file).expanduser()
         if path.is_file():
-            return path
-        raise MissingWeightsError(spec.extractor, spec.filename, [f"{path} (from ${spec.env_var})"], how)
+            return path, []
+        raise MissingWeightsError(spec.extractor, spec.filename, [f"{path} (from ${spec.env_var})"],
+                                  _how_to_supply(spec))
     looked.append(f"${spec.env_var} (not set)")
     candidates: list[tuple[Path, str]] = []
     weights_dir = os.environ.get(WEIGHTS_DIR_ENV)
@@ -105,17 +155,139 @@ def resolve_weights(spec: WeightsSpec, *, explicit: str | os.PathLike | None = N
         candidates += [(base / name, f"${WEIGHTS_DIR_ENV}") for name in (spec.filename, _safetensors_name(spec))]
     else:
         looked.append(f"${WEIGHTS_DIR_ENV} (not set)")
-    hub = Path(torch.hub.get_dir()) / "checkpoints"
-    candidates.append((hub / spec.filename, "torch hub cache"))
+    candidates.append((hub_checkpoints() / spec.filename, "torch hub cache"))
     for path, origin in candidates:
         if path.is_file():
-            return path
+            return path, []
         looked.append(f"{path} ({origin})")
-    if spec.url and download_allowed(allow_download):
-        return _download(spec, hub / spec.filename)
-    if spec.url:
-        looked.append(f"{spec.url} (download not allowed; set {ALLOW_DOWNLOAD_ENV}=1 where the network allows)")
-    raise MissingWeightsError(spec.extractor, spec.filename, looked, how)
+    return None, looked
+
+
+def resolve_weights(spec: WeightsSpec, *, explicit: str | os.PathLike | None = None,
+                    allow_download: bool = True, progress: bool = True) -> Path:
+    """Find the weights file of ``spec``, downloading it into the torch hub cache when allowed (module docstring).
+
+    Args:
+        spec: which file.
+        explicit: a path the user gave (config field or flag); when given it must exist, nothing else is searched.
+        allow_download: the extractor's ``allow_download``; :func:`offline` overrides it.
+        progress: show a progress bar on stderr while downloading.
+
+    Returns:
+        The path of an existing file.
+
+    Raises:
+        MissingWeightsError: no local file and no download (offline, not allowed, unreachable); the message lists each
+            place looked, the hint the cache path to fill and the weight-free alternative.
+        WeightsChecksumError: the downloaded file's sha256 differs from the published one (the file is removed).
+    """
+    path, looked = find_weights(spec, explicit=explicit)
+    if path is not None:
+        return path
+    url = spec.download_url
+    if not url:
+        raise MissingWeightsError(spec.extractor, spec.filename, looked, _how_to_supply(spec))
+    if not download_allowed(allow_download):
+        why = "offline: --offline, $CROSSMODAL_OFFLINE or $HF_HUB_OFFLINE" if offline() else "allow_download=false"
+        raise MissingWeightsError(spec.extractor, spec.filename, [*looked, f"{url} (not fetched: {why})"],
+                                  _how_to_supply(spec))
+    target = hub_checkpoints() / spec.filename
+    try:
+        return download(url, target, sha256=_pinned_sha256(spec), hash_prefix=spec.hash_prefix, progress=progress,
+                        what=spec.extractor)
+    except OSError as exc:  # URLError, HTTPError, timeouts, a full disk: the user fills the cache by hand instead
+        reason = getattr(exc, "reason", None) or exc
+        raise MissingWeightsError(spec.extractor, spec.filename, [*looked, f"{url} (download failed: {reason})"],
+                                  _how_to_supply(spec)) from None
+
+
+class WeightsChecksumError(ExtractorError):
+    """A downloaded weights file is not the published one (its sha256 differs); it was removed."""
+
+
+def download(url: str, target: Path, *, sha256: str = "", hash_prefix: str = "", progress: bool = True,
+             what: str = "weights", say: Callable[[str], None] | None = None) -> Path:
+    """Download ``url`` to ``target`` through ``target.incomplete``, resuming a partial file, then check its sha256.
+
+    The partial file is kept when the transfer breaks (the next call asks the server for the rest with an HTTP
+    ``Range`` header, and starts over when the server ignores it); it becomes ``target`` only once complete and checked.
+
+    Args:
+        sha256: the full published digest, checked when given.
+        hash_prefix: a digest prefix (torchvision's file names), checked when given.
+        progress: a tqdm bar on stderr (bytes, rate, time left).
+        what: who asks, for messages (the extractor's name).
+        say: where the one-line notes go (default: stderr).
+
+    Raises:
+        OSError: the server cannot be reached or the transfer fails (the partial file is kept for a resume).
+        WeightsChecksumError: the digest differs (both the partial and the target file are removed).
+    """
+    from tqdm.auto import tqdm
+
+    say = say or (lambda text: print(text, file=sys.stderr))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".incomplete")
+    have = partial.stat().st_size if partial.is_file() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    say(f"{what}: downloading {url} to {target}" + (f" (resuming after {have:,} bytes)" if have else ""))
+    try:
+        response = urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S)
+    except urllib.error.HTTPError as exc:
+        if exc.code != 416 or not have:  # 416: the range starts at the end, i.e. the partial file is complete
+            raise
+        response = None
+    if response is not None:
+        with response:
+            resumed = have > 0 and response.status == 206
+            length = int(response.headers.get("Content-Length") or 0)
+            start = have if resumed else 0
+            with open(partial, "ab" if resumed else "wb") as out, tqdm(
+                    total=start + length if length else None, initial=start, unit="B", unit_scale=True,
+                    unit_divisor=1024, desc=target.name, disable=not progress, file=sys.stderr, leave=True) as bar:
+                received = 0
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+                    received += len(chunk)
+        if length and received < length:  # the connection closed early: keep the partial file for a resume
+            raise ConnectionError(f"transfer interrupted after {start + received:,} of {start + length:,} bytes")
+    digest = file_sha256(partial)
+    expected = sha256 or hash_prefix
+    if expected and not digest.startswith(expected.lower()):
+        partial.unlink(missing_ok=True)
+        target.unlink(missing_ok=True)
+        raise WeightsChecksumError(
+            f"{what}: the file downloaded from {url} has sha256 {digest[:16]}..., not the published "
+            f"{expected[:16]}...; it was removed",
+            hint=f"download it again; if this repeats the server gives another file: fetch {target.name} from the "
+                 f"publisher and put it at {target}")
+    if not expected:  # NOTE: said, not silent: the digest still becomes part of the extractor key (weights_sha256)
+        say(f"{what}: no checksum is published for {target.name}; its sha256 is {digest} (pin it with "
+            f"CROSSMODAL_<NAME>_SHA256 to refuse any other file)")
+    os.replace(partial, target)
+    return target
+
+
+def _pinned_sha256(spec: WeightsSpec) -> str:
+    return os.environ.get(f"CROSSMODAL_{spec.env_name}_SHA256", "").strip().lower() or spec.sha256
+
+
+def weights_status(spec: WeightsSpec, *, explicit: str | os.PathLike | None = None) -> tuple[bool, str]:
+    """(ready, what is missing) for ``crossmodal extractors``: ready when the file is on this machine; else whether the
+    first use will download it (and from where to where) or cannot (offline, no URL)."""
+    try:
+        path, _ = find_weights(spec, explicit=explicit)
+    except MissingWeightsError as exc:
+        return False, exc.message.split(" (looked in")[0] + f" ({exc.looked[0]})"
+    if path is not None:
+        return True, f"weights: {path}"
+    target = hub_checkpoints() / spec.filename
+    if spec.download_url and not offline():
+        return False, f"{spec.filename} downloads to {target} on first use"
+    why = "offline" if spec.download_url else "not downloadable"
+    instead = f"; or use -e {spec.alternative}" if spec.alternative else ""
+    return False, f"{spec.filename} missing ({why}): put it at {target}{instead}"
 
 
 def _safetensors_name(spec: WeightsSpec) -> str:
@@ -123,23 +295,54 @@ def _safetensors_name(spec: WeightsSpec) -> str:
 
 
 def _how_to_supply(spec: WeightsSpec) -> str:
-    where = f"download {spec.url} and " if spec.url else ""
-    return (
-        f"{where}pass --weights /path/to/{spec.filename} (or --set weights=...), or set {spec.env_var}=/path/to/file, "
-        f"or put the file in ${WEIGHTS_DIR_ENV} or {Path(torch.hub.get_dir()) / 'checkpoints'}"
-        + (f", or set {ALLOW_DOWNLOAD_ENV}=1 to download it" if spec.url else "")
-    )
+    target = hub_checkpoints() / spec.filename
+    source = f" (from {spec.url})" if spec.url else ""
+    instead = f"; or use the weight-free extractor instead: -e {spec.alternative}" if spec.alternative else ""
+    online = " or run online to download it," if spec.url and offline() else ""
+    return (f"put {spec.filename}{source} at {target},{online} or pass --weights FILE (or set {spec.env_var}=FILE, "
+            f"or put it in ${WEIGHTS_DIR_ENV}){instead}")
 
 
-def _download(spec: WeightsSpec, target: Path) -> Path:
-    match = re.search(r"-([0-9a-f]{8,})\.", spec.filename)
-    target.parent.mkdir(parents=True, exist_ok=True)
+def resolve_hf_model(repo_id: str, *, files: Sequence[str], extractor: str, alternative: str = "",
+                     local: Sequence[tuple[str, Callable[[], Path | None]]] = (), progress: bool = True) -> Path:
+    """A Hugging Face model folder holding ``files``: the standard Hugging Face cache (``HF_HUB_CACHE``, read with
+    ``local_files_only``) first, then each ``(origin, finder)`` of ``local`` in order (a bundled copy...), then a
+    download from the Hub into that cache unless offline.
+
+    Raises:
+        MissingWeightsError: found nowhere and not downloadable now (offline or unreachable); names every place.
+    """
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    cache = Path(constants.HF_HUB_CACHE)
+    looked = []
     try:
-        torch.hub.download_url_to_file(spec.url, str(target), hash_prefix=match.group(1) if match else None)
-    except (OSError, RuntimeError) as exc:  # URLError is an OSError; a hash mismatch is a RuntimeError
-        raise MissingWeightsError(spec.extractor, spec.filename, [f"{spec.url} (download failed: {exc})"],
-                                  _how_to_supply(spec)) from exc
-    return target
+        folder = Path(snapshot_download(repo_id, allow_patterns=list(files), local_files_only=True))
+        if all((folder / name).is_file() for name in files):
+            return folder
+        looked.append(f"{folder} (Hugging Face cache, incomplete)")
+    except LocalEntryNotFoundError:
+        looked.append(f"{cache} (Hugging Face cache: no {repo_id})")
+    for origin, finder in local:
+        folder = finder()
+        if folder is not None and all((folder / name).is_file() for name in files):
+            return folder
+        looked.append(f"{folder or origin} ({origin})")
+    instead = f"; or use -e {alternative}" if alternative else ""
+    how = (f"run `hf download {repo_id}` where the network allows (it fills {cache}), or --set model_dir=a local "
+           f"copy{instead}")
+    if offline():
+        raise MissingWeightsError(extractor, repo_id, [*looked, "the Hub (not fetched: offline)"], how)
+    try:
+        from tqdm.auto import tqdm
+
+        folder = Path(snapshot_download(repo_id, allow_patterns=list(files),
+                                        tqdm_class=tqdm if progress else None))
+    except Exception as exc:  # huggingface_hub raises its own errors, requests' and httpx's: all mean "not fetched"
+        raise MissingWeightsError(extractor, repo_id, [*looked, f"the Hub (download failed: {type(exc).__name__})"],
+                                  how) from None
+    return folder
 
 
 def load_state_dict(path: str | os.PathLike, *, extractor: str) -> dict[str, torch.Tensor]:
@@ -152,6 +355,8 @@ def load_state_dict(path: str | os.PathLike, *, extractor: str) -> dict[str, tor
     Raises:
         ExtractorError: the file is not a readable state dict (names the file).
     """
+    import torch
+
     path = Path(path)
     try:
         if path.suffix == ".safetensors":

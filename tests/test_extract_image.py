@@ -22,7 +22,7 @@ DIVISOR = 16  # widths 4..32 and a 256-d fc7: a VGG-19 of the same structure tha
 
 @pytest.fixture(autouse=True)
 def no_weights_anywhere(tmp_path, monkeypatch):
-    for var in ("CROSSMODAL_VGG19_WEIGHTS", W.WEIGHTS_DIR_ENV, W.ALLOW_DOWNLOAD_ENV):
+    for var in ("CROSSMODAL_VGG19_WEIGHTS", W.WEIGHTS_DIR_ENV, W.WEIGHTS_URL_ENV):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.setenv(W.CACHE_DIR_ENV, str(tmp_path / "cache"))

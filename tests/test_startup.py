@@ -1,4 +1,4 @@
-"""Start-up stays cheap: the CLI and every --help import no torch and no heavy modality library; registration is lazy."""
+"""Start-up stays cheap: the CLI and every --help import no torch nor any heavy modality library (lazy registries)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import http.server
+import os
+import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -10,16 +15,19 @@ import torch
 
 from extractors import weights as W
 from extractors.errors import ExtractorError, MissingWeightsError
+from pipelines.cli._errors import format_error
 
 SPEC = W.WeightsSpec(extractor="toy-fc", env_name="TOY", filename="toy-0123abcd.pth",
-                     url="https://example.invalid/toy-0123abcd.pth")
+                     url="https://example.invalid/toy-0123abcd.pth", alternative="toy-free")
 
 
 @pytest.fixture(autouse=True)
 def clean_environment(tmp_path, monkeypatch):
-    """No weights anywhere: env vars cleared, the torch hub cache an empty tmp folder."""
-    for var in ("CROSSMODAL_TOY_WEIGHTS", "CROSSMODAL_VGG19_WEIGHTS", W.WEIGHTS_DIR_ENV, W.ALLOW_DOWNLOAD_ENV):
+    """No weights anywhere: env vars cleared, the torch hub cache an empty tmp folder, offline (tests/conftest.py)."""
+    for var in ("CROSSMODAL_TOY_WEIGHTS", "CROSSMODAL_VGG19_WEIGHTS", "CROSSMODAL_TOY_URL", "CROSSMODAL_TOY_SHA256",
+                W.WEIGHTS_DIR_ENV, W.WEIGHTS_URL_ENV, W.OFFLINE_ENV):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     monkeypatch.setenv(W.CACHE_DIR_ENV, str(tmp_path / "cache"))
 
@@ -34,7 +42,68 @@ def save_state(path: Path, module: torch.nn.Module | None = None) -> Path:
     return path
 
 
-def test_missing_weights_error_lists_every_place_looked_and_how_to_supply_them(tmp_path):
+class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves ``files`` (name -> bytes) with HTTP Range support; ``cut`` sends only that many bytes of a full reply
+    then drops the connection (an interrupted download); records each request's Range header."""
+
+    files: dict[str, bytes] = {}
+    requests: list[tuple[str, str | None]] = []
+    cut: int | None = None
+
+    def do_GET(self):  # noqa: N802  (http.server's name)
+        name = self.path.lstrip("/")
+        self.requests.append((name, self.headers.get("Range")))
+        data = self.files.get(name)
+        if data is None:
+            self.send_error(404)
+            return
+        start = 0
+        if self.headers.get("Range"):
+            start = int(self.headers["Range"].removeprefix("bytes=").split("-")[0])
+            if start >= len(data):
+                self.send_error(416)
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.cut is not None and not start:
+            self.wfile.write(body[:self.cut])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(monkeypatch):
+    """A weights server on 127.0.0.1 (a thread of this process); CROSSMODAL_WEIGHTS_URL points at it, online."""
+    handler = type("Handler", (_RangeHandler,), {"files": {}, "requests": [], "cut": None})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv(W.WEIGHTS_URL_ENV, f"http://127.0.0.1:{httpd.server_address[1]}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    yield handler
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def published(tmp_path: Path) -> tuple[W.WeightsSpec, bytes]:
+    """A state dict's bytes and the spec that publishes them under torchvision's naming (sha256 prefix in the name)."""
+    data = save_state(tmp_path / "source.pth").read_bytes()
+    prefix = hashlib.sha256(data).hexdigest()[:8]
+    spec = dataclasses.replace(SPEC, filename=f"toy-{prefix}.pth", url=f"https://example.invalid/toy-{prefix}.pth")
+    return spec, data
+
+
+def test_missing_weights_offline_names_every_place_the_cache_path_to_fill_and_the_weight_free_alternative(tmp_path):
     with pytest.raises(MissingWeightsError) as err:
         W.resolve_weights(SPEC)
     hub = tmp_path / "torch-home" / "hub" / "checkpoints" / SPEC.filename
@@ -42,11 +111,13 @@ def test_missing_weights_error_lists_every_place_looked_and_how_to_supply_them(t
         "$CROSSMODAL_TOY_WEIGHTS (not set)",
         "$CROSSMODAL_WEIGHTS_DIR (not set)",
         f"{hub} (torch hub cache)",
-        f"{SPEC.url} (download not allowed; set CROSSMODAL_ALLOW_DOWNLOAD=1 where the network allows)",
+        f"{SPEC.url} (not fetched: offline: --offline, $CROSSMODAL_OFFLINE or $HF_HUB_OFFLINE)",
     ]
     assert "toy-0123abcd.pth not found" in err.value.message
-    for how in ("--weights", "CROSSMODAL_TOY_WEIGHTS=", "$CROSSMODAL_WEIGHTS_DIR", str(hub.parent), "ALLOW_DOWNLOAD=1"):
+    for how in (f"at {hub}", "--weights", "CROSSMODAL_TOY_WEIGHTS=", "$CROSSMODAL_WEIGHTS_DIR", "-e toy-free",
+                "run online"):
         assert how in err.value.hint
+    assert "\n" not in format_error(err.value).split("\n  fix: ")[0]  # the CLI's one line, then its fix
 
 
 @pytest.mark.parametrize("place", ["env-file", "weights-dir", "hub-cache"])
@@ -75,18 +146,105 @@ def test_an_explicit_path_that_does_not_exist_is_an_error_naming_it(tmp_path):
     assert err.value.looked == [f"{tmp_path / 'typo.pth'} (given explicitly)"]
 
 
-def test_a_download_is_attempted_only_when_allowed(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(torch.hub, "download_url_to_file",
-                        lambda url, dst, hash_prefix=None: calls.append((url, Path(dst).name, hash_prefix)) or
-                        save_state(Path(dst)))
-    with pytest.raises(MissingWeightsError):
+def test_a_missing_file_downloads_into_the_torch_hub_cache_with_a_progress_bar(tmp_path, server, capsys):
+    spec, data = published(tmp_path)
+    server.files[spec.filename] = data
+    path = W.resolve_weights(spec)
+    assert path == tmp_path / "torch-home" / "hub" / "checkpoints" / spec.filename
+    assert path.read_bytes() == data and not path.with_name(path.name + ".incomplete").exists()
+    err = capsys.readouterr().err
+    assert f"toy-fc: downloading {os.environ[W.WEIGHTS_URL_ENV]}/{spec.filename} to {path}" in err
+    assert "100%" in err and spec.filename in err  # tqdm's bar, named after the file
+    assert W.resolve_weights(spec) == path and len(server.requests) == 1  # the second time, the cache
+
+
+def test_an_interrupted_download_resumes_from_its_partial_file_with_an_http_range(tmp_path, server, capsys):
+    spec, data = published(tmp_path)
+    server.files[spec.filename] = data
+    server.cut = len(data) // 3
+    with pytest.raises(MissingWeightsError, match="download failed"):
+        W.resolve_weights(spec)
+    partial = tmp_path / "torch-home" / "hub" / "checkpoints" / f"{spec.filename}.incomplete"
+    assert partial.stat().st_size == len(data) // 3
+    server.cut = None
+    path = W.resolve_weights(spec)
+    assert server.requests[-1] == (spec.filename, f"bytes={len(data) // 3}-")
+    assert path.read_bytes() == data and not partial.exists()
+    assert f"resuming after {len(data) // 3:,} bytes" in capsys.readouterr().err
+
+
+def test_a_download_with_the_wrong_sha256_is_refused_and_removed(tmp_path, server):
+    spec, data = published(tmp_path)
+    server.files[spec.filename] = data[:-8] + b"tampered"
+    with pytest.raises(W.WeightsChecksumError, match="was removed") as err:
+        W.resolve_weights(spec)
+    hub = tmp_path / "torch-home" / "hub" / "checkpoints"
+    assert list(hub.iterdir()) == []
+    assert f"put it at {hub / spec.filename}" in err.value.hint
+
+
+def test_a_full_published_sha256_is_checked_and_a_pinned_one_overrides_it(tmp_path, server, monkeypatch):
+    data = save_state(tmp_path / "source.pth").read_bytes()
+    spec = dataclasses.replace(SPEC, filename="toy.pth", url="https://example.invalid/toy.pth",
+                               sha256=hashlib.sha256(data).hexdigest())
+    server.files["toy.pth"] = data
+    assert W.resolve_weights(spec).read_bytes() == data
+    (tmp_path / "torch-home" / "hub" / "checkpoints" / "toy.pth").unlink()
+    monkeypatch.setenv("CROSSMODAL_TOY_SHA256", "0" * 64)
+    with pytest.raises(W.WeightsChecksumError):
+        W.resolve_weights(spec)
+
+
+def test_a_file_without_a_published_checksum_downloads_and_says_its_sha256(tmp_path, server, capsys):
+    data = save_state(tmp_path / "source.pth").read_bytes()
+    spec = dataclasses.replace(SPEC, filename="toy.pth", url="https://example.invalid/toy.pth")
+    server.files["toy.pth"] = data
+    W.resolve_weights(spec)
+    assert f"its sha256 is {hashlib.sha256(data).hexdigest()}" in capsys.readouterr().err
+
+
+def test_offline_fetches_nothing_even_with_a_server_up(tmp_path, server, monkeypatch):
+    spec, data = published(tmp_path)
+    server.files[spec.filename] = data
+    monkeypatch.setenv(W.OFFLINE_ENV, "1")
+    with pytest.raises(MissingWeightsError, match="not fetched: offline"):
+        W.resolve_weights(spec)
+    assert server.requests == []
+
+
+def test_an_unreachable_server_is_one_error_naming_the_cache_path_and_the_alternative(tmp_path, monkeypatch):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv(W.WEIGHTS_URL_ENV, f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with pytest.raises(MissingWeightsError) as err:
         W.resolve_weights(SPEC)
-    assert calls == []
-    monkeypatch.setenv(W.ALLOW_DOWNLOAD_ENV, "1")
-    path = W.resolve_weights(SPEC)
-    assert calls == [(SPEC.url, SPEC.filename, "0123abcd")]
-    assert path == tmp_path / "torch-home" / "hub" / "checkpoints" / SPEC.filename
+    hub = tmp_path / "torch-home" / "hub" / "checkpoints" / SPEC.filename
+    assert f"http://127.0.0.1:{port}/{SPEC.filename} (download failed: " in err.value.looked[-1]
+    assert f"put {SPEC.filename} (from {SPEC.url}) at {hub}" in err.value.hint and "-e toy-free" in err.value.hint
+    assert not hub.parent.exists() or not any(hub.parent.iterdir())
+
+
+def test_the_extractor_s_allow_download_false_fetches_nothing(tmp_path, server):
+    spec, data = published(tmp_path)
+    server.files[spec.filename] = data
+    with pytest.raises(MissingWeightsError, match="allow_download=false"):
+        W.resolve_weights(spec, allow_download=False)
+    assert server.requests == []
+
+
+def test_the_listing_status_says_ready_or_what_is_missing_without_fetching(tmp_path, server, monkeypatch):
+    spec, data = published(tmp_path)
+    server.files[spec.filename] = data
+    hub = tmp_path / "torch-home" / "hub" / "checkpoints"
+    assert W.weights_status(spec) == (False, f"{spec.filename} downloads to {hub / spec.filename} on first use")
+    monkeypatch.setenv(W.OFFLINE_ENV, "1")
+    assert W.weights_status(spec) == (False, f"{spec.filename} missing (offline): put it at {hub / spec.filename}; "
+                                             "or use -e toy-free")
+    path = save_state(hub / spec.filename)
+    assert W.weights_status(spec) == (True, f"weights: {path}")
+    assert server.requests == []
 
 
 def test_pth_and_safetensors_files_load_to_the_same_state_dict(tmp_path):
