@@ -505,8 +505,8 @@ class FeatureStore:
 
 def item_key(content_hash: str, item_id: str, labels: Sequence[str] | None) -> tuple[str, str, tuple[str, ...]]:
     """An item's identity in a table: its bytes, its id and its labels (the same bytes under two names or two classes
-    are two items)."""
-    return content_hash, item_id, tuple(sorted(labels or ()))
+    are two items). Ids and labels compare as stored (:func:`printable`), so a name that is not UTF-8 matches its row."""
+    return content_hash, printable(item_id), tuple(sorted(printable(label) for label in labels or ()))
 
 
 def stored_path(source_path: str, source_path_bytes: bytes | None) -> str:
