@@ -55,6 +55,9 @@ class Extractor:
     # Config fields that say where or how to get the weights (a file path, allow a download), not what they are: the
     # weights' sha256 identifies them, so these fields stay out of the key and a moved file keeps its features valid.
     key_ignores: ClassVar[tuple[str, ...]] = ()
+    # Options added after features were stored, each with the value at which the extractor computes what it computed
+    # before the option existed: at that value the option stays out of the key, so stored features keep theirs.
+    key_defaults: ClassVar[dict[str, Any]] = {}
     # How the pipeline should decode for this extractor when one model is fed by decoding workers: "spare" workers on
     # the cores the model leaves (cores - 1), "all" on every core when decoding costs more than the model, "inline" in
     # the model's thread when decoding costs less than a hand-off (reading a text).
@@ -89,7 +92,8 @@ class Extractor:
     @property
     def key(self) -> str:
         """``name@hash12``: the name, the config and the weights' identity. Features with equal keys are comparable."""
-        identity = {k: v for k, v in self.config.to_dict().items() if k not in self.key_ignores}
+        identity = {k: v for k, v in self.config.to_dict().items()
+                    if k not in self.key_ignores and not (k in self.key_defaults and v == self.key_defaults[k])}
         payload = json.dumps(identity, sort_keys=True, default=str) + self.weights_sha256()
         return f"{self.name}@{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 

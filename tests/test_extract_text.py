@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from _extract_media import TOPICS
@@ -135,3 +137,56 @@ def test_doc2vec_vectors_are_the_same_in_processes_with_different_hash_seeds():
         for seed in ("1", "2")
     }
     assert len(outputs) == 1
+
+
+# ---------------------------------------------------------------------------------------------- bounded texts
+
+LONG = " ".join(f"word{i % 97} of the sentence number {i}." for i in range(3000))  # about 21,000 tokens
+
+
+@pytest.mark.parametrize("name", ["doc2vec", "minilm"])
+def test_a_text_file_larger_than_max_bytes_is_refused_naming_the_file_and_the_limit(tmp_path, name):
+    path = tmp_path / "big.txt"
+    path.write_text("word " * 300)
+    extractor = create_extractor(name, max_bytes=1000, **({"model_path": str(tmp_path)} if name == "doc2vec" else {}))
+    with pytest.raises(MediaError, match=r"larger than the limit max_bytes=1000 \(1500 bytes\)") as info:
+        extractor.load(path)
+    assert str(path) in str(info.value) and "--set max_bytes" in info.value.hint
+
+
+def test_a_file_without_a_size_is_read_no_further_than_max_bytes():
+    zero = Path("/dev/zero")  # endless, and its size says 0
+    if not zero.exists():
+        pytest.skip("no /dev/zero here")
+    with pytest.raises(MediaError, match=r"max_bytes=1000 \(1001 bytes or more\)"):
+        read_text(zero, max_bytes=1000)
+
+
+def test_minilm_tokenises_only_a_prefix_of_a_long_text_and_its_window_is_that_of_the_whole_text(minilm):
+    prefix = minilm.windowed_prefix(LONG)
+    assert 256 < len(prefix) < len(LONG) / 20 and LONG.startswith(prefix) and LONG[len(prefix)] == " "
+    tokenizer = minilm._tokenizer
+    whole = tokenizer(LONG, truncation=True, max_length=256, verbose=False)["input_ids"]
+    assert tokenizer(prefix, truncation=True, max_length=256)["input_ids"] == whole and len(whole) == 256
+    np.testing.assert_array_equal(minilm([LONG]), minilm([prefix]))
+
+
+def test_minilm_with_max_chunks_averages_the_vectors_of_the_first_windows(minilm):
+    import torch
+
+    two = create_extractor("minilm", max_chunks=2)
+    tokenizer, model = minilm._tokenizer, minilm._model
+    ids = tokenizer(LONG, add_special_tokens=False, verbose=False)["input_ids"]
+    windows = [[tokenizer.cls_token_id, *ids[k * 254:(k + 1) * 254], tokenizer.sep_token_id] for k in (0, 1)]
+    with torch.inference_mode():
+        pooled = model(input_ids=torch.tensor(windows)).last_hidden_state.mean(1)  # full windows: no padding
+    expected = torch.nn.functional.normalize(pooled.mean(0, keepdim=True), dim=1).numpy()
+    np.testing.assert_allclose(two([LONG]), expected, atol=1e-5)
+    assert two.key != minilm.key and create_extractor("minilm", max_chunks=1).key == minilm.key
+
+
+def test_the_byte_limit_only_refuses_files_so_it_leaves_the_key_unchanged(minilm, tmp_path):
+    assert create_extractor("minilm", max_bytes=10).key == minilm.key
+    save_doc2vec(create_extractor("doc2vec", **TINY).fit(CORPUS), tmp_path / "model")
+    keys = {create_extractor("doc2vec", **TINY, model_path=str(tmp_path / "model"), max_bytes=b).key for b in (10, 99)}
+    assert len(keys) == 1
