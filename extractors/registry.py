@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
 from typing import TYPE_CHECKING, Any
 
 from extractors.errors import ExtractorError, UnknownExtractorError
@@ -98,3 +99,40 @@ def default_extractor(modality: str) -> str:
     raise ExtractorError(
         f"no default extractor for modality {modality!r}", hint=f"choose one of {list_extractors(modality)}"
     )
+
+
+def describe_extractor(name: str) -> dict[str, Any]:
+    """What ``crossmodal extractors`` shows of ``name`` (its module is imported; nothing is downloaded or loaded).
+
+    Returns:
+        ``name, modality, default, dim`` (of the default config), ``extensions``, ``ready`` (True when it can run here:
+        its weights are on this machine or it needs none), ``status`` (the weights file, what is missing, or why it
+        cannot be built) and ``summary`` (the class docstring's first paragraph, without reST markup).
+    """
+    from extractors.errors import MissingWeightsError
+    from extractors.weights import weights_status
+
+    cls = get_extractor_class(name)
+    row: dict[str, Any] = {"name": name, "modality": cls.modality, "default": cls.is_default, "dim": None,
+                           "extensions": " ".join(cls.extensions), "ready": False, "status": "",
+                           "summary": _summary(cls.__doc__ or "")}
+    try:
+        extractor = cls(cls.Config())
+        row["dim"] = extractor.dim
+        if hasattr(extractor, "weights_status"):  # weights found by the extractor's own rules (minilm's folder)
+            row["ready"], row["status"] = extractor.weights_status()
+        elif hasattr(extractor, "weights_spec"):  # a published file (extractors/weights.py)
+            row["ready"], row["status"] = weights_status(extractor.weights_spec(),
+                                                         explicit=getattr(extractor.config, "weights", None))
+        else:
+            row["ready"], row["status"] = True, "no weights needed"
+    except MissingWeightsError as exc:
+        row["status"] = exc.message.split(" (looked in")[0]
+    except ExtractorError as exc:  # a missing library, a bad default config
+        row["status"] = f"{exc.message} ({exc.hint})" if exc.hint else exc.message
+    return row
+
+
+def _summary(doc: str) -> str:
+    first = doc.strip().split("\n\n")[0]
+    return re.sub(r"\s+", " ", first.replace("``", "")).strip()

@@ -303,46 +303,71 @@ def _how_to_supply(spec: WeightsSpec) -> str:
             f"or put it in ${WEIGHTS_DIR_ENV}){instead}")
 
 
+def find_hf_model(repo_id: str, *, files: Sequence[str],
+                  local: Sequence[tuple[str, Callable[[], Path | None]]] = ()) -> tuple[Path | None, list[str]]:
+    """A local folder of the Hugging Face model ``repo_id`` holding ``files``, and the places looked; fetches nothing.
+
+    Order: the standard Hugging Face cache (``HF_HUB_CACHE``, read with ``local_files_only``: what ``hf download`` or
+    transformers left there), then each ``(origin, finder)`` of ``local`` (a copy bundled in a package...).
+    """
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    looked = []
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=list(files), local_files_only=True))
+        if all((folder / name).is_file() for name in files):
+            return folder, []
+        looked.append(f"{folder} (Hugging Face cache, incomplete)")
+    except LocalEntryNotFoundError:
+        looked.append(f"{constants.HF_HUB_CACHE} (Hugging Face cache: no {repo_id})")
+    for origin, finder in local:
+        try:
+            folder = finder()
+        except ExtractorError:  # e.g. the package that bundles it is not installed
+            folder = None
+        if folder is not None and all((folder / name).is_file() for name in files):
+            return folder, []
+        looked.append(f"{folder or 'not installed'} ({origin})")
+    return None, looked
+
+
 def resolve_hf_model(repo_id: str, *, files: Sequence[str], extractor: str, alternative: str = "",
                      local: Sequence[tuple[str, Callable[[], Path | None]]] = (), progress: bool = True) -> Path:
-    """A Hugging Face model folder holding ``files``: the standard Hugging Face cache (``HF_HUB_CACHE``, read with
-    ``local_files_only``) first, then each ``(origin, finder)`` of ``local`` in order (a bundled copy...), then a
-    download from the Hub into that cache unless offline.
+    """:func:`find_hf_model`, else a download from the Hub into its cache unless offline (module docstring).
 
     Raises:
         MissingWeightsError: found nowhere and not downloadable now (offline or unreachable); names every place.
     """
     from huggingface_hub import constants, snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    cache = Path(constants.HF_HUB_CACHE)
-    looked = []
-    try:
-        folder = Path(snapshot_download(repo_id, allow_patterns=list(files), local_files_only=True))
-        if all((folder / name).is_file() for name in files):
-            return folder
-        looked.append(f"{folder} (Hugging Face cache, incomplete)")
-    except LocalEntryNotFoundError:
-        looked.append(f"{cache} (Hugging Face cache: no {repo_id})")
-    for origin, finder in local:
-        folder = finder()
-        if folder is not None and all((folder / name).is_file() for name in files):
-            return folder
-        looked.append(f"{folder or origin} ({origin})")
+    folder, looked = find_hf_model(repo_id, files=files, local=local)
+    if folder is not None:
+        return folder
     instead = f"; or use -e {alternative}" if alternative else ""
-    how = (f"run `hf download {repo_id}` where the network allows (it fills {cache}), or --set model_dir=a local "
-           f"copy{instead}")
+    how = (f"run `hf download {repo_id}` where the network allows (it fills {constants.HF_HUB_CACHE}), or --set "
+           f"model_dir=a local copy{instead}")
     if offline():
         raise MissingWeightsError(extractor, repo_id, [*looked, "the Hub (not fetched: offline)"], how)
     try:
         from tqdm.auto import tqdm
 
-        folder = Path(snapshot_download(repo_id, allow_patterns=list(files),
-                                        tqdm_class=tqdm if progress else None))
-    except Exception as exc:  # huggingface_hub raises its own errors, requests' and httpx's: all mean "not fetched"
+        return Path(snapshot_download(repo_id, allow_patterns=list(files), tqdm_class=tqdm if progress else None))
+    except Exception as exc:  # huggingface_hub raises its own errors, and httpx's: all mean "not fetched"
         raise MissingWeightsError(extractor, repo_id, [*looked, f"the Hub (download failed: {type(exc).__name__})"],
                                   how) from None
-    return folder
+
+
+def hf_model_status(repo_id: str, *, files: Sequence[str], alternative: str = "",
+                    local: Sequence[tuple[str, Callable[[], Path | None]]] = ()) -> tuple[bool, str]:
+    """(ready, what is missing) of a Hugging Face model, as :func:`weights_status` says it of a file."""
+    folder, _ = find_hf_model(repo_id, files=files, local=local)
+    if folder is not None:
+        return True, f"weights: {folder}"
+    if not offline():
+        return False, f"{repo_id} downloads to the Hugging Face cache on first use"
+    instead = f"; or use -e {alternative}" if alternative else ""
+    return False, f"{repo_id} missing (offline): run `hf download {repo_id}` where the network allows{instead}"
 
 
 def load_state_dict(path: str | os.PathLike, *, extractor: str) -> dict[str, torch.Tensor]:

@@ -413,23 +413,13 @@ def finish_run(plan: ExtractPlan, run_dir: Path, *, run_id: str, extracted: int,
 
 
 def describe_extractors(modality: str | None = None) -> list[dict[str, Any]]:
-    """One row per registered extractor for ``crossmodal extractors``: name, modality, default, dim (of the default
-    config), extensions, summary, and ``status``: ``ok``, or why it cannot be built here (a missing library, or
-    weights for extractors that look for them when built)."""
+    """One row per registered extractor for ``crossmodal extractors`` (extractors.registry.describe_extractor): name,
+    modality, default, dim, extensions, ``ready`` (weights found or none needed), ``status`` (what is missing) and
+    summary; nothing is downloaded."""
+    from extractors.registry import describe_extractor
+
     modality = canonical_modality(modality) if modality else None
-    rows = []
-    for name in list_extractors(modality):
-        cls = get_extractor_class(name)
-        try:
-            dim, status = cls(cls.Config()).dim, "ok"
-        except MissingWeightsError as exc:  # shown in the listing (the extract error gives the places looked)
-            dim, status = None, exc.message.split(" (looked in")[0]
-        except ExtractorError as exc:
-            dim, status = None, f"{exc.message} ({exc.hint})" if exc.hint else exc.message
-        rows.append({"name": name, "modality": cls.modality, "default": cls.is_default, "dim": dim,
-                     "extensions": " ".join(cls.extensions), "status": status,
-                     "summary": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""})
-    return rows
+    return [describe_extractor(name) for name in list_extractors(modality)]
 
 
 def _decode(extractor: Extractor, items: Sequence[Item], *, workers: int, read_ahead: int,

