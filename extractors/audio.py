@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import Extractor, ExtractorConfig, require
+from extractors.base import Extractor, ExtractorConfig, check_finite, require
 from extractors.errors import ExtractorError, MediaError
 from extractors.registry import register_extractor
 
@@ -98,20 +98,22 @@ class MfccConfig(ExtractorConfig):
     max_seconds: float = 600.0  # longer clips are refused (memory grows by about 0.9 MB per second; module docstring)
     max_sample_rate: int = 192_000  # files at higher rates are refused (the signal is decoded at its own rate first)
 
+    extractor = "mfcc"
+    bounds = {"sample_rate": (1000, 384_000), "n_mfcc": (1, 512), "deltas": (0, 2), "n_fft": (16, 65_536),
+              "hop_length": (1, 65_536), "n_mels": (1, 512), "delta_width": (3, 99), "max_seconds": (0.001, 86_400.0),
+              "max_sample_rate": (1000, 768_000)}
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "pooling", tuple(self.pooling))  # lists from JSON/CLI become the hashable tuple
+        super().__post_init__()
         unknown = [p for p in self.pooling if p not in _POOLS]
         if unknown or not self.pooling:
             raise ExtractorError(f"mfcc: pooling {list(self.pooling)} is invalid", hint=f"use some of {list(_POOLS)}")
-        if self.deltas not in (0, 1, 2):
-            raise ExtractorError(f"mfcc: deltas={self.deltas} must be 0, 1 or 2")
-        if self.delta_width < 3 or self.delta_width % 2 == 0:
-            raise ExtractorError(f"mfcc: delta_width={self.delta_width} must be odd and >= 3")
-        if min(self.sample_rate, self.n_mfcc, self.n_fft, self.hop_length, self.n_mels) <= 0:
-            raise ExtractorError("mfcc: sample_rate, n_mfcc, n_fft, hop_length and n_mels must be positive")
-        if not (self.max_seconds > 0 and self.max_sample_rate > 0):
-            raise ExtractorError(f"mfcc: max_seconds={self.max_seconds} and max_sample_rate={self.max_sample_rate} "
-                                 "must be positive")
+        if self.delta_width % 2 == 0:
+            self.refuse("delta_width", "the Savitzky-Golay window is odd: use 3, 5, 7, 9 ...")
+        if self.n_mfcc > self.n_mels:
+            self.refuse("n_mfcc", f"the DCT of {self.n_mels} mel bands gives at most {self.n_mels} coefficients: use "
+                                  f"n_mfcc <= n_mels")
 
 
 @register_extractor
@@ -159,11 +161,17 @@ class MfccExtractor(Extractor):
         y, sr = decode_audio(path, limits=AudioLimits(self.config.max_seconds, self.config.max_sample_rate))
         if y.size == 0:
             raise MediaError(path, "the audio stream has no samples")
-        if not np.isfinite(y).all():
-            raise MediaError(path, "the audio holds NaN or infinite samples")
+        check_finite(path, "audio samples", y)
         if sr != self.config.sample_rate:
             soxr = require("soxr", extractor=self.name, extra="audio")
             y = soxr.resample(y, sr, self.config.sample_rate, quality="HQ")
+        # A float file can hold finite samples far past full scale (1e30): the float32 spectrum would overflow and the
+        # features turn NaN. Its mel energies are at most (window sum x peak)^2 x the largest filter's sum, so such a
+        # file is refused here, where its name is known.
+        peak = float(np.abs(y).max())
+        with np.errstate(over="ignore"):
+            ceiling = np.float32((float(self._window.sum()) * peak) ** 2 * float(self._mel_basis.sum(axis=1).max()))
+        check_finite(path, "mel energies", ceiling, why=f"samples reach {peak:.3g}, past what float32 holds")
         return np.ascontiguousarray(y, dtype=np.float32)
 
     def embed(self, items: Sequence[np.ndarray]) -> np.ndarray:

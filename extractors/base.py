@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from extractors.errors import ExtractorError, MissingDependencyError
+from extractors.errors import ExtractorError, MediaError, MissingDependencyError
 
 MODALITIES: tuple[str, ...] = ("image", "text", "audio", "mesh", "video")
 
@@ -34,10 +34,67 @@ def decoder_threads() -> int | None:
 
 @dataclasses.dataclass(frozen=True)
 class ExtractorConfig:
-    """Base of every extractor config (a frozen dataclass with the paper's or benchmark's defaults)."""
+    """Base of every extractor config (a frozen dataclass with the paper's or benchmark's defaults).
+
+    ``bounds`` gives the valid range of every numeric option, inclusive: int bounds take integers only, float bounds
+    any number, and a tuple option has the length of its default with every element in the range. They are checked
+    when the config is made (``create_extractor``, ``--set``), so a wrong value stops a run before any file is read,
+    with one line naming the option and its range. A subclass with its own ``__post_init__`` (cross-option rules)
+    calls this one first.
+    """
+
+    extractor: ClassVar[str] = "extractor"  # the extractor's name, for messages
+    bounds: ClassVar[dict[str, tuple[float, float]]] = {}
+
+    def __post_init__(self) -> None:
+        for option, (low, high) in self.bounds.items():
+            value = getattr(self, option)
+            if isinstance(value, list):  # JSON and the CLI give lists where the config keeps tuples
+                value = tuple(value)
+                object.__setattr__(self, option, value)
+            default = next(f.default for f in dataclasses.fields(self) if f.name == option)
+            integer = isinstance(low, int) and isinstance(high, int)
+            kind = "integers" if integer else "numbers"
+            span = f"{low}" if low == high else f"from {low} to {high}"
+            if isinstance(default, tuple):
+                valid = f"{len(default)} {kind} {span}"
+                values = value if isinstance(value, tuple) and len(value) == len(default) else None
+            else:
+                valid = f"{'an integer' if integer else 'a number'} {span}"
+                values = (value,)
+            if values is None or not all(_in_range(v, low, high, integer) for v in values):
+                self.refuse(option, f"{option} takes {valid} (default {default!r})")
+
+    def refuse(self, option: str, hint: str) -> None:
+        """Raise the error of a wrong ``option``: ``<extractor>: <option>=<value> is not valid``, with ``hint``."""
+        raise ExtractorError(f"{self.extractor}: {option}={getattr(self, option)!r} is not valid", hint=hint)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _in_range(value: Any, low: float, high: float, integer: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        return False
+    return low <= value <= high  # False for NaN
+
+
+def check_finite(path: str | Path, what: str, values: Any, *, why: str = "") -> None:
+    """Refuse a file whose decoded data or an intermediate made from it holds NaN or infinite values.
+
+    Compute the intermediate under ``np.errstate(all="ignore")`` (overflow then gives inf silently, not a numpy
+    warning on the user's terminal) and call this on it: the file becomes one error naming it and what overflowed,
+    instead of a row of zeros or NaN features.
+
+    Raises:
+        MediaError: ``<path>: non-finite <what> (N NaN, M infinite of T values; <why>)``.
+    """
+    array = np.asarray(values)
+    finite = np.isfinite(array)
+    if not finite.all():
+        nan = int(np.isnan(array).sum())
+        counts = f"{nan} NaN, {array.size - nan - int(finite.sum())} infinite of {array.size} values"
+        raise MediaError(path, f"non-finite {what} ({counts}{'; ' + why if why else ''})")
 
 
 class Extractor:
@@ -51,6 +108,9 @@ class Extractor:
     name: ClassVar[str]
     Config: ClassVar[type[ExtractorConfig]] = ExtractorConfig
     extensions: ClassVar[tuple[str, ...]] = ()
+    # Extensions of this modality that the extractor would read with an optional package missing here, and why (e.g.
+    # ".svg" without resvg-py): a pipeline lists such files once, by count, with the reason.
+    unreadable: ClassVar[dict[str, str]] = {}
     is_default: ClassVar[bool] = False
     # Config fields that say where or how to get the weights (a file path, allow a download), not what they are: the
     # weights' sha256 identifies them, so these fields stay out of the key and a moved file keeps its features valid.

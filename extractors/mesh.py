@@ -43,8 +43,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from extractors.base import Extractor, ExtractorConfig, require
-from extractors.errors import ExtractorError, MediaError
+from extractors.base import Extractor, ExtractorConfig, check_finite, require
+from extractors.errors import MediaError
 from extractors.registry import register_extractor
 
 #: (w, x, y, z) unit quaternions of the 10 light fields' rotations (see the module docstring, step 3).
@@ -77,11 +77,10 @@ class LightFieldConfig(ExtractorConfig):
     resolution: int = 256  # silhouette side in pixels (§3: 256 x 256)
     contour_points: int = 128  # samples of the centroid-distance signature along the contour (Zhang and Lu)
 
-    def __post_init__(self) -> None:
-        if self.resolution < 16:
-            raise ExtractorError(f"lightfield: resolution={self.resolution} is too small", hint="use 16 or more")
-        if self.contour_points < 2 * NUM_FOURIER + 2:
-            raise ExtractorError(f"lightfield: contour_points={self.contour_points} must be >= {2 * NUM_FOURIER + 2}")
+    extractor = "lightfield"
+    # resolution: the cached rays of the 100 views take 100 x 0.79 R^2 x 24 bytes (124 MB at 256, 500 MB at 512);
+    # contour_points: the Fourier coefficients 1..10 need more than 2 x 10 samples
+    bounds = {"resolution": (16, 512), "contour_points": (2 * NUM_FOURIER + 2, 4096)}
 
 
 class Mesh(NamedTuple):
@@ -220,25 +219,32 @@ def normalise_mesh(path: Path, vertices: np.ndarray, triangles: np.ndarray) -> M
         triangles: int ``(F, 3)`` vertex indices.
 
     Raises:
-        MediaError: no vertices, no faces, non-finite vertices, indices out of range, zero total area.
+        MediaError: no vertices, no faces, non-finite vertices, indices out of range, zero total area, or coordinates
+            so large that the areas or distances overflow float64 (e.g. near 1e308: an error, not a row of zeros).
     """
     if len(vertices) == 0 or len(triangles) == 0:
         what = "faces" if len(vertices) else "vertices" if len(triangles) else "vertices and no faces"
         raise MediaError(path, f"the mesh has no {what} (an empty mesh or a point cloud?)",
                          hint="the Light Field Descriptor needs a triangle surface")
-    if not np.isfinite(vertices).all():
-        raise MediaError(path, "the mesh has NaN or infinite vertex coordinates")
+    check_finite(path, "vertex coordinates", vertices)
     if triangles.min() < 0 or triangles.max() >= len(vertices):
         raise MediaError(path, f"face indices out of range (the mesh has {len(vertices)} vertices)")
-    corners = vertices[triangles]  # (F, 3, 3)
-    areas = 0.5 * np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)
-    total = areas.sum()
-    if not total > 0:
-        raise MediaError(path, "the mesh is degenerate (every triangle has zero area)")
-    centroid = (areas[:, None] * corners.mean(axis=1)).sum(axis=0) / total
-    used = np.unique(triangles[areas > 0])
-    radius = np.linalg.norm(vertices[used] - centroid, axis=1).max()
-    return Mesh(((vertices - centroid) / radius).astype(np.float32), triangles.astype(np.uint32))
+    overflow = f"coordinates up to {np.abs(vertices).max():.3g} overflow float64"
+    with np.errstate(all="ignore"):  # overflow is checked below, for this file, instead of warned about
+        corners = vertices[triangles]  # (F, 3, 3)
+        areas = 0.5 * np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1)
+        check_finite(path, "triangle areas", areas, why=overflow)
+        total = areas.sum()
+        if not total > 0:
+            raise MediaError(path, "the mesh is degenerate (every triangle has zero area)")
+        centroid = (areas[:, None] * corners.mean(axis=1)).sum(axis=0) / total
+        check_finite(path, "surface centroid", centroid, why=overflow)
+        used = np.unique(triangles[areas > 0])
+        radius = np.linalg.norm(vertices[used] - centroid, axis=1).max()
+        check_finite(path, "radius", radius, why=overflow)
+        normalised = (vertices - centroid) / radius
+        check_finite(path, "normalised coordinates", normalised, why=overflow)
+    return Mesh(normalised.astype(np.float32), triangles.astype(np.uint32))
 
 
 # Length of the marching-squares contour (threshold 0.5) in each 2x2 cell of a binary image, by the cell's corner case

@@ -224,20 +224,17 @@ class C3DConfig(ExtractorConfig):
     max_frames: int = 9000  # longer videos are refused (5 minutes at 30 fps; about 38 KB of memory per frame)
     max_pixels: int = 8192 * 4320  # videos of larger frames are refused (8K; FFmpeg decodes at the full size first)
 
+    extractor = "c3d-fc6"
+    # clip_length and crop are fixed: C3D's fc6 takes 16-frame clips of 112x112
+    bounds = {"clip_length": (16, 16), "clip_stride": (1, 1024), "resize": (112, 4096), "crop": (112, 112),
+              "mean": (0.0, 255.0), "clips_per_batch": (1, 1024), "width_multiplier": (0.01, 1.0),
+              "max_frames": (1, 1_000_000), "max_pixels": (1, 1 << 32)}
+
     def __post_init__(self) -> None:
-        object.__setattr__(self, "resize", tuple(self.resize))
-        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "mean", tuple(float(m) if isinstance(m, int) else m for m in self.mean))
+        super().__post_init__()
         if self.channel_order not in ("bgr", "rgb"):
             raise ExtractorError(f"c3d-fc6: channel_order={self.channel_order!r}", hint="use 'bgr' or 'rgb'")
-        if self.crop > min(self.resize):
-            raise ExtractorError(f"c3d-fc6: crop {self.crop} is larger than the resized frame {self.resize}")
-        if self.crop != 112 or self.clip_length != 16:
-            raise ExtractorError("c3d-fc6: C3D's fc6 takes 16-frame clips of 112x112",
-                                 hint="keep clip_length=16 and crop=112")
-        if min(self.clip_stride, self.clips_per_batch) < 1 or not self.width_multiplier > 0:
-            raise ExtractorError("c3d-fc6: clip_stride, clips_per_batch and width_multiplier must be positive")
-        if min(self.max_frames, self.max_pixels) < 1:
-            raise ExtractorError("c3d-fc6: max_frames and max_pixels must be positive")
 
 
 @register_extractor
@@ -348,14 +345,16 @@ class FrameStatsConfig(ExtractorConfig):
     max_frames: int = 9000  # longer videos are refused (5 minutes at 30 fps; 12 KB of memory per frame at size 64)
     max_pixels: int = 8192 * 4320  # videos of larger frames are refused (8K; FFmpeg decodes at the full size first)
 
+    extractor = "frame-stats"
+    bounds = {"size": (1, 1024), "colour_bins": (1, 256), "thumbnail": (1, 1024), "motion_bins": (1, 256),
+              "max_frames": (1, 1_000_000), "max_pixels": (1, 1 << 32)}
+
     def __post_init__(self) -> None:
-        if self.size % self.thumbnail or min(self.size, self.colour_bins, self.thumbnail, self.motion_bins) < 1:
-            raise ExtractorError(f"frame-stats: size={self.size} must be a positive multiple of thumbnail="
-                                 f"{self.thumbnail}, and every bin count positive")
+        super().__post_init__()
+        if self.size % self.thumbnail:
+            self.refuse("size", f"frames are cut into thumbnail={self.thumbnail} blocks: use a multiple of it")
         if 256 % self.colour_bins:
-            raise ExtractorError(f"frame-stats: colour_bins={self.colour_bins} must divide 256")
-        if min(self.max_frames, self.max_pixels) < 1:
-            raise ExtractorError("frame-stats: max_frames and max_pixels must be positive")
+            self.refuse("colour_bins", "the bins split 0-255 evenly: use 1, 2, 4, 8, 16, 32, 64, 128 or 256")
 
 
 @register_extractor
