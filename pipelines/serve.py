@@ -225,8 +225,12 @@ class QueryProcess:
     POLL_S = 0.02
 
     def __init__(self, workspace: str | Path, *, model: str, device: str = "auto",
-                 budget_mb: float = DEFAULT_QUERY_MEMORY_MB, settle_mb: float = SETTLE_MB):
+                 budget_mb: float = DEFAULT_QUERY_MEMORY_MB, settle_mb: float = SETTLE_MB,
+                 query_fn: QueryFn | None = None):
+        """``query_fn``: the query the child runs, a module-level function (it is sent by reference); by default
+        ``pipelines.query.query``."""
         self.workspace, self.model, self.device = Path(workspace), model, device
+        self.query_fn = query_fn
         self.budget_mb, self.settle_mb = budget_mb, settle_mb
         self.idle_mb: float | None = None
         self.notes: list[str] = []
@@ -294,9 +298,8 @@ class QueryProcess:
         # spawn, not fork: the parent runs threads (the event loop's pool) that a forked child would inherit locked
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe()
-        self._process = context.Process(target=_query_worker, args=(theirs, str(self.workspace), self.model,
-                                                                     self.device), daemon=True,
-                                        name="crossmodal-query")
+        self._process = context.Process(target=_query_worker, name="crossmodal-query", daemon=True,
+                                        args=(theirs, str(self.workspace), self.model, self.device, self.query_fn))
         self._process.start()
         theirs.close()
         self._conn = ours
@@ -327,10 +330,11 @@ class _Refused(CrossmodalError):
         self.status = status
 
 
-def _query_worker(conn: Any, workspace: str, model: str, device: str) -> None:
+def _query_worker(conn: Any, workspace: str, model: str, device: str, query_fn: QueryFn | None) -> None:
     """The query process: warm the caches, report idle memory, then answer queries until the pipe closes."""
     from pipelines.query import query, warm
 
+    query = query_fn or query
     notes = warm(workspace, model=model, device=device)
     _release_memory()
     conn.send(("ready", _rss_mb(os.getpid()), notes))
@@ -461,6 +465,8 @@ def create_app(
     app = FastAPI(title="crossmodal", docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False,
                   lifespan=lifespan)
     hosts = frozenset(h.lower().strip("[]") for h in allowed_hosts)
+    # python-multipart logs each malformed body it meets; the client gets that as a 400, the server's log needs no copy
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)
     app.middleware("http")(functools.partial(_guard, allowed_hosts=hosts, max_bytes=max_bytes))
     app.add_exception_handler(CrossmodalError, _user_error)
     app.add_exception_handler(ExtractorError, _user_error)
@@ -658,20 +664,21 @@ def _hide_upload(exc: Exception, folder: Path, filename: str | None) -> None:
             setattr(exc, attr, value.replace(str(folder), "the upload folder"))
 
 
-def _request_origin(request: Request) -> tuple[str, str, int | None] | None:
-    """(scheme, host, port) of the server as the client addressed it (its ``Host`` header); None if unparsable."""
-    try:
-        parts = urlsplit(f"//{request.headers.get('host', '')}")
-        port = parts.port
-    except ValueError:  # a port that is not a number, or out of range
-        return None
-    if not parts.hostname:
+# A Host header: a name or IPv4 address, or an IPv6 address in brackets, then an optional port (RFC 9110 7.2)
+_HOST = re.compile(r"(?P<name>[A-Za-z0-9.-]+|\[(?P<ipv6>[0-9A-Fa-f:.]+)\])(?::(?P<port>[0-9]{1,5}))?")
+
+
+def _request_origin(request: Request) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of the server as the client addressed it (its ``Host`` header); None if malformed."""
+    match = _HOST.fullmatch(request.headers.get("host", ""))
+    if match is None or int(match["port"] or 0) > 65535:
         return None
     scheme = request.url.scheme
-    return scheme, parts.hostname, port or (443 if scheme == "https" else 80)
+    host = (match["ipv6"] or match["name"]).lower()
+    return scheme, host, int(match["port"] or (443 if scheme == "https" else 80))
 
 
-def _origin_of(url: str) -> tuple[str, str, int | None] | None:
+def _origin_of(url: str) -> tuple[str, str, int] | None:
     """(scheme, host, port) of an ``Origin`` header; None for ``null`` or anything unparsable."""
     try:
         parts = urlsplit(url)
@@ -730,7 +737,7 @@ def _status_of(exc: Exception) -> int:
     return 400
 
 
-_UPLOAD_PATH = re.compile(r"(?:[^\s'\"]*/)?crossmodal-upload-[^\s'\"]*")
+_UPLOAD_PATH = re.compile(r"(?:[^\s'\":]*/)?crossmodal-upload-[^\s'\":]*")
 
 
 def _error_response(status: int, message: str, hint: str | None = None) -> JSONResponse:

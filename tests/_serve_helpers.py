@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import socket
 import stat
 import struct
@@ -116,6 +117,24 @@ class FakeQuery:
                 self.running -= 1
 
 
+_KEPT: list[np.ndarray] = []
+
+
+def hungry_query(workspace: Path, *, model: str, file: Path | None = None, text: str | None = None, target: str,
+                 k: int = 10, device: str = "auto") -> dict[str, Any]:
+    """A query for ``QueryProcess`` tests, run in its child: ``text`` is ``"MB"`` (touch MB megabytes for 0.3 s, then
+    free them), ``"keep MB"`` (touch them and keep them) or ``"crash"`` (end the process without answering)."""
+    if text == "crash":
+        os._exit(3)
+    words = (text or "0").split()
+    held = np.ones(int(float(words[-1]) * 2**20) // 8)  # ones, not zeros: every page is touched and resident
+    if words[0] == "keep":
+        _KEPT.append(held)
+    time.sleep(0.3)
+    return {"query": {"modality": "text", "file": None, "text": text, "extractor": "hungry@0", "model": model},
+            "target": target, "k": k, "results": []}
+
+
 def fake_info(workspace: Path, model: str) -> dict[str, Any]:
     return {"model": model, "method": "drcl", "modalities": ["image", "text", "audio", "mesh", "video"],
             "targets": ["image", "text", "audio", "mesh", "video"]}
@@ -168,3 +187,124 @@ def tiny_workspace(tmp_path_factory: Any) -> tuple[Path, Path]:
                 raise RuntimeError(f"crossmodal {' '.join(argv)} exited with {code}")
         _TINY["root"] = root
     return _TINY["root"] / "ws", _TINY["root"] / "data"
+
+
+# --------------------------------------------------------------------------------------------- malformed requests
+BOUNDARY = "crossmodal0boundary"
+
+
+def multipart(*parts: tuple[str, bytes], boundary: str = BOUNDARY, end: bool = True) -> bytes:
+    """A multipart body from raw ``(part headers, content)`` pairs, so that each piece can be broken on purpose."""
+    body = b"".join(f"--{boundary}\r\n{headers}\r\n\r\n".encode("utf-8", "surrogateescape") + content + b"\r\n"
+                    for headers, content in parts)
+    return body + (f"--{boundary}--\r\n".encode() if end else b"")
+
+
+def field(name: str, value: str | bytes) -> tuple[str, bytes]:
+    return f'Content-Disposition: form-data; name="{name}"', value if isinstance(value, bytes) else value.encode()
+
+
+def upload(filename: str, content: bytes = b"\x89PNG\r\n", name: str = "file") -> tuple[str, bytes]:
+    return f'Content-Disposition: form-data; name="{name}"; filename="{filename}"\r\nContent-Type: image/png', content
+
+
+MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
+TEXT = field("text", "seven")
+TARGET = field("target", "image")
+
+
+def malformed_requests() -> list[tuple[str, str, str, dict[str, str | bytes], bytes]]:
+    """``(name, method, path, headers, body)`` of requests a client gets wrong, each of which must be refused with a
+    4xx and a one-line JSON message: broken multipart, bad fields and values, wrong content types, foreign hosts and
+    origins, unknown routes and methods, traversal in item ids. The Host is 127.0.0.1:8000 unless a header says."""
+    rng = np.random.default_rng(15)
+    post: list[tuple[str, dict[str, str | bytes], bytes]] = []
+
+    def form(name: str, *parts: tuple[str, bytes], content_type: str = MULTIPART, **options: Any) -> None:
+        post.append((name, {"Content-Type": content_type}, multipart(*parts, **options)))
+
+    # the multipart framing itself
+    form("boundary in the header differs from the body's", TEXT, TARGET, content_type="multipart/form-data; boundary=x")
+    for length in (257, 5000):  # RFC 2046 says at most 70; python-multipart refuses past 256
+        b = "b" * length
+        form(f"boundary of {length} characters", TEXT, TARGET, boundary=b,
+             content_type=f"multipart/form-data; boundary={b}")
+    for b in ('""', "a b", ";", "=="):
+        form(f"odd boundary {b!r}", TEXT, TARGET, content_type=f"multipart/form-data; boundary={b}")
+    for size in (0, 1, 100, 4096, 65_536):
+        post.append((f"{size} random bytes", {"Content-Type": MULTIPART}, rng.bytes(size)))
+    post.append(("body is the boundary alone", {"Content-Type": MULTIPART}, f"--{BOUNDARY}".encode()))
+    post.append(("body ends inside a part header", {"Content-Type": MULTIPART},
+                 f"--{BOUNDARY}\r\nContent-Disposition: form-da".encode()))
+    post.append(("no closing boundary", {"Content-Type": MULTIPART}, multipart(TEXT, TARGET, end=False)))
+    post.append(("LF line endings", {"Content-Type": MULTIPART}, multipart(TEXT, TARGET).replace(b"\r\n", b"\n")))
+    post.append(("CR line endings", {"Content-Type": MULTIPART}, multipart(TEXT, TARGET).replace(b"\r\n", b"\r")))
+    post.append(("garbage before the first boundary", {"Content-Type": MULTIPART},
+                 b"\x00\xff" * 500 + b"\r\n" + multipart(TEXT, TARGET)))
+    for size in (9_000, 20_000, 1_000_000):
+        form(f"part header of {size} bytes", (f'Content-Disposition: form-data; name="text"; x="{"a" * size}"',
+                                              b"seven"), TARGET)
+    form("part with 200 headers", ("\r\n".join(["X-A: b"] * 200) + '\r\nContent-Disposition: form-data; name="text"',
+                                   b"seven"), TARGET)
+    form("part header without a colon", ("Content-Disposition form-data name=text", b"seven"), TARGET)
+    form("part without Content-Disposition", ("Content-Type: text/plain", b"seven"), TARGET)
+    form("Content-Disposition without a name", ("Content-Disposition: form-data", b"seven"), TARGET)
+    form("field name of undecodable bytes", ('Content-Disposition: form-data; name="\udcff\udcfe"', b"x"), TEXT, TARGET)
+    form("field value of undecodable bytes", field("text", b"\xff\xfe\xfd"), field("target", b"\xff\xfe"))
+    # fields: which, how many, how large
+    form("no field at all")
+    form("a target but no file or text", TARGET)
+    form("a text but no target", TEXT)
+    form("both a file and a text", upload("a.png"), TEXT, TARGET)
+    form("two files", upload("a.png"), upload("b.png"), TARGET)
+    form("a file under another name", upload("a.png", name="picture"), TARGET)
+    form("the text sent as a file", upload("seven.txt", b"seven", name="text"), TARGET)
+    form("the file sent as a value", field("file", "a.png"), TARGET)
+    form("an unknown field", TEXT, TARGET, field("callback", "x"))
+    form("the target twice", TEXT, TARGET, field("target", "text"))
+    form("six fields", TEXT, TARGET, *[field(f"f{i}", "x") for i in range(4)])
+    form("a field of 65 KiB", field("text", "x" * 65_537), TARGET)
+    form("a text of 10,001 characters", field("text", "x" * 10_001), TARGET)
+    form("a text of spaces", field("text", "   "), TARGET)
+    for filename in ("", "evil.exe", "a.png\x00.exe", "../../etc/passwd", "a." + "p" * 300, ".png", "\udcff"):
+        form(f"upload named {filename[:30]!r}", upload(filename), TARGET)
+    form("a text file of 2 MiB", upload("long.txt", b"word " * 420_000), TARGET)
+    # field values
+    for k in ("\u00b2", "-1", "1e9", "", " ", "0", "101", "10.0", "0x10", "\uff11\uff10", "\u0663", "9" * 100,
+              "1_0", "+5", "NaN", "inf", "\x00", "5 5", "None", "[1]", "99999999999999999999999"):
+        form(f"k={k[:24]!r}", TEXT, TARGET, field("k", k))
+    for target in ("smell", "", "../image", "x" * 1000, "\x00", "image\r\nX-Injected: 1"):
+        form(f"target={target[:12]!r}", TEXT, field("target", target))
+    # content types
+    for content_type in ("application/json", "text/plain", "application/octet-stream", "multipart/mixed; boundary=x",
+                         "multipart/form-data", "multipart/form-data; boundary=", ";;;", "\u00e9", "",
+                         "multipart/form-data; boundary=\u00e9t\u00e9"):
+        post.append((f"Content-Type {content_type!r}", {"Content-Type": content_type.encode()},
+                     multipart(TEXT, TARGET)))
+    post.append(("a url-encoded form", {"Content-Type": "application/x-www-form-urlencoded"},
+                 b"text=seven&target=image"))
+    # sizes announced
+    for length in ("99999999999999999999", "67108865"):
+        post.append((f"Content-Length {length}", {"Content-Type": MULTIPART, "Content-Length": length}, b""))
+    # who is asking
+    for host in ("attacker.example", "127.0.0.1.nip.io", "localhost.attacker.example", "[::1", "127.0.0.1:abc",
+                 "127.0.0.1:99999", "", "user@127.0.0.1", "127.0.0.2", "127.0.0.1:8000/x", "127.0.0.1 ", "::1",
+                 "\u00e9.localhost"):
+        post.append((f"Host {host!r}", {"Content-Type": MULTIPART, "Host": host.encode()}, multipart(TEXT, TARGET)))
+    for origin in ("http://attacker.example", "http://127.0.0.1:9999", "null", "https://127.0.0.1:8000",
+                   "http://localhost:8000", "http://127.0.0.1:8000.attacker.example", "javascript:alert(1)"):
+        post.append((f"Origin {origin!r}", {"Content-Type": MULTIPART, "Origin": origin}, multipart(TEXT, TARGET)))
+
+    requests = [(name, "POST", "/api/query", headers, body) for name, headers, body in post]
+    for path in ("/api/media/image/../../../etc/passwd", "/api/media/image/..%2f..%2fetc%2fpasswd",
+                 "/api/media/image/%2e%2e/%2e%2e/secret", "/api/media/image//etc/passwd", "/api/media/image/%00",
+                 "/api/media/smell/7/red", "/api/media/image/", "/api/media/image/" + "a" * 5000,
+                 "/api/preview/image/..%5c..%5cwindows", "/api/preview/audio/7/seven", "/api/media/image/7/red%00.png",
+                 "/api/nothing", "/static/../pipelines/serve.py", "/%2e%2e/%2e%2e/etc/passwd", "/api/media/image/~"):
+        requests.append((f"GET {path[:50]}", "GET", path, {}, b""))
+    requests.append(("GET of the query route", "GET", "/api/query", {}, b""))
+    requests.append(("PUT of the query route", "PUT", "/api/query", {"Content-Type": MULTIPART},
+                     multipart(TEXT, TARGET)))
+    requests.append(("DELETE of the page", "DELETE", "/", {}, b""))
+    requests.append(("GET with a foreign Host", "GET", "/api/media/image/7/red", {"Host": "attacker.example"}, b""))
+    return requests

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import os
 import re
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,14 +19,27 @@ from PIL import Image
 pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
-from _serve_helpers import EXTENSIONS, FakeQuery, fake_info, make_gallery, write_png  # noqa: E402
+from _serve_helpers import (  # noqa: E402
+    EXTENSIONS,
+    MULTIPART,
+    TARGET,
+    TEXT,
+    FakeQuery,
+    fake_info,
+    field,
+    hungry_query,
+    make_gallery,
+    malformed_requests,
+    multipart,
+    write_png,
+)
 from fastapi.testclient import TestClient  # noqa: E402
 from starlette.exceptions import HTTPException  # noqa: E402
 
 from crossmodal.errors import NotTrainedError  # noqa: E402
 from extractors.errors import MediaError  # noqa: E402
 from pipelines import previews  # noqa: E402
-from pipelines.serve import MediaCatalog, create_app  # noqa: E402
+from pipelines.serve import MediaCatalog, QueryBudgetError, QueryProcess, QueryProcessError, create_app  # noqa: E402,E501
 
 
 @pytest.fixture()
@@ -118,12 +133,33 @@ def test_upload_is_deleted_when_the_query_fails(tmp_path, gallery):
     assert not seen[0].exists() and not seen[0].parent.exists()
 
 
+def test_an_error_about_the_upload_names_the_clients_file_not_the_servers_folder(tmp_path, gallery):
+    def broken(workspace, *, file, **kwargs):
+        raise MediaError(file, "not a decodable image", hint=f"look at {file} or {file.parent}")
+
+    response = make_client(tmp_path, gallery, broken).post(
+        "/api/query", files={"file": ("holiday photo.png", b"not a png", "image/png")}, data={"target": "text"})
+    assert response.json() == {"error": "'holiday photo.png': not a decodable image",
+                               "hint": "look at 'holiday photo.png' or the upload folder"}
+
+
+def test_no_refusal_shows_a_temporary_path_even_one_the_query_did_not_name_as_the_upload(tmp_path, gallery):
+    def broken(workspace, **kwargs):
+        raise MediaError("/tmp/crossmodal-upload-x1y2/other.png", "unreadable")
+
+    response = make_client(tmp_path, gallery, broken).post("/api/query", files={"text": (None, "seven"),
+                                                                                "target": (None, "image")})
+    assert response.status_code == 422
+    assert response.json()["error"] == "the uploaded file: unreadable"
+
+
 @pytest.mark.parametrize(("fields", "status", "message"), [
     ({"target": "image"}, 400, "either a file or a text"),
     ({"text": "seven"}, 400, "choose a target"),
     ({"text": "seven", "target": "smell"}, 400, "unknown modality 'smell'"),
     ({"text": "seven", "target": "image", "k": "0"}, 400, "k must be a whole number from 1 to 100"),
     ({"text": "seven", "target": "image", "k": "ten"}, 400, "k must be a whole number"),
+    ({"text": "seven", "target": "image", "k": "\u00b2"}, 400, "k must be a whole number"),  # str.isdigit says yes
     ({"text": "x" * 10_001, "target": "image"}, 413, "longer than 10000 characters"),
 ])
 def test_query_refuses_invalid_fields_with_a_message(tmp_path, gallery, fields, status, message):
@@ -311,3 +347,116 @@ def test_serve_without_a_trained_model_says_how_to_train_one(tmp_path, capsys):
     assert main(["serve", "--workspace", str(tmp_path / "empty"), "--model", "nope"]) == 2
     err = capsys.readouterr().err
     assert "no trained model 'nope'" in err and "fix: train one first: crossmodal train --name nope" in err
+
+
+# ------------------------------------------------------------------------------------------ malformed requests
+@pytest.fixture(scope="module")
+def hostile_client(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("malformed")
+    gallery = make_gallery(tmp_path / "ws")
+    fake = FakeQuery(gallery)
+    app = create_app(tmp_path / "ws", model="tiny", query_fn=fake, allowed_extensions=EXTENSIONS, info_fn=fake_info,
+                     catalog=MediaCatalog(tmp_path / "ws", items=gallery))
+    return TestClient(app, base_url="http://127.0.0.1:8000", raise_server_exceptions=False), fake
+
+
+MALFORMED = malformed_requests()
+
+
+def test_the_malformed_request_corpus_has_at_least_a_hundred_requests():
+    assert len(MALFORMED) >= 100
+    assert len({name for name, *_ in MALFORMED}) == len(MALFORMED)
+
+
+@pytest.mark.parametrize(("name", "method", "path", "headers", "body"), MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_a_malformed_request_is_refused_with_a_4xx_and_a_one_line_json_message(hostile_client, name, method, path,
+                                                                               headers, body):
+    client, fake = hostile_client
+    calls = len(fake.calls)
+    response = client.request(method, path, headers=headers, content=body)
+    assert 400 <= response.status_code < 500, response.text
+    answer = response.json()
+    assert set(answer) == {"error", "hint"} and answer["error"] and "\n" not in answer["error"]
+    assert "crossmodal-upload" not in response.text and tempfile.gettempdir() + "/" not in response.text
+    assert len(fake.calls) == calls
+
+
+@pytest.mark.parametrize(("name", "content_type", "body"), [
+    ("a boundary of 200 characters (RFC 2046 says 70)", "multipart/form-data; boundary=" + "b" * 200,
+     multipart(TEXT, TARGET, boundary="b" * 200)),
+    ("a charset that does not exist (read as latin-1)", f"{MULTIPART}; charset=no-such-charset",
+     multipart(TEXT, TARGET)),
+    ("the boundary quoted", f'multipart/form-data; boundary="{"q" * 10}"', multipart(TEXT, TARGET, boundary="q" * 10)),
+    ("fields in another order with k", MULTIPART, multipart(field("k", "3"), TARGET, TEXT)),
+])
+def test_unusual_but_valid_forms_are_answered(hostile_client, name, content_type, body):
+    client, _ = hostile_client
+    response = client.post("/api/query", headers={"Content-Type": content_type}, content=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["query"]["text"] == "seven"
+
+
+# ----------------------------------------------------------------------------------- the query process's memory
+@pytest.fixture()
+def query_process(tmp_path):
+    """A ``QueryProcess`` over an empty workspace (nothing to warm) running ``hungry_query``: budget 200 MB."""
+    process = QueryProcess(tmp_path, model="none", budget_mb=200, query_fn=hungry_query)
+    yield process
+    process.close()
+
+
+def ask(process: QueryProcess, text: str) -> dict:
+    return process(process.workspace, model="none", text=text, target="image", k=1)
+
+
+def test_a_query_within_the_budget_is_answered_by_the_same_process(query_process):
+    assert ask(query_process, "50")["query"]["extractor"] == "hungry@0"
+    pid = query_process.pid
+    assert ask(query_process, "50")["k"] == 1
+    assert query_process.pid == pid
+
+
+def test_a_query_past_the_memory_budget_is_stopped_and_refused_and_the_next_one_answered(query_process):
+    query_process.start()
+    first = query_process.pid
+    with pytest.raises(QueryBudgetError, match="more than 200 MB of memory"):
+        ask(query_process, "1000")
+    assert _alive(first) is False
+    assert ask(query_process, "10")["results"] == []
+    assert query_process.pid != first
+
+
+def test_a_query_that_leaves_the_process_larger_gets_it_replaced_before_the_next(query_process, capsys):
+    query_process.start()
+    first = query_process.pid
+    ask(query_process, "keep 150")
+    held = re.search(r"the query process holds (\d+) MB more than when idle", capsys.readouterr().err)
+    assert held is not None and 140 <= int(held[1]) <= 200
+    ask(query_process, "10")
+    assert query_process.pid not in (None, first)
+
+
+def test_a_query_process_that_dies_gives_an_error_and_a_fresh_process(query_process):
+    with pytest.raises(QueryProcessError, match="ended without answering"):
+        ask(query_process, "crash")
+    assert ask(query_process, "10")["k"] == 1
+
+
+def test_the_server_answers_413_when_a_query_passes_the_budget(tmp_path, gallery):
+    process = QueryProcess(tmp_path / "ws", model="tiny", budget_mb=200, query_fn=hungry_query)
+    try:
+        client = make_client(tmp_path, gallery, process)
+        response = client.post("/api/query", files={"text": (None, "1000"), "target": (None, "image")})
+        assert response.status_code == 413
+        assert response.json()["error"].startswith("the query needed more than 200 MB of memory")
+        assert client.post("/api/query", files={"text": (None, "1"), "target": (None, "image")}).status_code == 200
+    finally:
+        process.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from pipelines.cli._app import app, examples
-from pipelines.cli._options import DEFAULT_WORKSPACE, DeviceOpt, ModelNameOpt, WorkspaceOpt
+from pipelines.cli._options import DEFAULT_WORKSPACE, DeviceOpt, ModelNameOpt, OfflineOpt, WorkspaceOpt
 
 
 @app.command("serve", help="Serve the search page: drop a file or type a text, pick a target, see ranked results."
@@ -23,9 +23,11 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest accepted upload, in MiB.")] = 64.0,
     media_root: Annotated[list[Path] | None, typer.Option(help="A folder outside the workspace whose items may be "
                                                                "shown (repeatable).")] = None,
-    query_memory_mb: Annotated[float, typer.Option(min=64, help="Memory one query may take above the idle server, "
-                                                             "in MB; a query past it is stopped and refused.")] = 1024.0,
+    query_memory_mb: Annotated[float, typer.Option(
+        min=64, help="Memory one query may take above the idle server, in MB; a query past it is stopped and refused.")
+    ] = 1024.0,
     device: DeviceOpt = "auto",
+    offline: OfflineOpt = False,
 ) -> None:
     from pipelines.serve import serve as run_server
 
