@@ -19,6 +19,7 @@ from crossmodal.errors import DatasetFormatError
 from crossmodal.featureset import FeatureSet
 from crossmodal.metrics import chance_map, map_at_k, metric_name, pr_curve
 from crossmodal.model import CrossModalModel
+from crossmodal.types import MODALITIES
 
 PR_RECALL_POINTS = np.linspace(0.0, 1.0, 21)  # recall levels of the saved precision-recall curves
 
@@ -42,7 +43,9 @@ def evaluate(model: CrossModalModel, test: Mapping[str, FeatureSet], ks: Sequenc
     Raises:
         DatasetFormatError: fewer than two of the model's modalities are in ``test``.
     """
-    modalities = [m for m in test if m in model.features]
+    # Canonical modality order, so a table reads the same whatever order the test split or the card listed them in.
+    modalities = sorted((m for m in test if m in model.features),
+                        key=lambda m: MODALITIES.index(m) if m in MODALITIES else len(MODALITIES))
     cache: dict[str, np.ndarray] = {}
 
     def embed(modality: str, partner: str) -> np.ndarray:

@@ -50,8 +50,8 @@ ADD_BATCH = 65_536  # rows normalised and added at a time
 
 INDEX_BACKENDS: Registry[type[Index]] = Registry("index backend")
 
-__all__ = ["INDEX_BACKENDS", "ExactIndex", "FaissIndex", "Index", "create_index", "list_index_backends", "load_index",
-           "register_index_backend", "resolve_spec"]
+__all__ = ["INDEX_BACKENDS", "ExactIndex", "FaissIndex", "Index", "choose_spec", "create_index", "list_index_backends",
+           "load_index", "register_index_backend", "resolve_spec"]
 
 
 def register_index_backend(cls: type[Index]) -> type[Index]:
@@ -66,14 +66,34 @@ def list_index_backends() -> list[str]:
 
 def resolve_spec(spec: str, *, dim: int, size: int | None = None) -> str:
     """Turn ``"auto"`` into a concrete spec for ``size`` items of width ``dim`` (see the module docstring)."""
+    return choose_spec(spec, dim=dim, size=size)[0]
+
+
+def choose_spec(spec: str, *, dim: int, size: int | None = None) -> tuple[str, str]:
+    """The concrete spec for ``spec`` and why, in words (for ``"auto"``: the size rule of the module docstring).
+
+    ``"auto"`` keeps exact search when faiss is not installed, and says so, rather than fail on a choice the user
+    did not make.
+    """
     if spec != "auto":
-        return spec
-    if size is None or size < AUTO_EXACT_LIMIT:
-        return "exact"
+        return spec, "as asked"
+    if size is None:
+        return "exact", "auto: the number of items is unknown, so exact search"
+    if size < AUTO_EXACT_LIMIT:
+        return "exact", f"auto: {size:,} items, below {AUTO_EXACT_LIMIT:,}, where exact search is fast and exact"
     if size < AUTO_HNSW_LIMIT:
-        return "faiss:HNSW32"
-    nlist = 2 ** round(math.log2(4 * math.sqrt(size)))
-    return f"faiss:IVF{nlist}_HNSW32,SQ8"
+        chosen = "faiss:HNSW32"
+        why = f"auto: {size:,} items, from {AUTO_EXACT_LIMIT:,} to {AUTO_HNSW_LIMIT:,}: an HNSW graph (all in memory)"
+    else:
+        nlist = 2 ** round(math.log2(4 * math.sqrt(size)))
+        chosen = f"faiss:IVF{nlist}_HNSW32,SQ8"
+        why = f"auto: {size:,} items, {AUTO_HNSW_LIMIT:,} or more: IVF with {nlist} lists and 8-bit codes"
+    import importlib.util
+
+    if importlib.util.find_spec("faiss") is None:
+        return "exact", (f"{why} would be {chosen}, but faiss is not installed, so exact search "
+                         "(pip install 'crossmodal-toolkit[ann]' for approximate search)")
+    return chosen, why
 
 
 def create_index(spec: str, dim: int, *, metric: Metric = "cosine", size: int | None = None,

@@ -107,7 +107,8 @@ class ModelCard:
             bad(f"model card 'features' must be a non-empty object, got {_short(raw_features)}")
         features = {}
         for modality, f in raw_features.items():
-            if not _is_name(modality) or not isinstance(f, dict) or set(f) != {"extractor_name", "extractor_key", "dim"}:
+            fields = {"extractor_name", "extractor_key", "dim"}
+            if not _is_name(modality) or not isinstance(f, dict) or set(f) != fields:
                 bad(f"model card feature {_short(modality)} must be {{extractor_name, extractor_key, dim}}, "
                     f"got {_short(f)}")
             if not (isinstance(f["extractor_name"], str) and isinstance(f["extractor_key"], str)

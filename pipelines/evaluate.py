@@ -15,9 +15,28 @@ from pipelines.plots import plot_pr_curves
 PR_FILE = "pr_curves.png"
 
 
+def resolve_model_dir(model_dir: str | Path | None, *, model: str | None, workspace: str | Path) -> Path:
+    """The model folder ``crossmodal evaluate`` means: a folder given as is, else ``models/NAME`` of the workspace
+    (``model`` or ``default``), as ``index`` and ``query`` resolve it.
+
+    Raises:
+        ConfigError: both a folder and ``--model`` are given, or the name is not a name.
+    """
+    if model_dir is not None and model is not None:
+        raise ConfigError(f"give the model folder ({model_dir}) or --model {model}, not both",
+                          hint="drop one: crossmodal evaluate --model NAME --workspace DIR, or crossmodal evaluate DIR")
+    if model_dir is not None:
+        return Path(model_dir)
+    from pipelines.workspace import Workspace
+
+    return Workspace(workspace).model_dir("default" if model is None else model)
+
+
 def evaluate_model_dir(model_dir: str | Path, *, k: int = 50, data: str | Path | None = None,
                        device: str = "auto") -> dict[str, Any]:
     """Evaluate the model in ``model_dir`` on its test split; write ``pr_curves.png`` there.
+
+    Rows come in canonical modality order (``crossmodal.types.MODALITIES``), as ``crossmodal train`` prints them.
 
     Args:
         model_dir: a folder written by ``crossmodal train``.

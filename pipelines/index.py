@@ -54,7 +54,8 @@ def build_index(
 
     Returns:
         ``{"model", "backend", "gallery", "path", "seconds", "indexes": [{"modality", "against", "items", "dim",
-        "path"}]}``.
+        "backend", "why", "path"}]}``: ``backend`` at the top is the one asked for, each index's the one built (for
+        ``auto``, chosen from that gallery's size) and ``why``.
 
     Raises:
         NotTrainedError: no model ``model``.
@@ -62,7 +63,7 @@ def build_index(
         ConfigError: an unknown backend or gallery.
     """
     from crossmodal.device import resolve_device
-    from crossmodal.index import create_index
+    from crossmodal.index import choose_spec, create_index
     from crossmodal.model import CrossModalModel, file_sha256
 
     if gallery not in ("all", "test"):
@@ -90,17 +91,19 @@ def build_index(
         for partner in query_partners(net, modality):
             folder = staging / modality / partner if partner else staging / modality
             embeddings = net.encode(modality, X, against=partner)
-            index = create_index(backend, embeddings.shape[1])
+            spec, why = choose_spec(backend, dim=embeddings.shape[1], size=len(embeddings))
+            index = create_index(spec, embeddings.shape[1])
             index.add(embeddings, np.array([table.content_hash[i] for i in rows], dtype=str))
             folder.mkdir(parents=True, exist_ok=True)
             index.save(folder)
             _write_rows(folder / GALLERY_ROWS, table, rows)
-            meta = {"model": model, "card_sha256": card_sha, "backend": backend, "gallery": gallery,
-                    "modality": modality, "against": partner, "extractor_key": key, "items": int(len(rows)),
-                    "dim": int(embeddings.shape[1])}
+            meta = {"model": model, "card_sha256": card_sha, "backend": spec, "requested": backend, "why": why,
+                    "gallery": gallery, "modality": modality, "against": partner, "extractor_key": key,
+                    "items": int(len(rows)), "dim": int(embeddings.shape[1])}
             (folder / GALLERY_META).write_text(json.dumps(meta, indent=2))
             built.append({"modality": modality, "against": partner, "items": int(len(rows)),
-                          "dim": int(embeddings.shape[1]), "path": str(out / folder.relative_to(staging))})
+                          "dim": int(embeddings.shape[1]), "backend": spec, "why": why,
+                          "path": str(out / folder.relative_to(staging))})
     old = out.with_name(f".{model}.old")
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():

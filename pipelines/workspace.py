@@ -21,8 +21,8 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
-import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +51,24 @@ parameters per modality) and batches of 1024 suit its 2,000-40,000-item benchmar
 see one partial batch per epoch, and its per-modality learning rates (Wikipedia's 6e-6 for images) would barely move in
 the epochs a small dataset needs. The preset: 512-512 hidden, a 128-d common space, batches of 64, 100 epochs (q reaches
 1 at the last) and Adam at 1e-3 for every modality. ``--set`` overrides any of these."""
+
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+"""Model names: letters, digits, ``-``, ``_`` and ``.`` (not first), at most 100 characters. A name becomes a folder
+(``models/NAME``, ``index/NAME``), so separators, ``..``, leading dots and the empty name must never reach a path."""
+
+
+def check_name(name: str) -> str:
+    """``name`` when it is a valid model name (``NAME_PATTERN``).
+
+    Raises:
+        ConfigError: it is not, with the rule and a corrected suggestion.
+    """
+    if isinstance(name, str) and NAME_PATTERN.fullmatch(name):
+        return name
+    suggestion = re.sub(r"[^A-Za-z0-9._-]+", "-", str(name)).strip(".-")[:100] or "my-model"
+    raise ConfigError(f"model name {name!r} is not a name (it becomes the folder models/NAME)",
+                      hint=f"use letters, digits, '-', '_' and '.' (not first), e.g. --name {suggestion}")
 
 
 @dataclass(frozen=True)
@@ -120,7 +138,12 @@ class Workspace:
         return FeatureStore(self.store_dir)
 
     def model_dir(self, name: str) -> Path:
-        return self.models_dir / name
+        """``models/NAME``, for a ``name`` that is an identifier (``check_name``), so it stays inside the workspace.
+
+        Raises:
+            ConfigError: ``name`` is not an identifier.
+        """
+        return self.models_dir / check_name(name)
 
     # ------------------------------------------------------------------------------------------------------ features
     def feature_key(self, modality: str) -> str:
@@ -267,7 +290,6 @@ class WorkspaceTrainResult(TrainResult):
     workspace chose: items per modality and split, notes (presets applied, modalities kept), wall time."""
 
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -278,7 +300,8 @@ class WorkspaceTrainResult(TrainResult):
             "modalities": list(self.model.features),
             "features": {m: f.extractor_key for m, f in self.model.features.items()},
             "classes": self.model.extra.get("classes"), "counts": self.counts, "config": self.model.config.to_dict(),
-            "notes": self.notes, "metrics": self.metrics, "seconds": self.seconds,
+            "features_used": self.features_used, "notes": self.notes, "warnings": self.warnings,
+            "metrics": self.metrics, "seconds": self.seconds,
         }
 
 
@@ -296,6 +319,7 @@ def train_in_workspace(
     label_noise: float = 0.0,
     alignment_noise: str | tuple[str, float] | None = None,
     progress: bool = True,
+    extractors: Mapping[str, str] | None = None,
 ) -> WorkspaceTrainResult:
     """Train a model on the workspace's labelled features, evaluate it on the test split, save it as ``models/NAME``.
 
@@ -313,36 +337,43 @@ def train_in_workspace(
             other encoders as they are; the split seed and classes are the model's.
         label_noise: rate of symmetric label noise injected into the training split (0 = none).
         alignment_noise: ``"partial:R"`` / ``"complete:R"`` (or ``(kind, R)``) alignment noise for paired data.
-        progress: show a progress bar per training stage, and the notes, on stderr.
+        progress: show a progress bar per training stage on stderr.
+        extractors: modality -> extractor name or key, for a modality with several tables in the store (the rule:
+            ``pipelines.train.choose_features``).
 
     Returns:
         A :class:`WorkspaceTrainResult` (``model_dir``, ``model``, ``metrics`` as ``crossmodal.evaluation.evaluate``
-        gives them, and what the workspace chose); ``.to_dict()`` is its JSON form.
+        gives them, and what the workspace chose: ``features_used``, ``notes``, ``warnings``); ``.to_dict()`` is its
+        JSON form.
 
     Raises:
-        ConfigError: unknown method or override, no labelled features, or a modality that cannot be added.
+        ConfigError: unknown method or override, an invalid name, fewer than two modalities with labelled features,
+            a modality with several feature tables and no ``extractors`` choice, or a modality that cannot be added.
         NotTrainedError: ``add_modality`` names a model that does not exist.
     """
-    from pipelines.train import fit_and_save, inject_noise, resolve_config
+    from pipelines.train import choose_features, fit_and_save, inject_noise, resolve_config
 
     started = time.perf_counter()
     ws = Workspace(workspace)
-    name = name or "default"
+    name = "default" if name is None else name
+    ws.model_dir(name)  # refuse a bad name before any work
     seed = 1 if seed is None else seed
     if add_modality is not None:
         return _add_modality(ws, canonical_modality(add_modality), name=name, epochs=epochs, device=device,
-                             overrides=overrides, progress=progress, started=started)
-    modalities = [canonical_modality(m) for m in (modalities or ws.feature_modalities(labelled=True))]
-    classes = ws.class_names(modalities)
-    data = ws.datasets(modalities, seed=seed, classes=classes)
-    notes: list[str] = []
+                             overrides=overrides, progress=progress, started=started, extractors=extractors or {})
+    chosen, notes = choose_features(ws, modalities, extractors or {})
+    modalities = list(chosen)
+    keys = {m: c["key"] for m, c in chosen.items()}
+    classes = ws.class_names(modalities, keys=keys)
+    data = ws.datasets(modalities, seed=seed, keys=keys, classes=classes)
     largest = max(len(fs) for fs in data.train.values())
     preset = SMALL_DATA_PRESET if method == "drcl" and largest < SMALL_DATA_ITEMS else None
     if preset is not None:
         notes.append(f"small dataset (at most {largest} training items per modality): DRCL uses the preset {preset} "
                      "(hidden 512-512, a 128-d space, batch 64, 100 epochs, Adam 1e-3) instead of the paper's "
                      "4096-4096-2048 and batch 1024; --set key=value overrides it")
-    config = resolve_config(method, preset=preset, epochs=epochs, seed=seed, overrides=overrides)
+    warnings: list[str] = []
+    config = resolve_config(method, preset=preset, epochs=epochs, seed=seed, overrides=overrides, warnings=warnings)
     if isinstance(alignment_noise, tuple):
         alignment_noise = f"{alignment_noise[0]}:{alignment_noise[1]}"
     train, noise = inject_noise(data.train, label_noise=label_noise, alignment_noise=alignment_noise, seed=seed,
@@ -350,10 +381,20 @@ def train_in_workspace(
     source = {"kind": "workspace", "workspace": str(ws.root.resolve()), "split_seed": seed, "paired": data.paired}
     with _one_cpu_thread(preset is not None):
         result = fit_and_save(method, train, data.val, data.test, config=config, device=device,
-                              out=ws.model_dir(name), features={m: ws.feature_identity(m) for m in modalities},
+                              out=ws.model_dir(name), features={m: ws.feature_identity(m, keys[m]) for m in modalities},
                               extra={"data_source": source, "classes": classes, **noise}, progress=progress)
     counts = {m: {s: len(getattr(data, s)[m]) for s in SPLITS} for m in modalities}
-    return _summary(result.model, ws.model_dir(name), counts=counts, notes=notes, started=started, echo=progress)
+    return _summary(result.model, ws.model_dir(name), counts=counts, notes=notes + result.notes, started=started,
+                    features_used=_features_used(chosen, counts, seed), warnings=warnings)
+
+
+def _features_used(chosen: Mapping[str, Mapping[str, Any]], counts: Mapping[str, Mapping[str, int]],
+                   seed: int) -> list[dict[str, Any]]:
+    """Rows of ``TrainResult.features_used``: each modality's table, its split counts and why."""
+    return [{"modality": m, "extractor": c["extractor"], "key": c["key"], **counts[m],
+             "why": f"{c['why']}; its {c['labelled']} labelled items split {SPLIT_FRACTIONS['train']:.0%}/"
+                    f"{SPLIT_FRACTIONS['val']:.0%}/{SPLIT_FRACTIONS['test']:.0%} per class (seed {seed})"}
+            for m, c in chosen.items()]
 
 
 @contextlib.contextmanager
@@ -404,7 +445,8 @@ def load_test_split(card: Mapping[str, Any], *, model_dir: str | os.PathLike | N
 
 
 def _add_modality(ws: Workspace, modality: str, *, name: str, epochs: int | None, device: str,
-                  overrides: Sequence[str], progress: bool, started: float) -> WorkspaceTrainResult:
+                  overrides: Sequence[str], progress: bool, started: float,
+                  extractors: Mapping[str, str]) -> WorkspaceTrainResult:
     """Train ``modality`` against the saved model ``name`` (its prior), keep its other encoders, re-evaluate, save."""
     from crossmodal.config import with_overrides
     from crossmodal.device import resolve_device
@@ -423,8 +465,13 @@ def _add_modality(ws: Workspace, modality: str, *, name: str, epochs: int | None
     if not hasattr(method, "add_modality"):
         raise ConfigError(f"method {card['method']!r} cannot add a modality to a trained model",
                           hint="retrain on every modality: crossmodal train --modalities ...")
+    from pipelines.train import choose_features
+
+    chosen, notes = choose_features(ws, [modality], extractors, minimum=1)
+    key = chosen[modality]["key"]
     source = card["extra"]["data_source"]
-    data = ws.datasets([modality], seed=int(source["split_seed"]), classes=card["extra"]["classes"])
+    data = ws.datasets([modality], seed=int(source["split_seed"]), keys={modality: key},
+                       classes=card["extra"]["classes"])
     model = CrossModalModel.load(target, device=resolve_device(device))
     config = with_overrides(model.config, {"epochs": epochs} if epochs is not None else {})
     config = with_overrides(config, list(overrides))
@@ -432,7 +479,7 @@ def _add_modality(ws: Workspace, modality: str, *, name: str, epochs: int | None
     try:
         with _one_cpu_thread(len(data.train[modality]) < SMALL_DATA_ITEMS):
             model = method.add_modality(model, modality, data.train[modality], data.val[modality],
-                                        feature=ws.feature_identity(modality), config=config,
+                                        feature=ws.feature_identity(modality, key), config=config,
                                         callbacks=[TrainingLog(target / LOG_FILE), *([bar] if bar else [])],
                                         checkpoint_dir=target / f"{CHECKPOINTS}-{modality}")
     finally:
@@ -444,18 +491,18 @@ def _add_modality(ws: Workspace, modality: str, *, name: str, epochs: int | None
     (target / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     write_curves(target)
     shutil.rmtree(target / f"{CHECKPOINTS}-{modality}", ignore_errors=True)
-    notes = [f"{modality} trained against the saved prior of {name!r}; the other encoders "
-             f"({', '.join(m for m in card['features'] if m != modality)}) are unchanged"]
+    notes.append(f"{modality} trained against the saved prior of {name!r}; the other encoders "
+                 f"({', '.join(m for m in card['features'] if m != modality)}) are unchanged")
     counts = {modality: {s: len(getattr(data, s)[modality]) for s in SPLITS}}
-    return _summary(model, target, counts=counts, notes=notes, started=started, echo=progress)
+    return _summary(model, target, counts=counts, notes=notes, started=started,
+                    features_used=_features_used(chosen, counts, int(source["split_seed"])), warnings=[])
 
 
 def _summary(model: Any, path: Path, *, counts: dict[str, Any], notes: list[str], started: float,
-             echo: bool) -> WorkspaceTrainResult:
-    if echo:
-        for note in notes:
-            print(f"note: {note}", file=sys.stderr)
+             features_used: list[dict[str, Any]], warnings: list[str]) -> WorkspaceTrainResult:
+    """The result; the caller prints its choices (``crossmodal train`` and the demo both do)."""
     return WorkspaceTrainResult(model_dir=path, model=model, metrics=model.metrics, counts=counts, notes=notes,
+                                features_used=features_used, warnings=warnings,
                                 seconds=round(time.perf_counter() - started, 2))
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from crossmodal.errors import ConfigError, FeatureMismatchError, ModelFileError, NotTrainedError, UnknownNameError
-from crossmodal.index import create_index, list_index_backends, load_index, resolve_spec
+from crossmodal.index import choose_spec, create_index, list_index_backends, load_index, resolve_spec
 
 needs_faiss = pytest.mark.skipif(importlib.util.find_spec("faiss") is None, reason="faiss is not installed")
 
@@ -131,6 +131,7 @@ def test_a_folder_without_an_index_is_refused(tmp_path):
         load_index(tmp_path)
 
 
+@needs_faiss
 def test_auto_is_exact_for_small_collections_and_approximate_for_large_ones():
     assert resolve_spec("auto", dim=512, size=5_000) == "exact"
     assert resolve_spec("auto", dim=512) == "exact"
@@ -168,3 +169,45 @@ def test_a_missing_faiss_names_the_extra_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)
     with pytest.raises(ConfigError, match=r"crossmodal-toolkit\[ann\]"):
         create_index("faiss:HNSW32", 4)
+
+
+def test_auto_without_faiss_keeps_exact_search_and_says_why(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "faiss" else real(name, *a))
+    spec, why = choose_spec("auto", dim=64, size=500_000)
+    assert spec == "exact" and "faiss:HNSW32" in why and "faiss is not installed" in why
+
+
+@pytest.fixture(scope="module")
+def tiny_model_workspace(tmp_path_factory):
+    """A workspace with 20 image and 20 text items (4 classes) and a 1-epoch DRCL model 'm'."""
+    from extractors.store import StoreRow
+    from pipelines.workspace import Workspace, train_in_workspace
+
+    root = tmp_path_factory.mktemp("ws")
+    rng = np.random.default_rng(0)
+    for modality in ("image", "text"):
+        table = Workspace(root).store.open({"name": "fake", "modality": modality, "key": "fake@0", "dim": 6})
+        table.write_shard(rng.normal(size=(20, 6)).astype(np.float32),
+                          [StoreRow(content_hash=f"{modality}{i}", item_id=f"{i % 4}/{i}", source_path=f"/{i}",
+                                    labels=(str(i % 4),)) for i in range(20)])
+    train_in_workspace(workspace=root, name="m", epochs=1, overrides=["hidden=[8]", "dim=4"], device="cpu",
+                       progress=False)
+    return root
+
+
+def test_index_auto_chooses_from_each_gallery_s_size_and_says_why(tiny_model_workspace, monkeypatch):
+    """Issue 11: the gallery size never reached the chooser, so auto always built the exact index."""
+    import crossmodal.index
+    from pipelines.index import build_index
+
+    result = build_index(tiny_model_workspace, model="m", backend="auto", device="cpu")
+    assert [(r["backend"], r["items"]) for r in result["indexes"]] == [("exact", 20), ("exact", 20)]
+    assert "auto: 20 items, below 200,000" in result["indexes"][0]["why"]
+    if importlib.util.find_spec("faiss") is None:
+        return
+    monkeypatch.setattr(crossmodal.index, "AUTO_EXACT_LIMIT", 10)  # 20 items now count as a large gallery
+    result = build_index(tiny_model_workspace, model="m", backend="auto", device="cpu")
+    assert {r["backend"] for r in result["indexes"]} == {"faiss:HNSW32"}
+    meta = json.loads((tiny_model_workspace / "index" / "m" / "image" / "index.json").read_text())
+    assert meta["backend"] == "faiss" and meta["options"] == "HNSW32"

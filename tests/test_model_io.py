@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from crossmodal.errors import ModelFileError
-from crossmodal.methods.drcl import DRCL, DRCLConfig
 from crossmodal.methods import get_method, list_methods
+from crossmodal.methods.drcl import DRCL, DRCLConfig
 from crossmodal.model import CrossModalModel, FeatureIdentity
 from crossmodal.synthetic import make_synthetic
 

@@ -33,6 +33,7 @@ def index(
     out = Output(as_json)
     if as_json:
         return out.json(result)
-    rows = [[r["modality"], r["against"] or "", r["items"], r["dim"], r["path"]] for r in result["indexes"]]
-    out.table(rows, ["gallery", "for queries of", "items", "dim", "path"],
-              title=f"index of model {model} ({result['backend']}, {result['gallery']} items)")
+    rows = [[r["modality"], r["against"] or "", r["items"], r["dim"], r["backend"], r["why"], r["path"]]
+            for r in result["indexes"]]
+    out.table(rows, ["gallery", "for queries of", "items", "dim", "index", "why", "path"],
+              title=f"index of model {model} (--backend {result['backend']}, {result['gallery']} items)")

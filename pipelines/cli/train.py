@@ -17,6 +17,7 @@ EXAMPLES = examples(
     "crossmodal train --dataset wiki --data wiki.mat --out m/noisy --label-noise 0.4 --alignment-noise partial:0.2",
     "crossmodal train --modalities image,text --name photos      # workspace mode: the store's features",
     "crossmodal train --name photos --add-modality audio         # train one more modality against the saved prior",
+    "crossmodal train --name photos --extractor text=minilm      # the store holds several text tables",
 )
 Opt = typer.Option
 
@@ -38,18 +39,23 @@ def train(
     modalities: Annotated[str | None, Opt(help="Workspace mode: modalities to train, e.g. image,text.")] = None,
     name: Annotated[str | None, Opt(help="Workspace mode: model name (models/NAME).")] = None,
     add_modality: Annotated[str | None, Opt(help="Workspace mode: train this modality into model NAME.")] = None,
+    extractor: Annotated[list[str] | None, Opt(help="Workspace mode: MODALITY=NAME, the store table to use where a "
+                                                    "modality has several (repeatable).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     from pipelines.evaluate import table_rows
-    from pipelines.train import run_train
+    from pipelines.train import features_rows, run_train
 
     result = run_train(dataset=dataset, data=data, out=out, workspace=workspace, modalities=modalities, name=name,
                        add_modality=add_modality, method=method, epochs=epochs, seed=seed, device=device,
                        overrides=overrides or [], preset=preset, label_noise=label_noise,
-                       alignment_noise=alignment_noise)
+                       alignment_noise=alignment_noise, extractors=extractor or [])
     output = Output(as_json)
+    for text in [*(f"note: {n}" for n in result.notes), *(f"warning: {w}" for w in result.warnings)]:
+        output.info(text)
     if as_json:
         return output.json(result.to_dict())
+    output.table(*features_rows(result.features_used), title="features used")
     if result.metrics:
         output.table(*table_rows(result.metrics), title=f"{result.model_dir} (test split)")
     output.line(f"model saved to {result.model_dir}")

@@ -61,7 +61,8 @@ def choose_extractors(device: str = "auto") -> list[ExtractorChoice]:
 
     def weighted(name: str, fallback: str, what: str) -> tuple[str, str]:
         try:
-            create_extractor(name, device=device).weights_sha256()  # resolves the weights file, or raises
+            # found on this machine, or raises: the demo downloads nothing (crossmodal extract does, on first use)
+            create_extractor(name, device=device, allow_download=False).weights_sha256()
             return name, f"the paper's {what}; its weights were found"
         except ExtractorError as exc:
             why = exc.message.split(" (looked")[0]
@@ -143,8 +144,14 @@ def run_demo(
 
     t0 = time.perf_counter()
     trained = train_in_workspace(workspace=ws.root, modalities=list(MODALITIES), name=MODEL_NAME, seed=seed,
-                                 epochs=epochs, device=device, progress=progress)
+                                 epochs=epochs, device=device, progress=progress,
+                                 extractors={c["modality"]: c["key"] for c in chosen})
     timings["train"] = time.perf_counter() - t0
+    for used in trained.features_used:
+        say(f"  {used['modality']}: {used['key']}, {used['train']} train / {used['val']} val / {used['test']} test "
+            f"items ({used['why']})")
+    for text in [*(f"note: {n}" for n in trained.notes), *(f"warning: {w}" for w in trained.warnings)]:
+        say(text)
     say(f"trained DRCL in {timings['train']:.1f} s")
 
     t0 = time.perf_counter()
