@@ -337,3 +337,129 @@ def test_the_cli_refuses_decode_with_ray_instead_of_ignoring_it(tmp_path, capsys
                  "--workspace", str(tmp_path / "ws")])
     err = capsys.readouterr().err
     assert code == 2 and "--decode is for local runs" in err and "drop --decode, or drop --ray" in err
+
+
+# ---- every item accounted for
+
+
+def test_the_same_bytes_under_two_names_and_two_classes_give_every_item_its_row_embedded_once(tmp_path, monkeypatch):
+    write_shapes(tmp_path / "media", per_class=2)
+    same = (tmp_path / "media" / "circle" / "0.png").read_bytes()
+    (tmp_path / "media" / "circle" / "again.png").write_bytes(same)
+    (tmp_path / "media" / "square" / "circle-too.png").write_bytes(same)
+    embedded = []
+    real_embed = HogColor.embed
+    monkeypatch.setattr(HogColor, "embed", lambda self, items: embedded.extend(items) or real_embed(self, items))
+    summary = run_extract(tmp_path / "ws", "image", [tmp_path / "media"], extractor="hog-color", workers=0,
+                          progress=False)  # in this process, so that the patched embed counts
+    assert (summary.found, summary.extracted, summary.duplicates, summary.skipped) == (8, 6, 2, 0)
+    assert len(embedded) == 6
+    X, meta = FeatureStore(tmp_path / "ws" / "store").read("image")
+    rows = {(i, tuple(labels)): k for k, (i, labels) in enumerate(zip(meta.column("item_id").to_pylist(),
+                                                                       meta.column("labels").to_pylist()))}
+    assert len(rows) == 8
+    for twin in [("circle/again", ("circle",)), ("square/circle-too", ("square",))]:
+        np.testing.assert_array_equal(X[rows[twin]], X[rows[("circle/0", ("circle",))]])
+    again = extract_images(tmp_path / "ws", tmp_path / "media")
+    assert (again.extracted, again.duplicates, again.skipped) == (0, 0, 8)
+
+
+def test_items_with_the_same_bytes_share_a_split_and_their_pairs_stay_paired(tmp_path):
+    from pipelines.workspace import Workspace
+
+    write_shapes(tmp_path / "media", per_class=5)
+    for shape in SHAPES:
+        for i in range(5):
+            words = "the same words" if (shape, i) in {("circle", 0), ("circle", 1), ("square", 2)} else f"{shape} {i}"
+            (tmp_path / "media" / shape / f"{i}.txt").write_text(words)
+    extract_images(tmp_path / "ws", tmp_path / "media")
+    texts = run_extract(tmp_path / "ws", "text", [tmp_path / "media"], extractor="doc2vec", workers=0, progress=False,
+                        overrides=["vector_size=8", "min_count=1", "epochs=2"])
+    assert (texts.extracted, texts.duplicates) == (13, 2)
+    ws = Workspace(tmp_path / "ws")
+    data = ws.datasets(["image", "text"], seed=3)
+    assert data.paired
+    for split in ("train", "val", "test"):
+        assert list(data.__dict__[split]["image"].ids) == list(data.__dict__[split]["text"].ids)
+    assert sum(len(getattr(data, s)["text"]) for s in ("train", "val", "test")) == 15
+    where = {i: s for s in ("train", "val", "test") for i in getattr(data, s)["text"].ids}
+    assert where["circle/0"] == where["circle/1"] == where["square/2"]
+
+
+@pytest.mark.parametrize("setup, message, fix", [
+    (lambda root: None, "error: no such file or folder: {root}", "fix: check the path"),
+    (lambda root: root.mkdir(), "error: found no image files in {root} (it is empty)", "fix: give folders"),
+    (lambda root: [root.mkdir(), *(root.joinpath(f"{i}.dat").write_text("x") for i in range(3)),
+                   root.joinpath("song.wav").write_bytes(b"RIFF")],
+     "error: found no image files in {root} (3 .dat are not read: hog-color reads .",
+     "fix: give a folder of"),
+    (lambda root: [root.mkdir(), root.joinpath("a.txt").write_text("words"), root.joinpath("b.txt").write_text("x")],
+     "error: found no image files in {root} (2 .txt are other modalities' files)",
+     "fix: give a folder of .bmp"),
+])
+def test_extract_of_nothing_readable_exits_non_zero_with_one_line_saying_what_was_found(
+        tmp_path, capsys, setup, message, fix):
+    root = tmp_path / "photos"
+    setup(root)
+    code = main(["extract", "-m", "image", str(root), "-e", "hog-color", "-w", str(tmp_path / "ws")])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and len(err) == 2
+    assert err[0].startswith(message.format(root=root)) and err[1].strip().startswith(fix)
+    assert not (tmp_path / "ws" / "runs").exists()
+
+
+def test_a_folder_of_another_modality_names_the_modality_that_reads_it(tmp_path, capsys):
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("words")
+    assert main(["extract", "-m", "image", str(tmp_path / "texts"), "-e", "hog-color", "-w", str(tmp_path)]) == 2
+    assert "read the .txt files with --modality text" in capsys.readouterr().err
+
+
+def test_the_summary_says_how_many_items_carry_no_label_and_what_train_does_with_them(tmp_path, capsys):
+    write_shapes(tmp_path / "media", per_class=1)
+    (tmp_path / "media" / "loose.png").write_bytes((tmp_path / "media" / "circle" / "0.png").read_bytes() + b"\0")
+    argv = ["extract", "-m", "image", str(tmp_path / "media"), "-e", "hog-color", "--set", "size=32",
+            "-w", str(tmp_path / "ws"), "--device", "cpu", "--workers", "0"]
+    assert main([*argv, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["unlabelled"] == 1 and summary["unlabelled_examples"][0].endswith("loose.png")
+    assert main(argv) == 0
+    note = [line for line in capsys.readouterr().err.splitlines() if "no label" in line]
+    assert len(note) == 1 and note[0].startswith("1 item has no label (e.g. ")
+    assert "train leaves them out" in note[0]
+
+
+# ---- manifests
+
+
+def test_manifest_splits_are_normalised_for_case_and_spaces(tmp_path):
+    write_shapes(tmp_path / "media", per_class=1)
+    (tmp_path / "list.csv").write_text("path,label,split\nmedia/circle/0.png,circle, TEST \n"
+                                       "media/square/0.png,square,Val\nmedia/triangle/0.png,triangle,\n")
+    found = scan([], extensions=IMAGE_EXTS, labels_from=str(tmp_path / "list.csv"))
+    assert [it.split for it in found.items] == ["test", "val", None]
+
+
+@pytest.mark.parametrize("body, message", [
+    ("path,label,split\nmedia/circle/0.png,circle,train\nmedia/square/0.png,square,bogus\n"
+     "media/triangle/0.png,triangle,tst\n",
+     "split must be train, val or test, but lines 3, 4 have another value (3: 'bogus', 4: 'tst')"),
+    ("path,label\nmedia/circle/0.png,circle\nmedia/square/0.png,square,green\n",
+     "line 3 has more fields than the header"),
+])
+def test_a_manifest_row_that_would_be_misread_is_refused_naming_its_line(tmp_path, capsys, body, message):
+    write_shapes(tmp_path / "media", per_class=1)
+    (tmp_path / "list.csv").write_text(body)
+    code = main(["extract", "-m", "image", "--labels-from", str(tmp_path / "list.csv"), "-e", "hog-color",
+                 "-w", str(tmp_path / "ws")])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and len(err) == 2 and message in err[0] and err[1].startswith("  fix: ")
+
+
+def test_a_jsonl_manifest_with_a_split_of_another_kind_is_refused(tmp_path):
+    from crossmodal.errors import DatasetFormatError
+
+    write_shapes(tmp_path / "media", per_class=1)
+    (tmp_path / "list.jsonl").write_text('{"path": "media/circle/0.png", "label": "circle", "split": 1}\n')
+    with pytest.raises(DatasetFormatError, match="line 1 has another value"):
+        scan([], extensions=IMAGE_EXTS, labels_from=str(tmp_path / "list.jsonl"))
