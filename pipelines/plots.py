@@ -18,12 +18,19 @@ from matplotlib.ticker import MaxNLocator
 # Record fields of a training log that are bookkeeping, not curves.
 NOT_CURVES = frozenset({"stage", "epoch", "epochs", "time", "seconds"})
 MAX_PANELS = 12
+# Up to this many PR curves share one panel; more (5 modalities give 20 ordered pairs) get one panel per query modality,
+# the retrieved modality told by a colour that is the same in every panel, under one legend outside the panels.
+ONE_PANEL_CURVES = 6
 
 __all__ = ["plot_metric_vs_noise", "plot_pr_curves", "plot_training_curves"]
 
 
 def plot_pr_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = "") -> Path:
     """Draw precision against recall, one line per entry, into a PNG.
+
+    Up to ONE_PANEL_CURVES curves share one panel. More, labelled ``"query -> target"``, are drawn as small multiples:
+    one panel per query modality, one colour per target modality (the same in every panel) and one legend below the
+    panels. More labels of another form share one panel, their legend outside the axes.
 
     Args:
         curves: label (e.g. ``"image -> text"``) -> ``(precision, recall)`` float arrays of one length, as
@@ -34,13 +41,50 @@ def plot_pr_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], path: st
     Returns:
         ``path`` as a Path.
     """
-    fig, ax = _figure(1)
-    for label, (precision, recall) in curves.items():
-        ax[0].plot(np.asarray(recall), np.asarray(precision), marker="." if len(precision) <= 30 else None, label=label)
-    ax[0].set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title or "precision-recall")
-    if curves:
-        ax[0].legend(fontsize="small")
+    by_query = _by_query(curves) if len(curves) > ONE_PANEL_CURVES else None
+    if by_query is None:
+        fig, ax = _figure(1, legend_outside=len(curves) > ONE_PANEL_CURVES)
+        for label, (precision, recall) in curves.items():
+            _pr_line(ax[0], precision, recall, label=label)
+        _pr_axes(ax[0], title or "precision-recall")
+        if len(curves) > ONE_PANEL_CURVES:
+            ax[0].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)
+        elif curves:
+            ax[0].legend(fontsize="small")
+        return _save(fig, path)
+    targets = sorted({target for lines in by_query.values() for target in lines})
+    colours = {target: f"C{i % 10}" for i, target in enumerate(targets)}
+    fig, axes = _figure(len(by_query), columns=min(len(by_query), 3))
+    for ax, (query, lines) in zip(axes, by_query.items()):
+        for target, (precision, recall) in lines.items():
+            _pr_line(ax, precision, recall, label=target, color=colours[target])
+        _pr_axes(ax, f"{query} queries")
+    handles = [axes[0].plot([], [], color=colours[t], label=t)[0] for t in targets]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(targets), 6), title="retrieved modality",
+               fontsize="small")
+    fig.suptitle(title or "precision-recall")
     return _save(fig, path)
+
+
+def _by_query(curves: Mapping[str, tuple[np.ndarray, np.ndarray]]
+              ) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] | None:
+    """``{query: {target: curve}}`` from ``"query -> target"`` labels (in their order), or None if one differs."""
+    grouped: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for label, curve in curves.items():
+        parts = [part.strip() for part in label.split("->")]
+        if len(parts) != 2 or not all(parts):
+            return None
+        grouped.setdefault(parts[0], {})[parts[1]] = curve
+    return grouped
+
+
+def _pr_line(ax: Any, precision: Any, recall: Any, **style: Any) -> None:
+    precision, recall = np.asarray(precision), np.asarray(recall)
+    ax.plot(recall, precision, marker="." if len(precision) <= 30 else None, **style)
+
+
+def _pr_axes(ax: Any, title: str) -> None:
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
 
 
 def plot_training_curves(history: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Mapping[str, Any]]],
@@ -126,11 +170,12 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
-def _figure(panels: int, *, columns: int = 1) -> tuple[Any, list[Any]]:
+def _figure(panels: int, *, columns: int = 1, legend_outside: bool = False) -> tuple[Any, list[Any]]:
     from matplotlib.figure import Figure  # the Agg canvas by default: no pyplot, no display
 
     rows = math.ceil(panels / columns)
-    fig = Figure(figsize=(4.2 * columns + 1.0, 3.2 * rows + 0.6), layout="constrained")
+    extra = 2.4 if legend_outside else 0.0  # room on the right for a legend beside the axes
+    fig = Figure(figsize=(4.2 * columns + 1.0 + extra, 3.2 * rows + 0.6), layout="constrained")
     axes = [fig.add_subplot(rows, columns, i + 1) for i in range(panels)]
     for ax in axes:
         ax.grid(alpha=0.3)
