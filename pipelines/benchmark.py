@@ -66,6 +66,7 @@ class BenchmarkResult:
     seeds: list[int]
     settings: dict[str, Any]
     runs: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self, metric: str = "MAP@all") -> list[dict[str, Any]]:
         """One row per (method, rate): mean and (population) std of ``metric`` over the seeds, and the run count."""
@@ -96,6 +97,7 @@ class BenchmarkResult:
             head.insert(1, f"Test split (queries x gallery): {sizes}. Chance is the {metric} of a uniformly random "
                            "ranking of those labels (crossmodal.metrics.chance_map), the same at every noise rate "
                            "since only the training split is corrupted.")
+        head[1:1] = [f"Warning: {w}" for w in self.warnings]
         return "\n".join(head + lines) + "\n"
 
     def _chance(self, metric: str) -> float | None:
@@ -113,7 +115,8 @@ class BenchmarkResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"dataset": self.dataset, "noise_kind": self.noise_kind, "rates": self.rates, "methods": self.methods,
-                "seeds": self.seeds, "settings": self.settings, "summary": self.summary(), "runs": self.runs}
+                "seeds": self.seeds, "settings": self.settings, "warnings": self.warnings, "summary": self.summary(),
+                "runs": self.runs}
 
     def _effective_rates(self) -> dict[float, str]:
         """Per rate, the mean measured noise over seeds and modalities (labels changed, or rows re-paired)."""
@@ -221,6 +224,12 @@ def benchmark_dataset(
                                                                   **({"overrides": list(overrides)} if overrides
                                                                      else {})})
     torch_device = resolve_device(device)
+    warnings: list[str] = []
+    for method in order:  # once per method, before hours of runs
+        resolve_config(method, dataset=preset_dataset, epochs=epochs, overrides=per_method[method], warnings=warnings)
+    result.warnings = warnings
+    for warning in warnings:
+        _report(progress, f"warning: {warning}")
     with tempfile.TemporaryDirectory(prefix="crossmodal-benchmark-") as scratch:
         for seed in range(seeds):
             for rate in result.rates:
@@ -324,7 +333,11 @@ def _split_overrides(overrides: Sequence[str], methods: Sequence[str]) -> dict[s
     return out
 
 
-def _report(progress: Callable[[str], None] | None, run: Mapping[str, Any]) -> None:
-    if progress is not None:
-        progress(f"{run['method']:>18s}  noise {run['noise']:.2f}  seed {run['seed']}  MAP@all {run['MAP@all']:.4f}"
-                 f"  ({run['seconds']:.1f}s)")
+def _report(progress: Callable[[str], None] | None, run: Mapping[str, Any] | str) -> None:
+    if progress is None:
+        return
+    if isinstance(run, str):
+        progress(run)
+        return
+    progress(f"{run['method']:>18s}  noise {run['noise']:.2f}  seed {run['seed']}  MAP@all {run['MAP@all']:.4f}"
+             f"  ({run['seconds']:.1f}s)")

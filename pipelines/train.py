@@ -373,9 +373,9 @@ def resolve_config(method: str, *, dataset: str | None = None, preset: str | Non
     shortcuts = {k: v for k, v in (("epochs", epochs), ("seed", seed)) if v is not None}
     resolved = with_overrides(with_overrides(config, shortcuts), list(overrides))
     if warnings is not None and resolved.epochs < FEW_EPOCHS * config.epochs:
-        tuned = f"the preset {path.stem}" if from_preset and path is not None else f"{method}'s defaults"
+        tuned = f"the preset {path.stem} was" if from_preset and path is not None else f"{method}'s defaults were"
         count = f"{resolved.epochs} epoch{'s' if resolved.epochs != 1 else ''}"
-        warnings.append(f"{count} is far fewer than the {config.epochs} {tuned} was tuned for; "
+        warnings.append(f"{count} is far fewer than the {config.epochs} {tuned} tuned for; "
                         f"expect a MAP near chance (DRCL's paper presets at 10 epochs score near it). Use --epochs "
                         f"{config.epochs}, or leave --epochs out")
     return resolved

@@ -29,6 +29,8 @@ def test_benchmark_writes_the_table_the_plot_and_the_json(report):
     assert [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ")][1:] == \
         ["| sdml", "| mcca", "| dscmr", "| chance (random ranking)", "| effective rate"]
     assert "image->text 400x400" in table  # the synthetic set's test split: 400 queries, 400 gallery items
+    assert "Warning: 1 epoch is far fewer than the 500 dscmr's defaults were tuned for" in table  # once per method
+    assert table.count("Warning: 1 epoch") == 2  # sdml (200) and dscmr (500); MCCA is closed-form (1)
 
 
 def test_table_cells_are_the_mean_and_std_over_seeds_of_the_runs(report):
