@@ -3,15 +3,15 @@
 Layout::
 
     index/NAME/<modality>/            the index of the model NAME's embeddings of <modality> (crossmodal.index files)
-        gallery.parquet               row metadata by index id: content_hash, item_id, source_path, labels
+        gallery.parquet               row metadata by index id: id, content_hash, item_id, source_path, labels
         gallery.json                  model name, sha256 of its card.json, backend, which items, extractor key, count
 
 For a method that trains one encoder per pair of modalities (``modality__partner`` encoders), a gallery's embedding
 depends on the query's modality, so each gallery gets one index per query modality: ``index/NAME/<modality>/<query>/``.
 
-Index ids are content hashes (unique within a modality's features); ``gallery.parquet`` maps them back to item ids,
-labels and source files. A query refuses an index whose recorded card sha256 is not the model's current one (the
-model was retrained after indexing).
+Index ids are ``<content hash>/<row in the gallery>``: two items with the same bytes (two names or two classes) are two
+hits; ``gallery.parquet`` maps the ids back to item ids, labels and source files. A query refuses an index whose
+recorded card sha256 is not the model's current one (the model was retrained after indexing).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def build_index(
             embeddings = net.encode(modality, X, against=partner)
             spec, why = choose_spec(backend, dim=embeddings.shape[1], size=len(embeddings))
             index = create_index(spec, embeddings.shape[1])
-            index.add(embeddings, np.array([table.content_hash[i] for i in rows], dtype=str))
+            index.add(embeddings, np.array(_ids(table, rows), dtype=str))
             folder.mkdir(parents=True, exist_ok=True)
             index.save(folder)
             _write_rows(folder / GALLERY_ROWS, table, rows)
@@ -143,9 +143,15 @@ def _write_rows(path: Path, table: Any, rows: np.ndarray) -> None:
     import pyarrow.parquet as pq
 
     columns = {
+        "id": _ids(table, rows),
         "content_hash": [table.content_hash[i] for i in rows],
         "item_id": [table.item_id[i] for i in rows],
         "source_path": [table.source_path[i] for i in rows],
         "labels": [list(table.labels[i]) for i in rows],
     }
     pq.write_table(pa.table(columns), path)
+
+
+def _ids(table: Any, rows: np.ndarray) -> list[str]:
+    """The index id of each gallery row: unique even when two items share their bytes (and so their content hash)."""
+    return [f"{table.content_hash[i]}/{k}" for k, i in enumerate(rows)]

@@ -253,10 +253,10 @@ def _load_model(model_dir: str, mtime: int, device: str) -> Any:
 
 @functools.lru_cache(maxsize=16)
 def _load_index(folder: str, mtime: int) -> tuple[Any, dict[str, dict[str, Any]]]:
-    """The index in ``folder`` and its gallery rows by content hash."""
+    """The index in ``folder`` and its gallery rows by index id."""
     import pyarrow.parquet as pq
 
     from crossmodal.index import load_index
 
     rows = pq.read_table(Path(folder) / GALLERY_ROWS).to_pylist()
-    return load_index(folder), {row["content_hash"]: row for row in rows}
+    return load_index(folder), {row.get("id") or row["content_hash"]: row for row in rows}  # no id: built before ids
