@@ -478,7 +478,15 @@ class MiniLM(Extractor):
             transformers = require("transformers", extractor=self.name, extra="text")
             folder = str(self.model_dir)
             self._tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
-            self._model = transformers.AutoModel.from_pretrained(folder, local_files_only=True).eval().to(self.device)
+            # NOTE: transformers 5 draws a "Loading weights" bar over the 103 tensors of a local folder on every load
+            # (each query of crossmodal query / serve): its tqdm hook silences that bar only, not download bars.
+            previous = transformers.utils.logging.set_tqdm_hook(
+                lambda factory, args, kwargs: factory(*args, **{**kwargs, "disable": True}))
+            try:
+                model = transformers.AutoModel.from_pretrained(folder, local_files_only=True)
+            finally:
+                transformers.utils.logging.set_tqdm_hook(previous)
+            self._model = model.eval().to(self.device)
             if self._model.config.hidden_size != self.dim:
                 width = self._model.config.hidden_size
                 raise ExtractorError(f"minilm: {folder} has width {width}, expected {self.dim}")
