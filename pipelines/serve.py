@@ -163,20 +163,19 @@ def store_items(workspace: str | Path, *, since: object = None) -> tuple[object,
     Returns:
         ``(version, items)``; ``items`` is None when the store's committed shards are still those of ``since``.
     """
-    import pyarrow.parquet as pq
-
+    from extractors.store import stored_path
     from pipelines.workspace import Workspace
 
     store = Workspace(workspace).store
-    shards = [(modality, p) for modality, key in store.tables() for p in store.table(modality, key).shard_paths()]
-    version = tuple((str(p), p.stat().st_mtime_ns) for _, p in shards)
+    tables = [(modality, store.table(modality, key)) for modality, key in store.tables()]
+    version = tuple((str(p), p.stat().st_mtime_ns) for _, table in tables for p in table.shard_paths())
     if version == since:
         return version, None
     items: dict[ItemKey, str] = {}
-    for modality, shard in shards:
-        table = pq.read_table(shard, columns=["item_id", "source_path"])
-        for item_id, source in zip(table.column("item_id").to_pylist(), table.column("source_path").to_pylist()):
-            items.setdefault((modality, item_id), source)
+    for modality, table in tables:  # verified reads; a path that is not UTF-8 comes back exact from its bytes
+        meta = table.metadata(["item_id", "source_path", "source_path_bytes"]).to_pydict()
+        for item_id, shown, raw in zip(meta["item_id"], meta["source_path"], meta["source_path_bytes"]):
+            items.setdefault((modality, item_id), stored_path(shown, raw))
     return version, items
 
 
