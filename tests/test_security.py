@@ -367,6 +367,21 @@ def test_a_burst_of_queries_on_a_trained_model_all_succeed_with_the_serial_answe
                                                                       abs=1e-5)
 
 
+def test_an_undecodable_upload_on_a_trained_model_is_a_422_naming_the_clients_file(tmp_path_factory):
+    """The real query path (the query process, the extractor's MediaError): the message names the file the client
+    sent, never the server's upload folder."""
+    workspace, data = tiny_workspace(tmp_path_factory)
+    with live_server(create_app(workspace, model="tiny", media_roots=[data])) as url, \
+            httpx.Client(base_url=url, timeout=120) as client:
+        response = client.post("/api/query", files={"file": ("holiday.png", b"not a png at all", "image/png")},
+                               data={"target": "text"})
+        typed = client.post("/api/query", files={"text": (None, "seven"), "target": (None, "image"), "k": (None, "2")})
+    assert response.status_code == 422
+    assert response.json()["error"].startswith("'holiday.png': ")
+    assert "crossmodal-upload" not in response.text and tempfile.gettempdir() not in response.text
+    assert typed.status_code == 200 and len(typed.json()["results"]) == 2
+
+
 # ------------------------------------------------------------------------------------------------ model files
 def tiny_model() -> CrossModalModel:
     return CrossModalModel(method="drcl", config=MethodConfig(), encoders={"image": torch.nn.Linear(4, 3)},
