@@ -58,13 +58,15 @@ def _shards(workspace: Path) -> list[Path]:
 def _audit(workspace: Path) -> tuple[Counter, dict[str, np.ndarray]]:
     """Check every committed shard and return (rows per content hash, vector per content hash).
 
-    Raises AssertionError on a half-written shard: a parquet without its npy, a row-count, dtype or width mismatch, a
-    leftover ``.incomplete`` file or an orphan ``.npy``.
+    Raises AssertionError on a half-written shard: a parquet without its npy or its checksums, a row-count, dtype or
+    width mismatch, a file that differs from its recorded sha256, a leftover ``.incomplete`` file or an orphan ``.npy``
+    or ``.sha256``.
     """
     table = FeatureStore(workspace / "store").table("image")
-    leftovers = [p.name for p in table.shards.iterdir()
-                 if p.name.endswith(".incomplete") or (p.suffix == ".npy" and not p.with_suffix(".parquet").exists())]
+    leftovers = [p.name for p in table.shards.iterdir() if p.name.endswith(".incomplete")
+                 or (p.suffix in (".npy", ".sha256") and not p.with_suffix(".parquet").exists())]
     assert not leftovers, f"half-written files left behind: {leftovers}"
+    assert table.unchecked() == [] and table.verify() == []
     counts: Counter = Counter()
     vectors: dict[str, np.ndarray] = {}
     for parquet in table.shard_paths():
