@@ -76,10 +76,23 @@ def test_ray_extraction_gives_the_same_rows_as_a_single_process_run(cluster, pho
 def test_ray_extraction_resumes_skipping_what_the_store_holds(cluster, photos, tmp_path):
     first = run_extract_ray(tmp_path, "image", [photos / "circle", photos / "square"], extractor="hog-color",
                             overrides=CHEAP, progress=False, workers=0, shard_size=2)
-    again = run_extract_ray(tmp_path, "image", [photos], extractor="hog-color", overrides=CHEAP, progress=False,
-                            workers=0, shard_size=2)
-    assert (first.extracted, again.extracted, again.skipped) == (8, 4, 8)
+    again = run_extract_ray(tmp_path, "image", [photos / "circle", photos / "square", photos / "triangle"],
+                            extractor="hog-color", overrides=CHEAP, progress=False, workers=0, shard_size=2)
+    assert (first.extracted, again.extracted, again.skipped, again.duplicates) == (8, 4, 8, 0)
     assert len(_rows(tmp_path)) == 12
+
+
+def test_ray_extraction_gives_items_with_the_same_bytes_their_own_rows_embedded_once(cluster, photos, tmp_path):
+    twins = tmp_path / "twins"
+    for shape in ("circle", "square"):
+        (twins / shape).mkdir(parents=True)
+        (twins / shape / "same.png").write_bytes((photos / "circle" / "0.png").read_bytes())
+    summary = run_extract_ray(tmp_path / "ws", "image", [twins], extractor="hog-color", overrides=CHEAP,
+                              progress=False, workers=0, shard_size=2)
+    assert (summary.extracted, summary.duplicates) == (1, 1)
+    X, meta = FeatureStore(tmp_path / "ws" / "store").read("image")
+    assert meta.column("item_id").to_pylist() == ["circle/same", "square/same"]
+    np.testing.assert_array_equal(X[0], X[1])
 
 
 def test_cli_extract_with_ray_runs_on_the_cluster(cluster, photos, tmp_path, capsys):
