@@ -40,7 +40,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from extractors.base import Extractor, ExtractorConfig, require
+from extractors.base import Extractor, ExtractorConfig, check_finite, require
 from extractors.errors import MediaError
 from extractors.registry import register_extractor
 from extractors.weights import WeightsSpec, load_into, resolve_weights, weights_sha256
@@ -80,6 +80,8 @@ def decode_image(path: Path, *, max_pixels: int, exif_transpose: bool = True):
                                        f"{max_pixels} (possible decompression bomb)",
                                  hint="raise it with --set max_pixels=N if the file is trusted")
             img.load()
+            if img.mode == "F":  # 32-bit float pixels (a TIFF) may be NaN or inf, which convert() would hide
+                check_finite(path, "pixel values", np.asarray(img))
             if exif_transpose:
                 img = ImageOps.exif_transpose(img)
             return img.convert("RGB")

@@ -242,9 +242,9 @@ def normalise_mesh(path: Path, vertices: np.ndarray, triangles: np.ndarray) -> M
         used = np.unique(triangles[areas > 0])
         radius = np.linalg.norm(vertices[used] - centroid, axis=1).max()
         check_finite(path, "radius", radius, why=overflow)
-        normalised = (vertices - centroid) / radius
+        normalised = ((vertices - centroid) / radius).astype(np.float32)  # a far vertex of a degenerate face: inf
         check_finite(path, "normalised coordinates", normalised, why=overflow)
-    return Mesh(normalised.astype(np.float32), triangles.astype(np.uint32))
+    return Mesh(normalised, triangles.astype(np.uint32))
 
 
 # Length of the marching-squares contour (threshold 0.5) in each 2x2 cell of a binary image, by the cell's corner case

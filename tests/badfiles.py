@@ -9,16 +9,23 @@ extract`` reads) and returns one ``Case`` per file with what a batch run must do
 * ``expect="either"``: input whose right outcome is a policy of the loader, not a fact of the file (``why`` says which);
   the run must do exactly one of the two: a row of finite features, or an error with a reason.
 
-The common kinds are made for every modality: zero-byte, truncated at several points, random bytes, a file of another
-modality under this modality's extension (a PNG named ``.wav``), a right magic number followed by garbage, a symlink
-loop, a dangling symlink. Each modality adds its own (decompression-bomb headers, odd text encodings, NaN audio samples,
-meshes with no faces or only degenerate triangles, videos with no frames ...). ``make_feature_files`` writes feature
-files with NaN or infinite values for the benchmark loaders and the store. ``missing_path`` names a path that does not
-exist. Everything is tiny (bytes to a few KiB) and deterministic in ``seed``.
+The common kinds are made for every modality: zero-byte, truncated at 14 points, random bytes (12 sizes, then 3 sizes
+with 2 more seeds), a file of another modality under this modality's extension (a PNG named ``.wav``), a right magic
+number followed by garbage, a good file whose name is not valid UTF-8, a symlink loop, a dangling symlink. Each
+modality adds its own: decompression-bomb headers, float TIFFs with NaN or inf pixels, SVG bombs (a huge declared
+size, an embedded PNG bomb, an entity bomb, nesting that crashes the renderer) and malformed SVG; odd text encodings
+and a text over the size limit (a sparse file: no disk); NaN audio samples, finite samples that overflow the spectrum,
+a silent FLAC past the duration limit and one whose header claims 3 hours; meshes with no faces, only degenerate
+triangles, or coordinates that overflow (near 1e308); videos with no frames, or past the frame limit (9,100 tiny
+frames). ``make_feature_files`` writes feature files with NaN or infinite values for the benchmark loaders and the
+store. ``missing_path`` names a path that does not exist. Everything is small (bytes to a few KiB; the longest video
+and audio a few hundred KiB) and deterministic in ``seed``; making the corpus takes about 2 s.
 """
 
 from __future__ import annotations
 
+import base64
+import importlib.util
 import io
 import os
 import struct
@@ -219,6 +226,36 @@ def good_bytes(modality: str, *, seed: int = 0) -> bytes:
     raise ValueError(modality)
 
 
+def svg_bytes(body: str = "", *, width: str | None = "40", height: str | None = "20", extra: str = "") -> bytes:
+    size = "".join(f' {k}="{v}"' for k, v in (("width", width), ("height", height)) if v is not None)
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink"{size}{extra}>'
+            f"{body}</svg>").encode()
+
+
+def float_tiff_bytes(value: float) -> bytes:
+    """An 8x8 32-bit float TIFF (PIL mode F) with one pixel set to ``value``."""
+    from PIL import Image
+
+    pixels = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    pixels[3, 3] = value
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "F").save(buf, format="TIFF")
+    return buf.getvalue()
+
+
+def flac_bytes(samples: np.ndarray, *, rate: int = 8000, claim_samples: int | None = None) -> bytes:
+    """A 16-bit FLAC; ``claim_samples`` rewrites the total sample count in its STREAMINFO header (a lying header)."""
+    import soundfile
+
+    buf = io.BytesIO()
+    soundfile.write(buf, np.asarray(samples, np.int16), rate, format="FLAC")
+    data = bytearray(buf.getvalue())
+    if claim_samples is not None:  # "fLaC", a 4-byte block header, then STREAMINFO: the count is its bits 108..143
+        data[21] = (data[21] & 0xF0) | (claim_samples >> 32 & 0x0F)
+        data[22:26] = (claim_samples & 0xFFFFFFFF).to_bytes(4, "big")
+    return bytes(data)
+
+
 # --------------------------------------------------------------------------------------------------- bad image headers
 
 
@@ -254,8 +291,11 @@ def bmp_header_bytes(width: int, height: int) -> bytes:
 
 MAGIC = {"image": b"\x89PNG\r\n\x1a\n", "text": b"\xef\xbb\xbf", "audio": b"RIFF\x24\x08\x00\x00WAVEfmt ",
          "mesh": b"OFF\n", "video": b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"}
-TRUNCATE_AT = (1, 7, 0.1, 0.25, 0.5, 0.75, 0.9, -1)  # bytes kept (int; negative: all but) or fraction kept (float)
+# bytes kept (int; negative: all but) or fraction kept (float)
+TRUNCATE_AT = (1, 2, 3, 7, 16, 0.05, 0.1, 0.25, 0.33, 0.5, 0.6, 0.75, 0.9, -1)
 RANDOM_SIZES = (1, 2, 3, 16, 64, 100, 512, 1000, 4096, 10_000, 65_536, 100_000)
+RANDOM_RESEEDED = (16, 512, 4096)  # sizes drawn again, twice, from further seeds
+SVG_READABLE = importlib.util.find_spec("resvg_py") is not None
 
 
 def _specific(modality: str) -> list[tuple[str, str, bytes, Expect, str]]:
@@ -278,7 +318,10 @@ def _specific(modality: str) -> list[tuple[str, str, bytes, Expect, str]]:
             ("edge-rgba-png", ".png", png_bytes(seed=6, mode="RGBA"), "ok", "alpha is dropped"),
             ("edge-cmyk-jpeg", ".jpg", jpeg_bytes(seed=7, mode="CMYK"), "ok", "CMYK is converted to RGB"),
             ("edge-wide-1x300", ".png", png_bytes(300, 1, seed=8), "ok", "an extreme aspect ratio is still an image"),
-        ]
+            ("tiff-float-nan", ".tif", float_tiff_bytes(nan), "error", "a NaN pixel is a non-finite intermediate"),
+            ("tiff-float-inf", ".tif", float_tiff_bytes(inf), "error", "an infinite pixel"),
+            ("edge-tiff-float", ".tif", float_tiff_bytes(0.5), "ok", "32-bit float pixels, all finite"),
+        ] + _svg_cases()
     if modality == "text":
         return [
             ("latin-1-bytes", ".txt", "café naïve façade über señor".encode("latin-1"), "either",
@@ -299,6 +342,10 @@ def _specific(modality: str) -> list[tuple[str, str, bytes, Expect, str]]:
             ("edge-utf8-with-bom", ".txt", b"\xef\xbb\xbf" + text_bytes(seed=9), "ok", "UTF-8 with a BOM"),
             ("edge-long-line", ".txt", (b"bird " * 4000).strip(), "ok", "20 KB on one line is a long document"),
             ("edge-non-ascii-utf8", ".txt", "ein kleiner Vogel singt über dem Fluss — 小鸟".encode(), "ok", "UTF-8"),
+            ("edge-long-256k", ".txt", b"".join(text_bytes(seed=s) for s in range(3000))[:262_144], "ok",
+             "a 256 KiB document is long, not too long"),
+            ("one-60000-letter-word", ".txt", b"b" + b"ird" * 20_000, "error",
+             "60 KB without a space: the tokenizer keeps words of 2 to 15 letters, so the document has no word"),
         ]
     if modality == "audio":
         header_only = wav_bytes(np.zeros(0))
@@ -317,6 +364,16 @@ def _specific(modality: str) -> list[tuple[str, str, bytes, Expect, str]]:
             ("some-nan-samples", ".wav", float_wav_bytes(np.r_[tone(0.1) / 32767, nan]), "error", "a NaN sample"),
             ("rate-zero-header", ".wav", header_only[:24] + struct.pack("<I", 0) + header_only[28:] + bytes(200),
              "error", "a sample rate of 0 Hz"),
+            ("samples-1e30", ".wav", float_wav_bytes(tone(0.25) / 32767 * 1e30), "error",
+             "finite samples so large that the float32 spectrum overflows: a non-finite intermediate"),
+            ("samples-3e38", ".wav", float_wav_bytes(np.full(2000, 3e38)), "error", "the largest float32 samples"),
+            ("edge-samples-1e12", ".wav", float_wav_bytes(tone(0.25) / 32767 * 1e12), "ok",
+             "far past full scale, but the spectrum stays finite"),
+            ("silent-flac-601s", ".flac", flac_bytes(np.zeros(601 * 8000)), "error",
+             "601 s of silence (14 KB): longer than the 600 s limit, refused instead of decoded whole"),
+            ("flac-header-claims-3h", ".flac", flac_bytes(np.zeros(8000), claim_samples=3 * 3600 * 8000), "error",
+             "its header declares 3 hours: refused before decoding"),
+            ("edge-silent-flac-60s", ".flac", flac_bytes(np.zeros(60 * 8000)), "ok", "a minute of silence"),
             ("data-size-lies", ".wav", wav_bytes(tone(0.05))[:40] + struct.pack("<I", 2**31) + bytes(100), "either",
              "the data chunk claims 2 GB but has 100 bytes: read what is there, or refuse"),
         ]
@@ -349,6 +406,18 @@ def _specific(modality: str) -> list[tuple[str, str, bytes, Expect, str]]:
             ("edge-obj", ".obj", obj_bytes(CUBE_V, CUBE_F), "ok", "a cube in OBJ"),
             ("edge-ply", ".ply", ply_bytes(CUBE_V, CUBE_F), "ok", "a cube in PLY"),
             ("edge-stl", ".stl", stl_bytes(CUBE_V, CUBE_F), "ok", "a cube in binary STL"),
+            ("overflow-1e308-off", ".off", off_bytes(_scaled(CUBE_V, 1e308), CUBE_F), "error",
+             "finite coordinates whose triangle areas overflow float64 (was a row of zeros)"),
+            ("overflow-1e200-obj", ".obj", obj_bytes(_scaled(CUBE_V, 1e200), CUBE_F), "error", "areas overflow"),
+            ("overflow-mixed-sign-ply", ".ply", ply_bytes([(1e308 if x else -1e308, y, z) for x, y, z in CUBE_V],
+                                                          CUBE_F), "error",
+             "coordinates of +-1e308: their differences overflow"),
+            ("far-degenerate-vertex", ".off", off_bytes(CUBE_V + [(1e300, 0, 0)], CUBE_F + [(0, 0, 8)]), "error",
+             "a vertex at 1e300 (of a zero-area face) does not fit the float32 normalised mesh"),
+            ("underflow-1e-300", ".off", off_bytes(_scaled(CUBE_V, 1e-300), CUBE_F), "error",
+             "the triangle areas underflow to zero: degenerate"),
+            ("edge-large-1e30", ".off", off_bytes(_scaled(CUBE_V, 1e30), CUBE_F), "ok",
+             "large but safe coordinates: the descriptor is scale-invariant"),
         ]
     if modality == "video":
         one = mp4_bytes(1, seed=11)
@@ -366,8 +435,48 @@ def _specific(modality: str) -> list[tuple[str, str, bytes, Expect, str]]:
             ("edge-one-frame", ".mp4", one, "ok", "one frame is a video (padded to a clip)"),
             ("edge-avi-mjpeg", ".avi", mp4_bytes(4, seed=15, codec="mjpeg", fmt="avi"), "ok", "MJPEG in AVI"),
             ("edge-odd-size", ".mp4", mp4_bytes(3, size=18, seed=16), "ok", "an 18x18 video"),
+            ("frames-9100-tiny", ".mp4", mp4_bytes(9100, size=16, seed=17), "error",
+             "9,100 frames of 16x16 (340 KB): past the 9,000-frame limit, refused instead of held in memory"),
+            ("edge-frames-300-tiny", ".mp4", mp4_bytes(300, size=16, seed=18), "ok", "300 frames is a video"),
         ]
     raise ValueError(modality)
+
+
+def _scaled(vertices: list, scale: float) -> list:
+    return [(x * scale, y * scale, z * scale) for x, y, z in vertices]
+
+
+def _svg_cases() -> list[tuple[str, str, bytes, Expect, str]]:
+    """SVG images: read when resvg-py is installed (else every .svg is listed as unsupported: an error)."""
+    ok: Expect = "ok" if SVG_READABLE else "error"
+    bomb = base64.b64encode(png_header_bytes(100_000, 100_000)).decode()
+    entities = '<!ENTITY a "aaaaaaaaaa">' + "".join(
+        f'<!ENTITY {chr(98 + i)} "{("&" + chr(97 + i) + ";") * 10}">' for i in range(9))
+    rect = '<rect x="5" y="5" width="20" height="10" fill="#cc3300"/>'
+    return [
+        ("edge-svg", ".svg", svg_bytes(rect), ok, "a plain SVG drawing"),
+        ("edge-svg-100000x100000", ".svg", svg_bytes(rect, width="100000", height="100000"), ok,
+         "a huge declared size is rasterised scaled down to the bound (1024 px), not at 10^10 pixels"),
+        ("edge-svg-aspect-100000x1", ".svg", svg_bytes(rect, width="100000", height="1"), ok,
+         "an extreme aspect ratio: 1024x1 pixels"),
+        ("edge-svg-no-size", ".svg", svg_bytes(rect, width=None, height=None), ok, "no size: 100 x 100"),
+        ("edge-svg-rect-1e308", ".svg", svg_bytes('<rect width="1e308" height="1e308"/>'), "either",
+         "a shape with overflowing coordinates: drawn clipped, or refused by the renderer"),
+        ("svg-embedded-png-bomb", ".svg",
+         svg_bytes(f'<image width="4" height="4" href="data:image/png;base64,{bomb}"/>'),
+         "error", "an embedded PNG declaring 10^10 pixels (resvg would abort on a 30 GB allocation)"),
+        ("svg-entity-bomb", ".svg", f'<?xml version="1.0"?><!DOCTYPE svg [{entities}]>'.encode()
+         + svg_bytes("<text>&j;</text>"), "error", "a billion laughs: refused by the XML parser"),
+        ("svg-deep-nesting", ".svg", svg_bytes("<g>" * 20_000 + "</g>" * 20_000), "error",
+         "20,000 nested groups overflow the renderer's stack: the crash is isolated, the file refused"),
+        ("svg-use-loop", ".svg", svg_bytes('<g id="a"><use href="#b"/></g><g id="b"><use href="#a"/></g>'), "error",
+         "two groups that use each other"),
+        ("svg-malformed", ".svg", svg_bytes(rect)[:-20], "error", "not well-formed XML (cut before its end)"),
+        ("svg-html-root", ".svg", b"<html><body><p>not a drawing</p></body></html>", "error", "not an SVG document"),
+        ("svg-zero-size", ".svg", svg_bytes(rect, width="0"), "error", "a width of 0"),
+        ("svg-links-a-file", ".svg", svg_bytes('<image width="4" height="4" xlink:href="/etc/hostname"/>'), "error",
+         "a link to a local file is not followed"),
+    ]
 
 
 def _zero_middle(data: bytes) -> bytes:
@@ -398,17 +507,31 @@ def make_corpus(root: str | Path, *, seed: int = 0, modalities: tuple[str, ...] 
         for i in range(good_per_modality):
             add(f"good-{'ab'[i % 2]}/good-{i}{ext}", good_bytes(m, seed=seed + i), "good", "ok", "a valid file")
         add(f"bad/zero-byte{ext}", b"", "zero-byte", "error", "an empty file")
+        sizes_cut: set[int] = set()
         for cut in TRUNCATE_AT:
             full = len(goods[m])
             size = int(full * cut) if isinstance(cut, float) else cut if cut > 0 else full + cut
+            if size in sizes_cut:  # a fraction of a short file can land on a byte count already made
+                continue
+            sizes_cut.add(size)
             label = f"truncated-{cut:.0%}" if isinstance(cut, float) else f"truncated-{size}B"
             expect, why = _truncation_outcome(m, size, len(goods[m]))
             add(f"bad/{label}{ext}", goods[m][:size], label, expect, why)
-        for size in RANDOM_SIZES:
+        draws = [(size, 0) for size in RANDOM_SIZES] + [(size, d) for d in (1, 2) for size in RANDOM_RESEEDED]
+        for size, draw in draws:
             data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
             lenient = m == "text" and b"\x00" not in data
-            add(f"bad/random-{size}B{ext}", data, f"random-{size}B", "either" if lenient else "error",
+            name = f"random-{size}B" + (f"-draw{draw}" if draw else "")
+            add(f"bad/{name}{ext}", data, f"random-{size}B", "either" if lenient else "error",
                 "random bytes, no NUL: refuse as not UTF-8, or decode with a fallback" if lenient else "random bytes")
+        if m == "text":  # 16 MiB + 1 byte, sparse: over the text extractors' max_bytes, costing no disk
+            sparse = _write(root / m / "bad" / "over-16MiB-sparse.txt", b"")
+            os.truncate(sparse, 16 * 2**20 + 1)
+            corpus.cases.append(Case(sparse, m, "over-max-bytes", "error",
+                                     "a text over the 16 MiB limit is refused before it is read"))
+        latin1 = root / m / "good-a" / os.fsdecode(b"caf\xe9-not-utf8" + ext.encode())
+        corpus.cases.append(Case(_write(latin1, good_bytes(m, seed=seed + 7)), m, "non-utf8-name", "either",
+                                 "a file name in latin-1: a row (the path stored losslessly) or a named reason"))
         for other in MODALITIES:
             if other != m:
                 expect, why = ("either", "FFmpeg opens a PNG as a one-frame image") if (m, other) == (
@@ -444,8 +567,8 @@ def _adder(corpus: Corpus, base: Path, modality: str) -> Callable[..., None]:
 
 def _truncation_outcome(modality: str, size: int, full: int) -> tuple[Expect, str]:
     if modality == "text":
-        return ("ok", "a truncated UTF-8 text cut at a word is still text") if size > 1 else (
-            "either", "one letter is a (tiny) document, or too short to embed")
+        return ("ok", "a truncated UTF-8 text cut at a word is still text") if size > 3 else (
+            "either", "a letter or two is a (tiny) document, or too short to embed")
     if modality == "mesh" and size >= full - 1:
         return "either", "the OFF text loses its last newline only"
     if modality == "image" and size >= full - 1:
