@@ -48,6 +48,9 @@ CACHE_DIR_ENV = "CROSSMODAL_CACHE_DIR"
 OFFLINE_ENV = "CROSSMODAL_OFFLINE"
 OFFLINE_ENVS = (OFFLINE_ENV, "HF_HUB_OFFLINE")  # huggingface_hub's switch counts too: one "no network" for the user
 DOWNLOAD_TIMEOUT_S = 30  # per socket operation (connect, each read), not for the whole file
+# The URLs of the torchvision enums used here: reading one from torchvision imports torchvision.models, every model and
+# torch._dynamo (2 s), only to list extractors or find a file. tests/test_weights.py checks them against torchvision.
+TORCHVISION_URLS = {"VGG19_Weights.IMAGENET1K_V1": "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,9 +102,11 @@ class WeightsSpec:
     @classmethod
     def from_torchvision(cls, enum_name: str, *, extractor: str, env_name: str, alternative: str = "") -> WeightsSpec:
         """The spec of a torchvision weights enum member, e.g. ``"VGG19_Weights.IMAGENET1K_V1"``."""
-        from torchvision.models import get_weight
+        url = TORCHVISION_URLS.get(enum_name)
+        if url is None:
+            from torchvision.models import get_weight
 
-        url = get_weight(enum_name).url
+            url = get_weight(enum_name).url
         return cls(extractor=extractor, env_name=env_name, filename=url.rsplit("/", 1)[-1], url=url,
                    alternative=alternative)
 

@@ -395,3 +395,11 @@ def test_minilm_loads_its_local_model_without_a_loading_weights_bar(capfd):
     minilm = create_extractor("minilm")
     assert minilm(["a red bird sings"]).shape == (1, 384)
     assert "Loading weights" not in capfd.readouterr().err
+
+
+def test_the_torchvision_urls_kept_here_are_torchvision_s_own():
+    from torchvision.models import get_weight
+
+    for enum_name, url in W.TORCHVISION_URLS.items():
+        assert get_weight(enum_name).url == url
+        assert W.WeightsSpec.from_torchvision(enum_name, extractor="x", env_name="X").filename == url.rsplit("/")[-1]
