@@ -310,8 +310,9 @@ def run_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[str
     if batch_size < 1 or shard_size < 1 or (workers or 0) < 0:
         raise ConfigError(f"batch size {batch_size}, shard size {shard_size} and workers {workers} must be positive")
     start = time.perf_counter()
-    plan = plan_extract(workspace, modality, paths, extractor=extractor, labels_from=labels_from, workers=workers,
-                        device=device, overrides=overrides, verbose=progress)
+    with disk_full_names(workspace, None):  # the table's extractor.json, a fitted doc2vec model
+        plan = plan_extract(workspace, modality, paths, extractor=extractor, labels_from=labels_from, workers=workers,
+                            device=device, overrides=overrides, verbose=progress)
     with disk_full_names(workspace, plan):
         return _run_plan(plan, workspace, paths, labels_from=labels_from, batch_size=batch_size, workers=workers,
                          progress=progress, shard_size=shard_size, decode=decode, start=start)
@@ -353,21 +354,22 @@ def _run_plan(plan: ExtractPlan, workspace: str | os.PathLike, paths: Sequence[s
 
 
 @contextlib.contextmanager
-def disk_full_names(workspace: str | os.PathLike, plan: ExtractPlan) -> Iterator[None]:
-    """Turn a full disk anywhere in the run (a shard, errors.jsonl, run.json) into one :class:`StoreFullError` that
-    names the workspace and the space the whole run needs (its rows at the table's width, plus their metadata)."""
-    rows = len(plan.todo) + len(plan.duplicates)
-    needed = rows * (4 * plan.extractor.dim + 512)  # 512: a generous bound on a row's metadata (hash, id, path)
+def disk_full_names(workspace: str | os.PathLike, plan: ExtractPlan | None) -> Iterator[None]:
+    """Turn a full disk anywhere in the run (a shard, errors.jsonl, run.json; the table's files while planning, when
+    ``plan`` is None) into one :class:`StoreFullError` that names the workspace and the space the whole run needs (its
+    rows at the table's width, plus their metadata)."""
+    rows = len(plan.todo) + len(plan.duplicates) if plan is not None else 0
+    need = (f"; this run needs up to {_megabytes(rows * (4 * plan.extractor.dim + 512))} for {rows} rows"
+            if plan is not None else "")  # 512: a generous bound on a row's metadata (hash, id, path)
     try:
         yield
     except StoreFullError as exc:
-        raise StoreFullError(f"{exc.message}; this run needs up to {_megabytes(needed)} for {rows} rows",
-                             hint=exc.hint) from exc
+        raise StoreFullError(exc.message + need, hint=exc.hint) from exc
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        raise StoreFullError(f"no space left on the disk of workspace {workspace} ({exc.filename or 'a run file'}); "
-                             f"this run needs up to {_megabytes(needed)} for {rows} rows",
+        raise StoreFullError(f"no space left on the disk of workspace {workspace} ({exc.filename or 'a run file'})"
+                             + need,
                              hint="free space on that disk (or give --workspace on another one) and re-run the same "
                                   "command: it resumes where it stopped") from exc
 

@@ -197,3 +197,20 @@ def test_a_file_name_that_is_not_utf8_gets_its_row_with_its_exact_path_and_costs
     assert odd_row["item_id"] == "circle/caf\\xe9-\\xff" and odd_row["labels"] == ["circle"]
     assert [r["source_path_bytes"] for r in rows].count(None) == 3
     assert extract(tmp_path / "ws", tmp_path / "media").skipped == 4
+
+
+def test_a_full_disk_while_the_table_is_created_is_one_line_too(tmp_path, monkeypatch, capsys):
+    import pathlib
+
+    write_shapes(tmp_path / "media", per_class=1)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "extractor.json.incomplete")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", disk_full)
+    code = main(["extract", "-m", "image", str(tmp_path / "media"), "-w", str(tmp_path / "ws"), "-e", "hog-color",
+                 "--workers", "0"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("error", "  fix"))]
+    assert code == 2 and err[0] == (f"error: no space left on the disk of workspace {tmp_path / 'ws'} "
+                                    "(extractor.json.incomplete)")
+    assert len(err) == 2
