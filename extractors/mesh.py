@@ -29,7 +29,10 @@ compares two models by the minimum distance over the 60 rotations of the dodecah
 concatenation, as the benchmarks used it. Silhouettes are not quantised to 8 bits as in the original tool.
 
 An empty silhouette (a flat mesh seen edge-on) gives 47 zeros. Loading uses open3d and, where open3d reads no
-geometry (e.g. ModelNet .off files whose first line is ``OFF490 518 0``), trimesh.
+geometry (e.g. ModelNet .off files whose first line is ``OFF490 518 0``), trimesh. A mesh of more than ``max_faces``
+triangles (500,000; ModelNet's CAD models have a few thousand to tens of thousands) is refused, from the header when
+it declares the count: memory (about 1.1 KB per triangle, the ray-casting scene included) and time grow with it. The
+limit only refuses files, so it is not part of the key.
 """
 
 from __future__ import annotations
@@ -76,11 +79,12 @@ class LightFieldConfig(ExtractorConfig):
 
     resolution: int = 256  # silhouette side in pixels (§3: 256 x 256)
     contour_points: int = 128  # samples of the centroid-distance signature along the contour (Zhang and Lu)
+    max_faces: int = 500_000  # meshes of more triangles are refused (memory, about 1.1 KB per triangle, and ray casting)
 
     extractor = "lightfield"
     # resolution: the cached rays of the 100 views take 100 x 0.79 R^2 x 24 bytes (124 MB at 256, 500 MB at 512);
     # contour_points: the Fourier coefficients 1..10 need more than 2 x 10 samples
-    bounds = {"resolution": (16, 512), "contour_points": (2 * NUM_FOURIER + 2, 4096)}
+    bounds = {"resolution": (16, 512), "contour_points": (2 * NUM_FOURIER + 2, 4096), "max_faces": (1, 1 << 31)}
 
 
 class Mesh(NamedTuple):
@@ -98,6 +102,7 @@ class LightFieldExtractor(Extractor):
     name = "lightfield"
     Config = LightFieldConfig
     extensions = (".obj", ".off", ".ply", ".stl")
+    key_ignores = ("max_faces",)  # it refuses files, never changes a row
     is_default = True
 
     def __init__(self, config: LightFieldConfig | None = None, *, device: str = "cpu"):
@@ -115,8 +120,9 @@ class LightFieldExtractor(Extractor):
 
         Raises:
             MediaError: unreadable file, a header that declares more than the file holds (checked before any reader
-                allocates for it), no vertices, no faces, NaN/infinite vertices, face indices out of range, or every
-                triangle of zero area.
+                allocates for it), no vertices, no faces, NaN/infinite vertices, face indices out of range, every
+                triangle of zero area, or more than ``max_faces`` triangles (from the header, before reading, when
+                the format declares a count: OFF, PLY, binary STL; else once read).
         """
         path = Path(path)
         if not path.is_file():
@@ -124,10 +130,15 @@ class LightFieldExtractor(Extractor):
         if path.stat().st_size == 0:
             raise MediaError(path, "empty file (0 bytes)")
         declared = declared_counts(path)
+        faces = declared[1] if declared else binary_stl_triangles(path)  # OBJ and text STL declare no count
+        if faces > self.config.max_faces:
+            raise _too_many_faces(path, self.config.max_faces, f"its header declares {faces}")
         vertices, triangles = self._read(path)
         if declared and (len(vertices) < declared[0] or len(triangles) < declared[1]):
             raise MediaError(path, f"truncated or malformed: the header declares {declared[0]} vertices and "
                                    f"{declared[1]} faces, {len(vertices)} and {len(triangles)} could be read")
+        if len(triangles) > self.config.max_faces:  # polygons split into triangles, or a format without counts
+            raise _too_many_faces(path, self.config.max_faces, f"{len(triangles)} triangles read")
         return normalise_mesh(path, vertices, triangles)
 
     def embed(self, items: Sequence[Mesh]) -> np.ndarray:
@@ -201,7 +212,8 @@ class LightFieldExtractor(Extractor):
             return vertices, triangles
         trimesh = require("trimesh", extractor=self.name, extra="3d")
         try:
-            loaded: Any = trimesh.load(str(path), force="mesh", process=False)
+            with np.errstate(all="ignore"):  # a float32 PLY holding 1e308 reads as inf: checked, not warned about
+                loaded: Any = trimesh.load(str(path), force="mesh", process=False)
         except Exception as exc:  # trimesh raises ValueError, KeyError, IndexError... on malformed files
             reason = f"not a readable mesh (open3d read nothing; trimesh: {type(exc).__name__}: {exc})"
             raise MediaError(path, reason) from exc
@@ -288,6 +300,22 @@ def outer_regions(images: np.ndarray) -> np.ndarray:
     within_image_4[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
     background, _ = ndimage.label(~largest, structure=within_image_4)
     return background != background[:, :1, :1]
+
+
+def _too_many_faces(path: Path, max_faces: int, how: str) -> MediaError:
+    return MediaError(path, f"more triangles than the limit max_faces={max_faces} ({how})",
+                      hint="simplify the mesh, or raise the limit with --set max_faces=N (memory grows by about "
+                           "1.1 KB per triangle)")
+
+
+def binary_stl_triangles(path: Path) -> int:
+    """The triangle count a binary STL declares (0 for other files; :func:`declared_counts` checked it fits)."""
+    if path.suffix.lower() != ".stl":
+        return 0
+    with open(path, "rb") as f:
+        head = f.read(4096)  # as declared_counts reads it
+    binary = len(head) >= 84 and not (head[:5].lower() == b"solid" and b"facet" in head)
+    return int.from_bytes(head[80:84], "little") if binary else 0
 
 
 def declared_counts(path: Path) -> tuple[int, int] | None:
