@@ -37,6 +37,7 @@ for args in [["--help"], *[[verb, "--help"] for verb in verbs]]:
     with contextlib.redirect_stdout(io.StringIO()) as out:
         assert main(args) == 0, args
     assert "Usage" in out.getvalue(), args
+    assert "<bool>" not in out.getvalue(), args  # flags read as flags, not as options taking a value
 """
     assert modules_left_by(code) == []
 

@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv``; return the exit code. User errors print one line with the fix, never a traceback."""
     command = typer.main.get_command(app)
-    _help_reads_as_a_flag(command)
+    _flags_read_as_flags(command)
     saved = {name: os.environ.get(name) for name in (OFFLINE_ENV, "HF_HUB_OFFLINE")}  # --offline sets them
     try:
         # standalone_mode=False: click returns a verb's typer.Exit code instead of raising it
@@ -53,14 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _help_reads_as_a_flag(command) -> None:
-    """Blank the metavar of every command's ``--help``: typer 0.29 shows it as ``--help <bool>``, as if it took a
-    value (the shared flags set ``metavar=""`` themselves, pipelines/cli/_options.py)."""
-    commands = [command, *getattr(command, "commands", {}).values()]
-    for cmd in commands:
-        option = cmd.get_help_option(SimpleNamespace(help_option_names=["--help"]))
-        if option is not None:
-            option.metavar = ""
+def _flags_read_as_flags(command) -> None:
+    """Blank the metavar of every flag (``--help``, ``--json``, ``--prior-transfer/--no-prior-transfer``): typer 0.29's
+    help shows ``--json <bool>``, as if the flag took a value."""
+    for cmd in [command, *getattr(command, "commands", {}).values()]:
+        help_option = cmd.get_help_option(SimpleNamespace(help_option_names=["--help"]))
+        for param in [*cmd.params, *([help_option] if help_option is not None else [])]:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
 
 
 def run() -> None:

@@ -8,14 +8,12 @@ from typing import Annotated
 
 import typer
 
-# NOTE: metavar="" on flags: typer 0.29's help shows a bool option's type ("--json <bool>"), which reads as if the
-# flag took a value.
 WorkspaceOpt = Annotated[
     Path,
     typer.Option("--workspace", "-w", help="Workspace folder (store, models, indexes).", envvar="CROSSMODAL_WORKSPACE"),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda (auto picks CUDA when present).")]
-JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print machine-readable JSON instead of tables.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 ModelNameOpt = Annotated[str, typer.Option("--model", "--name", help="Model name inside the workspace (models/NAME).")]
 
@@ -32,7 +30,7 @@ def _go_offline(offline: bool) -> bool:
 
 
 OfflineOpt = Annotated[bool, typer.Option(
-    "--offline", metavar="", callback=_go_offline,
+    "--offline", callback=_go_offline,
     help="Download nothing: use only weights already on this machine (same as CROSSMODAL_OFFLINE=1 or "
          "HF_HUB_OFFLINE=1).")]
 
