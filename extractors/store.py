@@ -336,6 +336,28 @@ class FeatureTable:
         """Shards without a ``.sha256`` (written before the store recorded checksums)."""
         return [p for p in self.shard_paths() if not p.with_suffix(SUMS).exists()]
 
+    def seal(self, parquet: Path) -> bool:
+        """Record the checksums of a shard written before the store recorded them, once its other checks pass.
+
+        Returns:
+            Whether a ``.sha256`` was written (False: the shard had one).
+
+        Raises:
+            StoreError: the shard fails its structural or finite checks.
+        """
+        sums = parquet.with_suffix(SUMS)
+        if sums.exists():
+            return False
+        self._load_npy(parquet, self._read_meta(parquet, cached=False).num_rows, cached=False)
+        record = {"npy": _sha256(parquet.with_suffix(".npy")), "parquet": _sha256(parquet),
+                  "rows": pq.ParquetFile(parquet).metadata.num_rows}
+        tmp = Path(f"{sums}.incomplete")
+        with open(tmp, "w") as f:
+            f.write(json.dumps(record))
+            _flush(f)
+        os.replace(tmp, sums)
+        return True
+
     def drop_shard(self, parquet: Path) -> pa.Table | None:
         """Remove a shard: its parquet first (the shard no longer exists), then its other files.
 
@@ -505,7 +527,8 @@ class FeatureStore:
 
 def item_key(content_hash: str, item_id: str, labels: Sequence[str] | None) -> tuple[str, str, tuple[str, ...]]:
     """An item's identity in a table: its bytes, its id and its labels (the same bytes under two names or two classes
-    are two items). Ids and labels compare as stored (:func:`printable`), so a name that is not UTF-8 matches its row."""
+    are two items). Ids and labels compare as stored (:func:`printable`), so a name that is not UTF-8 matches its
+    row."""
     return content_hash, printable(item_id), tuple(sorted(printable(label) for label in labels or ()))
 
 

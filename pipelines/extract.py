@@ -689,9 +689,11 @@ def repair_store(workspace: str | os.PathLike, *, reextract: bool = True, device
     What is dropped and not re-extracted is no longer in the store, so the next ``crossmodal extract`` of the same
     folders extracts it again.
 
+    Shards written before checksums were recorded get them (``sealed``) once their other checks pass.
+
     Returns:
-        ``verify_store``'s dict, the ``bad`` entries with ``reextracted`` filled in, and ``dropped``: rows removed
-        and not re-extracted.
+        ``verify_store``'s dict, the ``bad`` entries with ``reextracted`` filled in, ``dropped``: rows removed and not
+        re-extracted, and ``sealed``: the shards whose checksums were recorded now.
     """
     from extractors.base import file_sha256
     from extractors.store import stored_path
@@ -725,8 +727,10 @@ def repair_store(workspace: str | os.PathLike, *, reextract: bool = True, device
                     report.reextracted = _commit(table, good) if good else 0
         dropped += (report.rows or 0) - report.reextracted
         reports.append(report)
+    bad = {p.parquet for p in problems}
+    sealed = [p for p in unchecked if p not in bad and FeatureTable(p.parent.parent).seal(p)]
     return {"shards": count, "bad": [dataclasses.asdict(r) for r in reports], "dropped": dropped,
-            "unchecked": [str(p) for p in unchecked]}
+            "sealed": [str(p) for p in sealed], "unchecked": []}
 
 
 def _row_count(parquet: Path) -> int | None:

@@ -214,3 +214,16 @@ def test_a_full_disk_while_the_table_is_created_is_one_line_too(tmp_path, monkey
     assert code == 2 and err[0] == (f"error: no space left on the disk of workspace {tmp_path / 'ws'} "
                                     "(extractor.json.incomplete)")
     assert len(err) == 2
+
+
+def test_store_repair_records_the_checksums_of_shards_written_before_them(tmp_path, capsys):
+    table = table_in(tmp_path)
+    parquet = table.write_shard(np.ones((3, DIM), np.float32), toy_rows(3))
+    recorded = parquet.with_suffix(".sha256").read_text()
+    parquet.with_suffix(".sha256").unlink()
+    assert main(["store", "verify", "--workspace", str(tmp_path)]) == 0
+    assert "1 shards were written before checksums were recorded" in capsys.readouterr().err
+    assert main(["store", "repair", "--workspace", str(tmp_path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sealed"] == [str(parquet)]
+    assert json.loads(parquet.with_suffix(".sha256").read_text()) == json.loads(recorded)
+    assert table.unchecked() == []

@@ -43,6 +43,8 @@ def repair(
     result = repair_store(workspace, reextract=reextract, device=device)
     out = Output(as_json)
     _show(out, result, title=f"shards dropped from {workspace}")
+    if result["sealed"] and not as_json:
+        out.info(f"recorded the checksums of {len(result['sealed'])} shards written before checksums were recorded")
     if result["bad"] and not as_json:
         again = sum(b["reextracted"] for b in result["bad"])
         out.info(f"dropped {len(result['bad'])} bad shards; {again} rows re-extracted from their files, "
