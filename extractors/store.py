@@ -16,10 +16,11 @@ open removes. A full disk (ENOSPC) removes the shard's files and raises :class:`
 
 Reads verify each shard once per process (cached by path, inode, size and mtime): both checksums, the ``.npy``'s dtype
 and shape against the parquet's rows, and finite values. A bad shard raises :class:`StoreError` naming it, with the fix
-``crossmodal store repair``. Measured on a 100,000 x 128 shard (51 MB npy, 2 MB parquet; medians of 15 reads on a
-shared 2-core machine): the first read in a process takes 139 ms, later ones 58 ms, so the checks cost
-about 80 ms once per process (sha256 of both files and the finite check); the read before checksums took 419 ms, spent
-in removing duplicates row by row, which now runs only when a content hash repeats. Shards written before checksums
+``crossmodal store repair``. Measured with benchmarks/store_verify.py on a 100,000 x 128 shard (51 MB npy, 2 MB
+parquet; medians of 15 reads on a shared 2-core machine): the first read in a process takes 139 ms and later ones
+58 ms when the machine is quiet (292 and 105 ms at a load average of 6), so the checks cost 80-190 ms once per process
+(sha256 of both files and the finite check). The read before checksums took 419 ms there, spent in removing duplicates
+row by row, which now runs only when a content hash repeats. Shards written before checksums
 were recorded get the structural and finite checks only (``store verify`` lists them).
 
 Concurrency: several writers (threads, processes, Ray workers) may write to one table. Shard names carry a uuid, so they
