@@ -178,3 +178,36 @@ def test_concurrent_writers_and_openers_leave_every_row_exactly_once(table):
     for h, row in zip(hashes, X):
         w, s = int(h.split("-")[0][1:]), int(h.split("-")[1][1:])
         assert (row == w * 100 + s).all()
+
+
+def test_the_same_bytes_under_two_item_ids_or_labels_are_two_rows_and_the_same_item_twice_is_one(table):
+    same = [StoreRow("h", "cat/a", "/raw/cat/a.png", ("cat",)), StoreRow("h", "cat/b", "/raw/cat/b.png", ("cat",)),
+            StoreRow("h", "dog/a", "/raw/dog/a.png", ("dog",))]
+    table.write_shard(np.ones((3, DIM), np.float32), same)
+    table.write_shard(np.ones((1, DIM), np.float32), same[:1])  # written again by a concurrent run
+    X, meta = table.read()
+    assert meta.column("item_id").to_pylist() == ["cat/a", "cat/b", "dog/a"] and len(X) == 3
+    assert table.known_hashes() == {"h"} and len(table) == 3
+
+
+def test_a_path_that_is_not_utf8_is_written_as_bytes_and_given_back_exactly(table):
+    from extractors.store import stored_path
+
+    raw = b"/raw/caf\xe9.png"
+    table.write_shard(np.ones((1, DIM), np.float32), [StoreRow("h", "caf\udce9", os.fsdecode(raw), ("\udcff",))])
+    row = table.read()[1].to_pylist()[0]
+    assert (row["source_path"], row["item_id"], row["labels"]) == ("/raw/caf\\xe9.png", "caf\\xe9", ["\\xff"])
+    assert os.fsencode(stored_path(row["source_path"], row["source_path_bytes"])) == raw
+
+
+def test_a_split_other_than_train_val_or_test_is_refused_at_write(table):
+    with pytest.raises(StoreError, match=r"a split is train, val, test or None, got \['TEST'\]"):
+        table.write_shard(np.ones((1, DIM), np.float32), [StoreRow("h", "a", "/a.png", (), "TEST")])
+
+
+def test_an_orphan_checksum_record_left_by_a_killed_writer_is_removed_on_the_next_open(table):
+    table.write_shard(features(1), rows("a"))
+    orphan = table.shards / "part-000002-deadbeef.sha256"
+    orphan.write_text("{}")
+    FeatureTable(table.path)
+    assert not orphan.exists() and len(table.shard_paths()) == 1
