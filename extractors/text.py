@@ -25,7 +25,10 @@ Length limits, so that memory is bounded by the config, not by the file:
   descriptor is the mean of the mean-pooled vectors of the text's first ``max_chunks`` windows, L2-normalised; the rest
   of the text is not used. The default, one window, is the usual truncation of sentence transformers. Only the shortest
   prefix of the text, cut at whitespace, that holds those windows is tokenised (not the whole text, whose tokenisation
-  takes about 25 bytes per character), so the windows are exactly those of the whole text's tokens.
+  takes about 25 bytes per character), so the windows are exactly those of the whole text's tokens. That prefix is at
+  most 64 characters per token of the windows (16,256 characters for one window; a text with words needs 3 to 6):
+  a text that spends more, in runs of whitespace or in words of over 100 letters (which BERT reads as one unknown
+  token each), is cut there, and a run of 1,000 characters without whitespace is cut inside.
 * ``doc2vec`` tokenises the whole text (at most ``max_bytes / 3`` tokens: a token is 2 or more letters and a
   separator); gensim then trains the inferred vector on at most the first 10,000 words of the vocabulary it keeps (its
   ``MAX_DOCUMENT_LEN``), and the vector's random start is seeded from every token.
@@ -61,6 +64,8 @@ MAX_TEXT_BYTES = 16 * 2**20  # default ``max_bytes`` of the text extractors
 # Where a prefix may be cut without changing the tokens before the cut: the whitespace BERT's normaliser keeps as a
 # separator (other separators, e.g. U+001C, are control characters it deletes, which would join two words)
 _CUT = re.compile(r"[ \t\n\r]")
+_LONGEST_RUN = 1000  # characters searched for whitespace past a cut point before cutting inside the run
+_CHARS_PER_TOKEN = 64  # the most characters minilm reads per token of its windows (module docstring)
 
 
 def read_text(path: Path, *, max_bytes: int = MAX_TEXT_BYTES) -> str:
@@ -460,7 +465,7 @@ class MiniLM(Extractor):
         self._load_model()
         c = self.config
         needed = c.max_chunks * (c.max_length - self._tokenizer.num_special_tokens_to_add(pair=False))
-        size = 8 * needed  # characters: English tokens span 3 to 5; a longer prefix is tried when these hold fewer
+        size, most = 8 * needed, _CHARS_PER_TOKEN * needed  # characters; English tokens span 3 to 5
         while True:
             cut = _cut_at_space(text, size)
             if cut == len(text) and size >= len(text):
@@ -469,9 +474,9 @@ class MiniLM(Extractor):
                                      verbose=False)  # no warning that the prefix is longer than a window: it is meant
             if len(tokens["input_ids"]) >= needed:
                 return text[:_cut_at_space(text, tokens["offset_mapping"][needed - 1][1])]
-            if cut == len(text):
-                return text
-            size = 2 * cut
+            if cut == len(text) or size >= most:
+                return text[:cut]
+            size = min(2 * cut, most)
 
     def _load_model(self) -> None:
         if self._model is None:
@@ -493,9 +498,12 @@ class MiniLM(Extractor):
 
 
 def _cut_at_space(text: str, start: int) -> int:
-    """Index of the first BERT whitespace at or after ``start``, or ``len(text)``."""
-    found = _CUT.search(text, min(start, len(text)))
-    return found.start() if found else len(text)
+    """Index of the first BERT whitespace at or after ``start`` and before ``start + _LONGEST_RUN``, else that end (or
+    ``len(text)``)."""
+    if start >= len(text):
+        return len(text)
+    found = _CUT.search(text, start, start + _LONGEST_RUN)
+    return found.start() if found else min(start + _LONGEST_RUN, len(text))
 
 
 __all__ = ["TEXT_EXTENSIONS", "Doc2VecExtractor", "MiniLM", "load_doc2vec", "read_text", "save_doc2vec"]

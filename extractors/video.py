@@ -82,7 +82,11 @@ def decode_frames(path: Path, *, width: int, height: int, max_frames: int | None
     if path.stat().st_size == 0:
         raise MediaError(path, "empty file (0 bytes)")
     check_iso_boxes(path)
-    frames = []
+    # The frames the index lists are written in place (np.empty commits no memory until written), so the result is
+    # not a second copy of them; frames past that count, or all when the index lists none, are stacked at the end.
+    listed: np.ndarray | None = None
+    frames: list[np.ndarray] = []
+    n = 0
     # One reformatter for the whole video: each frame's own would build a new swscale context per frame, which costs
     # more than the decoding (22 ms against 9 ms for 32 frames of 320x240 to 64x64, the same pixels).
     reformatter = av.video.reformatter.VideoReformatter()
@@ -100,23 +104,31 @@ def decode_frames(path: Path, *, width: int, height: int, max_frames: int | None
             if max_frames is not None and expected > max_frames:
                 raise _too_many_frames(path, max_frames, f"its index lists {expected}")
             _check_pixels(path, stream.codec_context.width, stream.codec_context.height, max_pixels)
+            if expected:
+                listed = np.empty((expected, *((crop[2], crop[2]) if crop else (height, width)), 3), np.uint8)
             for frame in container.decode(stream):
                 _check_pixels(path, frame.width, frame.height, max_pixels)  # a stream may change size midway
-                if max_frames is not None and len(frames) == max_frames:
+                if max_frames is not None and n == max_frames:
                     raise _too_many_frames(path, max_frames, "decoding passed it and stopped")
                 rgb = reformatter.reformat(frame, width=width, height=height, format="rgb24",
                                            interpolation="BILINEAR").to_ndarray()
                 if crop is not None:
                     top, left, side = crop
                     rgb = np.ascontiguousarray(rgb[top:top + side, left:left + side])  # the full frame is dropped
-                frames.append(rgb)
+                if listed is not None and n < len(listed):
+                    listed[n] = rgb
+                else:
+                    frames.append(rgb)
+                n += 1
     except av.FFmpegError as exc:
         raise MediaError(path, f"not a decodable video ({type(exc).__name__}: {exc.strerror})") from exc
-    if not frames:
+    if not n:
         raise MediaError(path, "the video stream holds no decodable frames (truncated or empty)")
-    if expected and len(frames) < expected:
-        raise MediaError(path, f"truncated: decoded {len(frames)} of the {expected} frames its index lists")
-    return np.stack(frames)
+    if expected and n < expected:
+        raise MediaError(path, f"truncated: decoded {n} of the {expected} frames its index lists")
+    if listed is None:
+        return np.stack(frames)
+    return np.concatenate([listed, np.stack(frames)]) if frames else listed
 
 
 def _too_many_frames(path: Path, max_frames: int, how: str) -> MediaError:

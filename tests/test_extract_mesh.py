@@ -181,3 +181,14 @@ def test_a_binary_stl_whose_triangle_count_lies_is_refused_before_reading(lfd, t
     path.write_bytes(b" " * 80 + (10**9).to_bytes(4, "little") + bytes(50))
     with pytest.raises(MediaError, match="binary STL"):
         lfd.load(path)
+
+
+@pytest.mark.parametrize("ext, how", [(".ply", "its header declares 24"), (".stl", "its header declares 24"),
+                                      (".obj", "24 triangles read")])
+def test_a_mesh_of_more_than_max_faces_triangles_is_refused_naming_the_limit(l_shape, tmp_path, ext, how):
+    path = tmp_path / f"l{ext}"  # the L prism: 24 triangles; PLY and binary STL declare them, OBJ does not
+    o3d.io.write_triangle_mesh(str(path), _mesh(l_shape[1], l_shape[2]).compute_triangle_normals())  # STL needs them
+    with pytest.raises(MediaError, match=rf"max_faces=23 \({how}\)") as info:
+        create_extractor("lightfield", resolution=RES, max_faces=23).load(path)
+    assert str(path) in str(info.value) and "--set max_faces" in info.value.hint
+    assert len(create_extractor("lightfield", resolution=RES, max_faces=24).load(path).triangles) == 24

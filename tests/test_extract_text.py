@@ -190,3 +190,12 @@ def test_the_byte_limit_only_refuses_files_so_it_leaves_the_key_unchanged(minilm
     save_doc2vec(create_extractor("doc2vec", **TINY).fit(CORPUS), tmp_path / "model")
     keys = {create_extractor("doc2vec", **TINY, model_path=str(tmp_path / "model"), max_bytes=b).key for b in (10, 99)}
     assert len(keys) == 1
+
+
+def test_minilm_reads_a_bounded_prefix_of_a_text_without_whitespace_and_sees_the_same_unknown_word(minilm):
+    word = "a" * 200_000  # one word: BERT reads a word of over 100 letters as one [UNK], whatever its length
+    prefix = minilm.windowed_prefix(word)
+    assert len(prefix) <= 64 * 254 + 1000
+    tokenizer = minilm._tokenizer
+    assert tokenizer(prefix)["input_ids"] == tokenizer(word, verbose=False)["input_ids"] == [
+        tokenizer.cls_token_id, tokenizer.unk_token_id, tokenizer.sep_token_id]
