@@ -390,9 +390,10 @@ def commit_duplicates(plan: ExtractPlan, errors_out: Any) -> tuple[int, int]:
     vectors = plan.table.vectors({it.content_hash or "" for it in plan.duplicates})
     ready = [(it, vectors[it.content_hash]) for it in plan.duplicates if it.content_hash in vectors]
     lost = [it for it in plan.duplicates if it.content_hash not in vectors]
+    first = {it.content_hash: it.path for it in reversed(plan.todo)}
     for item in lost:
-        _write_error(errors_out, SourceError(str(item.path), "failed-duplicate", "the file with the same bytes could "
-                                             "not be extracted (its reason is listed above)"), item.content_hash)
+        message = f"same bytes as {first.get(item.content_hash, 'another file')}, which could not be extracted"
+        _write_error(errors_out, SourceError(str(item.path), "failed-duplicate", message), item.content_hash)
     for i in range(0, len(ready), DEFAULT_SHARD_SIZE):
         _commit(plan.table, ready[i:i + DEFAULT_SHARD_SIZE])
     return len(ready), len(lost)

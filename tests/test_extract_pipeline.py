@@ -463,3 +463,29 @@ def test_a_jsonl_manifest_with_a_split_of_another_kind_is_refused(tmp_path):
     (tmp_path / "list.jsonl").write_text('{"path": "media/circle/0.png", "label": "circle", "split": 1}\n')
     with pytest.raises(DatasetFormatError, match="line 1 has another value"):
         scan([], extensions=IMAGE_EXTS, labels_from=str(tmp_path / "list.jsonl"))
+
+
+def test_a_copy_of_a_file_that_fails_fails_with_it_and_is_listed_too(tmp_path):
+    write_shapes(tmp_path / "media", per_class=1)
+    for name in ("bad.png", "bad-copy.png"):
+        (tmp_path / "media" / "circle" / name).write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    summary = extract_images(tmp_path / "ws", tmp_path / "media")
+    assert (summary.extracted, summary.duplicates, summary.failed) == (3, 0, 2)
+    errors = errors_of(summary)
+    assert errors["bad-copy.png"][0] == "MediaError"  # the first in the scan's order is the one decoded
+    assert errors["bad.png"] == ("failed-duplicate", f"same bytes as {tmp_path / 'media' / 'circle' / 'bad-copy.png'}, "
+                                                     "which could not be extracted")
+
+
+def test_extract_over_a_damaged_store_exits_with_one_line_naming_the_shard_and_the_repair(tmp_path, capsys):
+    write_shapes(tmp_path / "media", per_class=1)
+    extract_images(tmp_path / "ws", tmp_path / "media")
+    parquet = next((tmp_path / "ws" / "store" / "image").glob("*/shards/*.parquet"))
+    data = bytearray(parquet.read_bytes())
+    data[100] ^= 0xFF
+    parquet.write_bytes(bytes(data))
+    code = main(["extract", "-m", "image", str(tmp_path / "media"), "-e", "hog-color", "-w", str(tmp_path / "ws")])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and len(err) == 2
+    assert err[0] == f"error: {parquet}: sha256 differs from the one recorded at commit; the file was changed"
+    assert err[1].startswith(f"  fix: run crossmodal store repair --workspace {tmp_path / 'ws'}")
