@@ -218,7 +218,9 @@ def run_isolated(path: Path, work: Callable[[], bytes], *, what: str, memory: in
             os.close(read_end)
             os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # a native library's own crash report is not the user's,
             faulthandler.disable()  # nor Python's (pytest enables it, on a copy of stderr)
-            resource.setrlimit(resource.RLIMIT_AS, (size + memory, size + memory))
+            soft, hard = resource.getrlimit(resource.RLIMIT_AS)  # a caller under a budget keeps it
+            limit = size + memory if soft == resource.RLIM_INFINITY else min(soft, size + memory)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
             try:
                 payload, code = b"\x00" + work(), 0
             except Exception as exc:  # the library's own error (resvg raises ValueError) goes to the parent as text

@@ -125,3 +125,16 @@ def test_without_resvg_svg_is_no_image_extension_and_the_reason_is_given():
             "print('.svg' in e.extensions, e.unreadable['.svg'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False SVG images need the resvg-py package: pip install 'crossmodal-toolkit[image]'"
+
+
+def test_an_svg_renders_in_a_process_under_its_own_memory_limit(tmp_path):
+    """The server runs queries under an address-space limit: the renderer's child keeps it instead of failing to
+    raise its own above it."""
+    path = write(tmp_path, "a.svg", svg('<rect width="10" height="10"/>'))
+    code = ("import resource, sys\n"
+            "from extractors.image import decode_image\n"
+            "size = int(open('/proc/self/statm').read().split()[0]) * resource.getpagesize()\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (size + (512 << 20), size + (768 << 20)))\n"
+            f"print(decode_image({str(path)!r}, max_pixels=100).size)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "(40, 20)"
