@@ -181,10 +181,7 @@ def store_items(workspace: str | Path, *, since: object = None) -> tuple[object,
 
 def upload_extensions() -> frozenset[str]:
     """Every file extension a registered extractor reads (lower case, with the dot)."""
-    import extractors  # noqa: F401  (registers every extractor)
-    from extractors.registry import get_extractor_class, list_extractors
-
-    return frozenset(ext.lower() for name in list_extractors() for ext in get_extractor_class(name).extensions)
+    return frozenset(upload_modalities())
 
 
 def upload_modalities() -> dict[str, str]:
@@ -432,7 +429,7 @@ def create_app(
         allowed_hosts: accepted ``Host`` header names (``*`` accepts any).
         max_concurrent_queries: queries running at once; more wait in line. One by default: ``pipelines.query``
             shares one cached model, index and extractor per process between requests, and not every extractor
-            is safe to call from two threads at once.
+            is safe to call from two threads at once (the ``QueryProcess`` answers one at a time in any case).
         info_fn: ``(workspace, model) -> dict`` for ``/api/info``.
         catalog: the items ``/api/media`` and ``/api/preview`` serve; default the workspace store's.
         query_memory_mb: the memory a query may take above the query process's idle level (``query_fn`` None).
