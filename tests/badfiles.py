@@ -83,6 +83,9 @@ class Corpus:
     def bad(self) -> list[Case]:
         return [c for c in self.cases if c.expect != "ok"]
 
+    def bad_of(self, modality: str) -> list[Case]:
+        return [c for c in self.bad if c.modality == modality]
+
 
 # ---------------------------------------------------------------------------------------------- good files, by modality
 
@@ -641,9 +644,9 @@ def make_feature_files(root: str | Path) -> list[tuple[Path, str, str]]:
 
 
 def report(root: str | Path) -> list[dict]:
-    """Make the corpus under ``root``, run ``crossmodal extract`` on each modality's folder (and a missing path) in a
-    subprocess, and count per modality: files tried, crashes (a non-zero exit, a signal or a traceback), valid files
-    without their row (rows lost), bad files not listed with a reason, and files in both or neither place."""
+    """Make the corpus under ``root``, run ``crossmodal extract`` on each modality's folder in a subprocess, and count
+    per modality: files tried, crashes (a non-zero exit, a signal or a traceback), valid files without their row (rows
+    lost), bad files not listed with a reason, and files in both or neither place."""
     import hashlib
     import json
     import subprocess
@@ -656,10 +659,9 @@ def report(root: str | Path) -> list[dict]:
     rows = []
     for m in MODALITIES:
         workspace = root / f"workspace-{m}"
-        missing = missing_path(corpus.root, m)
         proc = subprocess.run([sys.executable, "-c", "import sys; from pipelines.cli import main; sys.exit(main())",
-                               "extract", "--modality", m, str(corpus.root / m), str(missing), "--workspace",
-                               str(workspace), "--json", *EXTRACTORS[m]], capture_output=True, text=True)
+                               "extract", "--modality", m, str(corpus.root / m), "--workspace", str(workspace),
+                               "--json", *EXTRACTORS[m]], capture_output=True, text=True)
         crashed = proc.returncode != 0 or "Traceback" in proc.stderr
         errors, hashes = set(), set()
         if not crashed:
@@ -667,8 +669,8 @@ def report(root: str | Path) -> list[dict]:
             errors = {json.loads(line)["path"] for line in Path(summary["errors_file"]).read_text().splitlines()}
             hashes = {h for p in Path(summary["table"]).glob("shards/*.parquet")
                       for h in pq.read_table(p).column("content_hash").to_pylist()}
-        counts = {"modality": m, "files tried": len(corpus.of(m)) + 1, "bad": len(corpus.of(m)) + 1 - len(
-            corpus.of(m, expect="ok")), "valid": len(corpus.of(m, expect="ok")), "crashes": int(crashed),
+        counts = {"modality": m, "files tried": len(corpus.of(m)), "bad": len(corpus.bad_of(m)),
+                  "valid": len(corpus.of(m, expect="ok")), "crashes": int(crashed),
             "rows": len(hashes), "errors listed": len(errors), "rows lost": 0, "bad not listed": 0,
             "both or neither": 0}
         for c in corpus.of(m):
@@ -680,7 +682,6 @@ def report(root: str | Path) -> list[dict]:
             counts["rows lost"] += c.expect == "ok" and not row
             counts["bad not listed"] += c.expect == "error" and not listed
             counts["both or neither"] += row == listed
-        counts["bad not listed"] += str(missing) not in errors
         rows.append(counts)
     return rows
 
