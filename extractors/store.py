@@ -333,6 +333,14 @@ class FeatureTable:
                 problems.append(ShardProblem(self, parquet, exc.message))
         return problems
 
+    def shard_metadata(self, parquet: Path) -> pa.Table:
+        """One shard's rows, checked against its parquet's checksum now (not from the cache).
+
+        Raises:
+            StoreError: the parquet is unreadable or differs from its checksum.
+        """
+        return self._read_meta(parquet, cached=False)
+
     def unchecked(self) -> list[Path]:
         """Shards without a ``.sha256`` (written before the store recorded checksums)."""
         return [p for p in self.shard_paths() if not p.with_suffix(SUMS).exists()]

@@ -705,7 +705,7 @@ def repair_store(workspace: str | os.PathLike, *, reextract: bool = True, device
     for problem in problems:
         table = problem.table
         try:  # a parquet that passes its own checksum is trusted, even when its .npy is not
-            rows = table._read_meta(problem.parquet, cached=False).to_pylist()
+            rows = table.shard_metadata(problem.parquet).to_pylist()
         except StoreError:
             rows = None
         lost = table.drop_shard(problem.parquet)
