@@ -662,13 +662,15 @@ def _progress(total: int, name: str, enabled: bool):
 @dataclasses.dataclass
 class ShardReport:
     """One bad shard as ``store verify`` and ``store repair`` report it: where, why, how many rows it held (None when
-    its parquet cannot be read), and after a repair how many of them were re-extracted from their files."""
+    its parquet cannot be read), and after a repair how many of them were re-extracted from their files (``note``: why
+    none were, when the extractor cannot be built here)."""
 
     table: str
     shard: str
     reason: str
     rows: int | None
     reextracted: int = 0
+    note: str = ""
 
 
 def verify_store(workspace: str | os.PathLike) -> dict[str, Any]:
@@ -721,9 +723,15 @@ def repair_store(workspace: str | os.PathLike, *, reextract: bool = True, device
                                           row["content_hash"]))
             if items:
                 description = table.description
-                ext = create_extractor(description["name"], device=str(resolve_device(device)),
-                                       **description.get("config", {}))
-                if ext.key == table.key:
+                try:
+                    ext = create_extractor(description["name"], device=str(resolve_device(device)),
+                                           **description.get("config", {}))
+                    if ext.key != table.key:
+                        raise ConfigError(f"the extractor here has key {ext.key}, the table's is {table.key} (other "
+                                          "weights, config or library versions)")
+                except (ExtractorError, ConfigError) as exc:
+                    report.note = f"not re-extracted: {exc}"
+                else:
                     good = [(it, r) for it, r in extract_items(ext, items) if not isinstance(r, SourceError)]
                     report.reextracted = _commit(table, good) if good else 0
         dropped += (report.rows or 0) - report.reextracted

@@ -55,7 +55,7 @@ def _show(out: Output, result: dict[str, Any], *, title: str) -> None:
     if out.as_json:
         return out.json(result)
     if result["bad"]:
-        columns = ["table", "shard", "rows", "reason", *(["reextracted"] if "dropped" in result else [])]
+        columns = ["table", "shard", "rows", "reason", *(["reextracted", "note"] if "dropped" in result else [])]
         out.table([[b[c] for c in columns] for b in result["bad"]], columns, title=title)
     else:
         out.line(f"{result['shards']} shards checked, none bad")
