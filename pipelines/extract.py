@@ -72,7 +72,8 @@ _FATAL = (MissingWeightsError, MissingDependencyError, StoreError)
 @dataclasses.dataclass
 class ExtractSummary:
     """What one run did, every found item counted once: ``found = extracted + skipped + duplicates + failed +
-    unsupported``. ``extracted``: items embedded; ``skipped``: items already in the store (same bytes, id and labels);
+    unsupported``. ``extracted``: items embedded; ``skipped``: items already in the store (same bytes, id and labels),
+    or listed twice in this run;
     ``duplicates``: items whose bytes another item has, given their own row with those features (not embedded again);
     ``failed``: files that could not be read, decoded or embedded; ``unsupported``: files of an extension the extractor
     does not read. Both of the last two are listed with their reasons in ``errors_file``. ``unlabelled``: found items
