@@ -158,14 +158,14 @@ def test_each_bad_image_is_recorded_with_its_reason_and_every_good_one_is_extrac
     (bad / "zero.png").write_bytes(b"")
     (bad / "corrupt.jpg").write_bytes(b"\xff\xd8\xff" + bytes(200))
     (bad / "truncated.png").write_bytes((tmp_path / "media" / "square" / "0.png").read_bytes()[:120])
-    (bad / "vector.svg").write_text("<svg/>")
+    (bad / "notes.dat").write_text("not an image")  # an extension no extractor reads
     summary = extract_images(tmp_path / "ws", tmp_path / "media")
     assert (summary.extracted, summary.failed, summary.unsupported) == (6, 3, 1)
     errors = errors_of(summary)
     assert errors["zero.png"] == ("MediaError", "empty file (0 bytes)")
     assert errors["corrupt.jpg"][1].startswith("not a decodable image")
     assert errors["truncated.png"][1].startswith("corrupt or truncated image")
-    assert errors["vector.svg"][0] == "unsupported"
+    assert errors["notes.dat"][0] == "unsupported"
 
 
 def test_an_item_the_model_rejects_is_isolated_and_the_rest_of_its_batch_is_kept(tmp_path, monkeypatch):
