@@ -406,7 +406,9 @@ class DRCL:
         if done is not None:
             encoder.load_state_dict({k[len("encoder."):]: v for k, v in done[1].items()})
             return encoder.eval(), done[0]["summary"]
-        W = prior.detach().float()
+        # One memory layout whether the prior was just trained (a transposed view) or read from a checkpoint: the
+        # GEMM kernels round differently per layout, and a resumed run must equal an uninterrupted one bit for bit.
+        W = prior.detach().float().contiguous()
         W_pinv = torch.linalg.pinv(W.double()).float()  # C x D, once per modality
         optimizer = _adam(encoder.parameters(), config.lr_for(modality), config.betas, device)
 
