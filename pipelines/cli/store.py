@@ -17,7 +17,7 @@ app.add_typer(store_app, name="store")
 
 
 @store_app.command("verify", help="Check every shard of the store against the checksums recorded at commit; list the "
-                   "bad ones and exit 1 if there is any." + examples("crossmodal store verify --workspace ws"))
+                   "bad ones and exit 2 if there is any." + examples("crossmodal store verify --workspace ws"))
 def verify(workspace: WorkspaceOpt = DEFAULT_WORKSPACE, as_json: JsonOpt = False) -> None:
     from pipelines.extract import verify_store
 
