@@ -303,7 +303,7 @@ def choose_features(ws: Any, modalities: Sequence[str] | None, extractors: Mappi
                 raise ConfigError(f"--extractor {modality}={wanted} {what} of the store's {modality} tables: "
                                   f"{listing}", hint=f"name one by its key, e.g. --extractor {modality}="
                                                      f"{(matches or tables)[0]['key']}")
-            pick, why = matches[0], f"chosen with --extractor {modality}={wanted}"
+            pick, why = matches[0], f"the table asked for ({modality}={wanted})"
         elif len(tables) > 1:
             names = {t["extractor"] for t in tables}
             example = tables[0]["extractor"] if len(names) == len(tables) else tables[0]["key"]

@@ -159,7 +159,7 @@ def test_two_tables_of_one_modality_are_refused_until_one_is_chosen(tmp_path, ca
     result = json.loads(capsys.readouterr().out)
     assert result["features"] == {"image": "pixels@0a", "text": "minilm@2d"}
     assert [f["why"].split(";")[0] for f in result["features_used"]] == [
-        "the store's only image table", "chosen with --extractor text=minilm"]
+        "the store's only image table", "the table asked for (text=minilm)"]
 
 
 def test_training_with_one_labelled_modality_is_an_error_with_the_fix(tmp_path, capsys):
