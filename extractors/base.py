@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import importlib
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -37,16 +38,23 @@ class ExtractorConfig:
     """Base of every extractor config (a frozen dataclass with the paper's or benchmark's defaults).
 
     ``bounds`` gives the valid range of every numeric option, inclusive: int bounds take integers only, float bounds
-    any number, and a tuple option has the length of its default with every element in the range. They are checked
-    when the config is made (``create_extractor``, ``--set``), so a wrong value stops a run before any file is read,
-    with one line naming the option and its range. A subclass with its own ``__post_init__`` (cross-option rules)
-    calls this one first.
+    any number, and a tuple option has the length of its default with every element in the range. An option whose
+    default is a bool or a str takes only that type. They are checked when the config is made (``create_extractor``,
+    ``--set``), so a wrong value stops a run before any file is read, with one line naming the option and its range.
+    A subclass with its own ``__post_init__`` (cross-option rules) calls this one first.
     """
 
     extractor: ClassVar[str] = "extractor"  # the extractor's name, for messages
     bounds: ClassVar[dict[str, tuple[float, float]]] = {}
 
     def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            kind = type(field.default)
+            if kind is str and isinstance(getattr(self, field.name), os.PathLike):  # a pathlib.Path for a file option
+                object.__setattr__(self, field.name, os.fspath(getattr(self, field.name)))
+            if kind in (bool, str) and type(getattr(self, field.name)) is not kind:
+                self.refuse(field.name, f"{field.name} takes {'true or false' if kind is bool else 'a string'} "
+                                        f"(default {field.default!r})")
         for option, (low, high) in self.bounds.items():
             value = getattr(self, option)
             if isinstance(value, list):  # JSON and the CLI give lists where the config keeps tuples

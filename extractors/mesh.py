@@ -255,7 +255,8 @@ def normalise_mesh(path: Path, vertices: np.ndarray, triangles: np.ndarray) -> M
         radius = np.linalg.norm(vertices[used] - centroid, axis=1).max()
         check_finite(path, "radius", radius, why=overflow)
         normalised = ((vertices - centroid) / radius).astype(np.float32)  # a far vertex of a degenerate face: inf
-        check_finite(path, "normalised coordinates", normalised, why=overflow)
+        check_finite(path, "normalised coordinates", normalised,
+                     why=f"a vertex {np.abs(vertices).max() / radius:.3g} radii from the centre leaves float32")
     return Mesh(normalised, triangles.astype(np.uint32))
 
 

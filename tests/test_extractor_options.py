@@ -115,3 +115,20 @@ def test_extract_with_an_invalid_option_exits_non_zero_with_one_line_and_the_fix
     assert lines[1].startswith("  fix: ") and fix in lines[1], err
     assert "Traceback" not in err
     assert not (tmp_path / "ws" / "store").exists()
+
+
+def flag_and_text_options(name: str) -> list[tuple[str, type]]:
+    return [(f.name, type(f.default)) for f in dataclasses.fields(get_extractor_class(name).Config)
+            if type(f.default) in (bool, str)]
+
+
+@pytest.mark.parametrize("name", list_extractors())
+def test_flag_and_text_options_take_only_their_type(name):
+    for option, kind in flag_and_text_options(name):
+        with pytest.raises(ExtractorError) as info:
+            create_extractor(name, **{option: 1 if kind is bool else 3})
+        assert option in info.value.hint and ("true or false" if kind is bool else "a string") in info.value.hint
+
+
+def test_a_path_object_is_taken_for_a_file_option_as_its_string(tmp_path):
+    assert create_extractor("doc2vec", model_path=tmp_path).config.model_path == str(tmp_path)
