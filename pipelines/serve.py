@@ -247,6 +247,13 @@ class QueryProcess:
         with self._lock:
             self._stop()
 
+    def _restart(self) -> None:
+        """Start a fresh child in the background; on failure the next query tries again and reports the error."""
+        try:
+            self.start()
+        except CrossmodalError as exc:
+            log.warning("the query process did not restart: %s", exc)
+
     def __call__(self, workspace: Path, *, model: str, file: Path | None = None, text: str | None = None,
                  target: str, k: int = 10, device: str = "auto") -> dict[str, Any]:
         with self._lock:
@@ -279,7 +286,7 @@ class QueryProcess:
                 print(f"note: the query process holds {settled_mb - self.idle_mb:.0f} MB more than when idle after a "
                       f"query (peak {peak - self.idle_mb:.0f} MB); replacing it", file=sys.stderr)
                 self._stop()
-                threading.Thread(target=self.start, daemon=True).start()
+                threading.Thread(target=self._restart, daemon=True).start()
         if kind == "ok":
             return payload
         if kind == "refused":
