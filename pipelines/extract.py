@@ -680,7 +680,7 @@ def verify_store(workspace: str | os.PathLike) -> dict[str, Any]:
     Returns:
         ``{"shards": checked, "bad": [ShardReport dicts], "unchecked": [shards without checksums]}``.
     """
-    store = FeatureStore(Path(workspace) / "store")
+    store = _existing_store(workspace)
     problems, count, unchecked = store.verify()
     bad = [ShardReport(str(p.table.path), p.parquet.stem, p.reason, _row_count(p.parquet)) for p in problems]
     return {"shards": count, "bad": [dataclasses.asdict(b) for b in bad], "unchecked": [str(p) for p in unchecked]}
@@ -702,7 +702,7 @@ def repair_store(workspace: str | os.PathLike, *, reextract: bool = True, device
     from extractors.base import file_sha256
     from extractors.store import stored_path
 
-    store = FeatureStore(Path(workspace) / "store")
+    store = _existing_store(workspace)
     problems, count, unchecked = store.verify()
     reports, dropped = [], 0
     for problem in problems:
@@ -741,6 +741,14 @@ def repair_store(workspace: str | os.PathLike, *, reextract: bool = True, device
     sealed = [p for p in unchecked if p not in bad and FeatureTable(p.parent.parent).seal(p)]
     return {"shards": count, "bad": [dataclasses.asdict(r) for r in reports], "dropped": dropped,
             "sealed": [str(p) for p in sealed], "unchecked": []}
+
+
+def _existing_store(workspace: str | os.PathLike) -> FeatureStore:
+    store = FeatureStore(Path(workspace) / "store")
+    if not store.root.is_dir():
+        raise ConfigError(f"{workspace}: no feature store here (no store/ folder)",
+                          hint="give the workspace of an extraction: --workspace DIR")
+    return store
 
 
 def _row_count(parquet: Path) -> int | None:

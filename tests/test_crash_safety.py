@@ -254,3 +254,32 @@ def test_train_killed_mid_stage_resumes_from_its_last_checkpoint_and_the_model_l
     assert set(model.features) == {"image", "text"}
     z = model.encode("image", np.random.default_rng(0).standard_normal((3, 24)).astype(np.float32))
     np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, rtol=1e-5)
+
+
+def test_a_disk_that_fills_mid_run_keeps_the_committed_shards_and_the_next_run_completes(photos, tmp_path, monkeypatch):
+    import errno
+
+    import pipelines.extract as extract_module
+    from extractors.errors import StoreFullError
+
+    root, reference = photos
+    real_write = pq.write_table
+    calls = {"n": 0}
+
+    def full_after_two_shards(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(extract_module, "SHARD_SECONDS", 0.0)  # a shard per item
+    monkeypatch.setattr(pq, "write_table", full_after_two_shards)
+    kwargs = dict(extractor="hog-color", workers=0, progress=False, overrides={"size": 16, "pixels_per_cell": 8})
+    with pytest.raises(StoreFullError, match="no space left on the disk of workspace"):
+        run_extract(tmp_path / "ws", "image", [root], **kwargs)
+    counts, _ = _audit(tmp_path / "ws")
+    assert sum(counts.values()) == 2
+    monkeypatch.setattr(pq, "write_table", real_write)
+    resumed = run_extract(tmp_path / "ws", "image", [root], **kwargs)
+    assert (resumed.extracted, resumed.skipped) == (len(reference) - 2, 2)
+    _assert_complete(photos, tmp_path / "ws")

@@ -227,3 +227,10 @@ def test_store_repair_records_the_checksums_of_shards_written_before_them(tmp_pa
     assert json.loads(capsys.readouterr().out)["sealed"] == [str(parquet)]
     assert json.loads(parquet.with_suffix(".sha256").read_text()) == json.loads(recorded)
     assert table.unchecked() == []
+
+
+def test_store_verify_of_a_folder_without_a_store_says_so_in_one_line(tmp_path, capsys):
+    assert main(["store", "verify", "--workspace", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"error: {tmp_path / 'nowhere'}: no feature store here (no store/ folder)",
+                   "  fix: give the workspace of an extraction: --workspace DIR"]
