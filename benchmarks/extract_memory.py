@@ -3,7 +3,7 @@
 Target: any single file of at most 64 MiB costs at most 1 GB above the idle process. The files are built here, each the
 kind that used to take memory in proportion to its length rather than its size: a 3-hour silent FLAC of about 0.5 MB,
 a 16x16 video of 100,000 frames (MP4, whose index lists its frames, and Matroska, whose index does not), a 64 MiB
-text, an image of 64 megapixels, a decompression-bomb header, a 64 MiB mesh; and, beside each refusal, a file just
+text, an image at the 89-megapixel limit, a decompression-bomb header, a 64 MiB mesh; and, beside each refusal, a file just
 inside the limit, the most an accepted file can cost.
 
 Each case runs in a process of its own, which imports the libraries, builds the extractor (the idle level is its RSS
@@ -53,12 +53,15 @@ def silent_flac(path: Path, *, seconds: float, rate: int = 16000) -> None:
             f.write(block[:min(len(block), int(seconds * rate) - start)])
 
 
-def tone_flac(path: Path, *, seconds: float, rate: int = 44100) -> None:
-    """A tone at 44.1 kHz: decoded, then resampled to 22,050 Hz (the decoder's and the resampler's memory both count)."""
+def tone_flac(path: Path, *, seconds: float, rate: int) -> None:
+    """A 440 Hz tone (whole periods per second, so every second is the same block): decoded at ``rate``, then
+    resampled to 22,050 Hz, where the decoder's and the resampler's memory both count."""
     import soundfile as sf
 
-    t = np.arange(int(seconds * rate)) / rate
-    sf.write(str(path), (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16), rate, subtype="PCM_16")
+    second = (0.3 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate) * 32767).astype(np.int16)
+    with sf.SoundFile(str(path), "w", samplerate=rate, channels=1, subtype="PCM_16") as f:
+        for _ in range(int(seconds)):
+            f.write(second)
 
 
 def silent_m4a(path: Path, *, seconds: float, rate: int = 8000) -> None:
@@ -164,7 +167,8 @@ def doc2vec_model(folder: Path) -> None:
 # (name, file, builder) and (case, extractor, file, config)
 FILES: list[tuple[str, str, Callable[[Path], None]]] = [
     ("3 h silent FLAC", "silent-3h.flac", lambda p: silent_flac(p, seconds=3 * 3600)),
-    ("599 s tone FLAC, 44.1 kHz", "tone-599s.flac", lambda p: tone_flac(p, seconds=599)),
+    ("599 s tone FLAC, 44.1 kHz", "tone-599s.flac", lambda p: tone_flac(p, seconds=599, rate=44100)),
+    ("599 s tone FLAC, 192 kHz", "tone-599s-192k.flac", lambda p: tone_flac(p, seconds=599, rate=192_000)),
     ("15 min silent AAC (.m4a)", "silent-15min.m4a", lambda p: silent_m4a(p, seconds=900)),
     ("16x16 MP4, 100,000 frames", "frames-100k.mp4", lambda p: tiny_video(p, frames=100_000)),
     ("16x16 MKV, 100,000 frames", "frames-100k.mkv", lambda p: tiny_video(p, frames=100_000)),
@@ -172,7 +176,7 @@ FILES: list[tuple[str, str, Callable[[Path], None]]] = [
     ("64 MiB text", "words-64MiB.txt", lambda p: words_text(p, size=64 * MiB)),
     ("16 MiB text (the limit)", "words-16MiB.txt", lambda p: words_text(p, size=16 * MiB)),
     ("16 MiB text, one word", "one-word-16MiB.txt", lambda p: one_word_text(p, size=16 * MiB)),
-    ("8000x8000 PNG (64 Mpx)", "gradient-64Mpx.png", lambda p: gradient_png(p, side=8000)),
+    ("9459x9459 PNG (the 89 Mpx limit)", "gradient-89Mpx.png", lambda p: gradient_png(p, side=9459)),
     ("PNG header of 10^10 px", "bomb.png", lambda p: bomb_png(p, side=100_000)),
     ("64 MiB binary STL", "random-64MiB.stl", lambda p: random_stl(p, size=64 * MiB)),
     ("STL of 500,000 triangles", "surface-500k.stl", lambda p: surface_stl(p, triangles=500_000)),
@@ -180,6 +184,7 @@ FILES: list[tuple[str, str, Callable[[Path], None]]] = [
 CASES: list[tuple[str, str, str, dict]] = [
     ("audio", "mfcc", "silent-3h.flac", {}),
     ("audio", "mfcc", "tone-599s.flac", {}),
+    ("audio", "mfcc", "tone-599s-192k.flac", {}),
     ("audio", "mfcc", "silent-15min.m4a", {}),
     ("video", "frame-stats", "frames-100k.mp4", {}),
     ("video", "frame-stats", "frames-100k.mkv", {}),
@@ -192,7 +197,7 @@ CASES: list[tuple[str, str, str, dict]] = [
     ("text", "minilm", "words-16MiB.txt", {"max_chunks": 8}),
     ("text", "doc2vec", "words-64MiB.txt", {}),
     ("text", "doc2vec", "words-16MiB.txt", {}),
-    ("image", "hog-color", "gradient-64Mpx.png", {}),
+    ("image", "hog-color", "gradient-89Mpx.png", {}),
     ("image", "hog-color", "bomb.png", {}),
     ("mesh", "lightfield", "random-64MiB.stl", {}),
     ("mesh", "lightfield", "surface-500k.stl", {}),
