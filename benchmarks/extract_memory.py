@@ -3,8 +3,8 @@
 Target: any single file of at most 64 MiB costs at most 1 GB above the idle process. The files are built here, each the
 kind that used to take memory in proportion to its length rather than its size: a 3-hour silent FLAC of about 0.5 MB,
 a 16x16 video of 100,000 frames (MP4, whose index lists its frames, and Matroska, whose index does not), a 64 MiB
-text, an image at the 89-megapixel limit, a decompression-bomb header, a 64 MiB mesh; and, beside each refusal, a file just
-inside the limit, the most an accepted file can cost.
+text, a decompression-bomb header, a 64 MiB mesh; and, beside each refusal, a file just inside the limit (an image at
+89 megapixels, 599 s of audio at 192 kHz...), the most an accepted file can cost.
 
 Each case runs in a process of its own, which imports the libraries, builds the extractor (the idle level is its RSS
 then), resets the kernel's peak (``/proc/self/clear_refs``), decodes and embeds the one file, and reports the peak

@@ -79,7 +79,7 @@ class LightFieldConfig(ExtractorConfig):
 
     resolution: int = 256  # silhouette side in pixels (§3: 256 x 256)
     contour_points: int = 128  # samples of the centroid-distance signature along the contour (Zhang and Lu)
-    max_faces: int = 500_000  # meshes of more triangles are refused (memory, about 1.1 KB per triangle, and ray casting)
+    max_faces: int = 500_000  # meshes of more triangles are refused (about 1.1 KB of memory per triangle, and time)
 
     extractor = "lightfield"
     # resolution: the cached rays of the 100 views take 100 x 0.79 R^2 x 24 bytes (124 MB at 256, 500 MB at 512);
