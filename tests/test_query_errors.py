@@ -152,3 +152,19 @@ def test_an_empty_text_query_is_refused_without_naming_a_temporary_file(indexed,
     err = _error(capsys)
     assert "the text query is empty" in err
     assert "/tmp" not in err and "query.txt" not in err
+
+
+def test_the_json_of_a_query_is_the_declared_schema_the_server_answers_with(indexed, capsys):
+    """``query --json`` and ``/api/query`` share one declaration (``QueryResult``): the CLI's output passes it."""
+    from pipelines.query import QueryResult
+
+    TypeAdapter = pytest.importorskip("pydantic").TypeAdapter  # installed with the server's extra (ui)
+
+    root, ws = indexed
+    image = sorted((root / "data" / "image" / "3").iterdir())[0]
+    capsys.readouterr()
+    assert main(["query", str(image), "--target", "text", "--workspace", str(ws), "--model", "m", "--k", "2",
+                 "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert TypeAdapter(QueryResult).validate_python(printed, strict=True) == printed
+    assert printed["query"]["file"] == str(image) and printed["k"] == 2
