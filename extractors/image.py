@@ -221,6 +221,9 @@ def run_isolated(path: Path, work: Callable[[], bytes], *, what: str, memory: in
             os.close(read_end)
             os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # a native library's own crash report is not the user's,
             faulthandler.disable()  # nor Python's (pytest enables it, on a copy of stderr)
+            # the pipes of renderings that other threads started: held open here, their readers would wait for us
+            os.closerange(3, write_end)
+            os.closerange(write_end + 1, os.sysconf("SC_OPEN_MAX"))
             soft, hard = resource.getrlimit(resource.RLIMIT_AS)  # a caller under a budget keeps it
             limit = size + memory if soft == resource.RLIM_INFINITY else min(soft, size + memory)
             resource.setrlimit(resource.RLIMIT_AS, (limit, hard))

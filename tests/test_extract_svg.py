@@ -138,3 +138,23 @@ def test_an_svg_renders_in_a_process_under_its_own_memory_limit(tmp_path):
             f"print(decode_image({str(path)!r}, max_pixels=100).size)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "(40, 20)"
+
+
+def test_renderings_in_parallel_threads_each_get_their_own_result(tmp_path):
+    """A rendering forked by one thread must not hold another thread's pipe open (that reader would wait for it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [write(tmp_path, f"{i}.svg", svg(f'<rect width="{4 + i}" height="4"/>', width=str(8 + i), height="8"))
+             for i in range(8)]
+    paths.append(write(tmp_path, "crash.svg", svg("<g>" * 20_000 + "</g>" * 20_000)))
+
+    def size_or_reason(path):
+        try:
+            return decode_image(path, max_pixels=MAX_PIXELS).size
+        except MediaError as exc:
+            return exc.reason
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(size_or_reason, paths))
+    assert results[:8] == [(8 + i, 8) for i in range(8)]
+    assert results[8].startswith("the SVG renderer (resvg) crashed on this file")
