@@ -249,18 +249,28 @@ def decode_audio(path: Path, *, limits: AudioLimits = AudioLimits()) -> tuple[np
 def _read_soundfile(sf: Any, path: Path, limits: AudioLimits) -> tuple[np.ndarray, int]:
     with sf.SoundFile(str(path)) as f:
         sr, channels = int(f.samplerate), max(1, f.channels)
-        allowed = limits.samples(path, sr)
-        if f.frames > allowed:
-            raise limits.too_long(path, f.frames / sr, declared=True)
-        # one mono buffer of the declared length, filled block by block: no whole multichannel copy, no second copy
-        mono, n = np.empty(f.frames, np.float32), 0
-        while n < len(mono):
-            block = f.read(min(max(1, _BLOCK_VALUES // channels), len(mono) - n), dtype="float32", always_2d=True)
-            if not len(block):
-                break
-            mono[n:n + len(block)] = block.mean(axis=1)
+        allowed, step = limits.samples(path, sr), max(1, _BLOCK_VALUES // channels)
+        declared = f.frames if f.frames < 2**62 else None  # libsndfile says 2^63 - 1 when the header has no length
+        if declared is not None and declared > allowed:
+            raise limits.too_long(path, declared / sr, declared=True)
+        if declared is not None:
+            # one mono buffer of the declared length, filled block by block: no multichannel copy, no second copy
+            mono, n = np.empty(declared, np.float32), 0
+            while n < len(mono):
+                block = f.read(min(step, len(mono) - n), dtype="float32", always_2d=True)
+                if not len(block):
+                    break
+                mono[n:n + len(block)] = block.mean(axis=1)
+                n += len(block)
+            return mono[:n], sr
+        blocks: list[np.ndarray] = []
+        n = 0
+        while len(block := f.read(min(step, allowed + 1 - n), dtype="float32", always_2d=True)):
+            blocks.append(block.mean(axis=1))
             n += len(block)
-    return mono[:n], sr
+            if n > allowed:
+                raise limits.too_long(path, n / sr)
+    return (np.concatenate(blocks) if blocks else np.zeros(0, np.float32)), sr
 
 
 def _read_pyav(av: Any, path: Path, limits: AudioLimits) -> tuple[np.ndarray, int]:

@@ -175,3 +175,14 @@ def test_a_file_sampled_above_max_sample_rate_is_refused(tmp_path):
 
 def test_the_length_limits_only_refuse_files_so_they_leave_the_key_unchanged():
     assert create_extractor("mfcc", max_seconds=5, max_sample_rate=8000).key == create_extractor("mfcc").key
+
+
+def test_a_flac_whose_header_gives_no_length_decodes_whole_and_stops_past_max_seconds(tmp_path):
+    path = _write(tmp_path / "a.flac", _tone(3.0), subtype="PCM_16")
+    data = bytearray(path.read_bytes())  # STREAMINFO's total sample count (36 bits at byte 18) 0: "unknown"
+    data[18:26] = (int.from_bytes(data[18:26], "big") & ~(2**36 - 1)).to_bytes(8, "big")
+    unknown = tmp_path / "unknown-length.flac"
+    unknown.write_bytes(bytes(data))
+    assert create_extractor("mfcc").load(unknown).shape == (3 * 22050,)
+    with pytest.raises(MediaError, match=r"max_seconds=2 \(decoding passed 2\.0 s and stopped\)"):
+        create_extractor("mfcc", max_seconds=2).load(unknown)
