@@ -199,7 +199,7 @@ def resolve_weights(spec: WeightsSpec, *, explicit: str | os.PathLike | None = N
     target = hub_checkpoints() / spec.filename
     try:
         return download(url, target, sha256=_pinned_sha256(spec), hash_prefix=spec.hash_prefix, progress=progress,
-                        what=spec.extractor)
+                        what=spec.extractor, pin_env=_pin_env(spec))
     except OSError as exc:  # URLError, HTTPError, timeouts, a full disk: the user fills the cache by hand instead
         reason = getattr(exc, "reason", None) or exc
         raise MissingWeightsError(spec.extractor, spec.filename, [*looked, f"{url} (download failed: {reason})"],
@@ -211,27 +211,44 @@ class WeightsChecksumError(ExtractorError):
 
 
 def download(url: str, target: Path, *, sha256: str = "", hash_prefix: str = "", progress: bool = True,
-             what: str = "weights", say: Callable[[str], None] | None = None) -> Path:
+             what: str = "weights", pin_env: str = "", say: Callable[[str], None] | None = None) -> Path:
     """Download ``url`` to ``target`` through ``target.incomplete``, resuming a partial file, then check its sha256.
 
     The partial file is kept when the transfer breaks (the next call asks the server for the rest with an HTTP
     ``Range`` header, and starts over when the server ignores it); it becomes ``target`` only once complete and checked.
+    Processes downloading the same file take turns on ``.locks/<name>.lock`` beside it (POSIX; huggingface_hub keeps its
+    locks the same way), and the later ones find it done.
 
     Args:
         sha256: the full published digest, checked when given.
         hash_prefix: a digest prefix (torchvision's file names), checked when given.
         progress: a tqdm bar on stderr (bytes, rate, time left).
         what: who asks, for messages (the extractor's name).
+        pin_env: the variable that pins a digest, named when none is published.
         say: where the one-line notes go (default: stderr).
 
     Raises:
         OSError: the server cannot be reached or the transfer fails (the partial file is kept for a resume).
         WeightsChecksumError: the digest differs (both the partial and the target file are removed).
     """
+    say = say or (lambda text: print(text, file=sys.stderr))
+    locks = target.parent / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{target.name}.lock", "w") as lock:
+        if os.name == "posix":
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if target.is_file():  # another process finished it while this one waited
+            return target
+        return _fetch(url, target, sha256=sha256, hash_prefix=hash_prefix, progress=progress, what=what,
+                      pin_env=pin_env, say=say)
+
+
+def _fetch(url: str, target: Path, *, sha256: str, hash_prefix: str, progress: bool, what: str, pin_env: str,
+           say: Callable[[str], None]) -> Path:
     from tqdm.auto import tqdm
 
-    say = say or (lambda text: print(text, file=sys.stderr))
-    target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".incomplete")
     have = partial.stat().st_size if partial.is_file() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
@@ -268,14 +285,18 @@ def download(url: str, target: Path, *, sha256: str = "", hash_prefix: str = "",
             hint=f"download it again; if this repeats the server gives another file: fetch {target.name} from the "
                  f"publisher and put it at {target}")
     if not expected:  # NOTE: said, not silent: the digest still becomes part of the extractor key (weights_sha256)
-        say(f"{what}: no checksum is published for {target.name}; its sha256 is {digest} (pin it with "
-            f"CROSSMODAL_<NAME>_SHA256 to refuse any other file)")
+        pin = f" (pin it with {pin_env}={digest} to refuse any other file)" if pin_env else ""
+        say(f"{what}: no checksum is published for {target.name}; its sha256 is {digest}{pin}")
     os.replace(partial, target)
     return target
 
 
+def _pin_env(spec: WeightsSpec) -> str:
+    return f"CROSSMODAL_{spec.env_name}_SHA256"
+
+
 def _pinned_sha256(spec: WeightsSpec) -> str:
-    return os.environ.get(f"CROSSMODAL_{spec.env_name}_SHA256", "").strip().lower() or spec.sha256
+    return os.environ.get(_pin_env(spec), "").strip().lower() or spec.sha256
 
 
 def weights_status(spec: WeightsSpec, *, explicit: str | os.PathLike | None = None) -> tuple[bool, str]:

@@ -180,7 +180,7 @@ def test_a_download_with_the_wrong_sha256_is_refused_and_removed(tmp_path, serve
     with pytest.raises(W.WeightsChecksumError, match="was removed") as err:
         W.resolve_weights(spec)
     hub = tmp_path / "torch-home" / "hub" / "checkpoints"
-    assert list(hub.iterdir()) == []
+    assert [p.name for p in hub.iterdir()] == [".locks"]
     assert f"put it at {hub / spec.filename}" in err.value.hint
 
 
@@ -224,7 +224,7 @@ def test_an_unreachable_server_is_one_error_naming_the_cache_path_and_the_altern
     hub = tmp_path / "torch-home" / "hub" / "checkpoints" / SPEC.filename
     assert f"http://127.0.0.1:{port}/{SPEC.filename} (download failed: " in err.value.looked[-1]
     assert f"put {SPEC.filename} (from {SPEC.url}) at {hub}" in err.value.hint and "-e toy-free" in err.value.hint
-    assert not hub.parent.exists() or not any(hub.parent.iterdir())
+    assert not hub.exists() and not hub.with_name(hub.name + ".incomplete").exists()
 
 
 def test_the_extractor_s_allow_download_false_fetches_nothing(tmp_path, server):
@@ -403,3 +403,26 @@ def test_the_torchvision_urls_kept_here_are_torchvision_s_own():
     for enum_name, url in W.TORCHVISION_URLS.items():
         assert get_weight(enum_name).url == url
         assert W.WeightsSpec.from_torchvision(enum_name, extractor="x", env_name="X").filename == url.rsplit("/")[-1]
+
+
+def test_c3d_downloads_its_published_file_and_says_the_sha256_it_got(tmp_path, server, capsys):
+    from extractors import create_extractor
+    from extractors.video import C3D
+
+    tiny = 1 / 32
+    data = save_state(tmp_path / "c3d-tiny.pth", C3D(tiny)).read_bytes()
+    server.files["c3d.pickle"] = data
+    extractor = create_extractor("c3d-fc6", width_multiplier=tiny)
+    assert extractor.weights_path == tmp_path / "torch-home" / "hub" / "checkpoints" / "c3d.pickle"
+    digest = hashlib.sha256(data).hexdigest()
+    assert extractor.weights_sha256() == digest
+    assert f"pin it with CROSSMODAL_C3D_SHA256={digest}" in capsys.readouterr().err
+
+
+def test_a_vgg19_download_that_is_not_torchvision_s_file_is_refused_by_its_name_s_hash_prefix(tmp_path, server):
+    from extractors import create_extractor
+
+    server.files["vgg19-dcbb9e9d.pth"] = save_state(tmp_path / "other.pth").read_bytes()
+    with pytest.raises(W.WeightsChecksumError, match="not the published dcbb9e9d"):
+        create_extractor("vgg19-fc7").weights_path
+    assert not (tmp_path / "torch-home" / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth").exists()
