@@ -236,21 +236,28 @@ def run_isolated(path: Path, work: Callable[[], bytes], *, what: str, memory: in
         finally:
             os._exit(code)
     os.close(write_end)
-    chunks, deadline = [], time.monotonic() + seconds
+    chunks, deadline, timed_out = [], time.monotonic() + seconds, False
     try:
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([read_end], [], [], left)[0]:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                raise MediaError(path, f"{what} ran past its limit of {seconds:g} s")
+                timed_out = True
+                break
             chunk = os.read(read_end, 1 << 20)
             if not chunk:
                 break
             chunks.append(chunk)
+    except BaseException:  # interrupted (Ctrl-C): the child goes too, no orphan left rendering
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
     finally:
         os.close(read_end)
+    if timed_out:
+        os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
+    if timed_out:
+        raise MediaError(path, f"{what} ran past its limit of {seconds:g} s")
     data = b"".join(chunks)
     if os.WIFSIGNALED(status):
         name = signal.Signals(os.WTERMSIG(status)).name

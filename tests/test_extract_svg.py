@@ -158,3 +158,14 @@ def test_renderings_in_parallel_threads_each_get_their_own_result(tmp_path):
         results = list(pool.map(size_or_reason, paths))
     assert results[:8] == [(8 + i, 8) for i in range(8)]
     assert results[8].startswith("the SVG renderer (resvg) crashed on this file")
+
+
+def test_a_rendering_past_its_time_limit_is_killed_and_named():
+    import time
+
+    from extractors.image import run_isolated
+
+    start = time.monotonic()
+    with pytest.raises(MediaError, match="a slow renderer ran past its limit of 0.5 s"):
+        run_isolated("slow.svg", lambda: time.sleep(30) or b"", what="a slow renderer", seconds=0.5)
+    assert time.monotonic() - start < 5
