@@ -77,7 +77,8 @@ class ExtractSummary:
     ``duplicates``: items whose bytes another item has, given their own row with those features (not embedded again);
     ``failed``: files that could not be read, decoded or embedded; ``unsupported``: files of an extension the extractor
     does not read. Both of the last two are listed with their reasons in ``errors_file``. ``unlabelled``: found items
-    that carry no label (train leaves them out)."""
+    that carry no label (train leaves them out). ``passed_over``: files of other modalities' extensions met in folder
+    walks (a shared tree of images, texts and sounds), by suffix: not items of this run, counted so none goes unsaid."""
 
     run_id: str
     modality: str
@@ -96,6 +97,7 @@ class ExtractSummary:
     duplicates: int = 0
     unlabelled: int = 0
     unlabelled_examples: list[str] = dataclasses.field(default_factory=list)
+    passed_over: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,6 +117,7 @@ class ExtractPlan:
     found: int
     duplicates: list[Item] = dataclasses.field(default_factory=list)
     unlabelled: list[Item] = dataclasses.field(default_factory=list)
+    passed_over: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def parse_overrides(name: str, items: Iterable[str] | dict[str, Any] | None) -> dict[str, Any]:
@@ -159,9 +162,6 @@ def plan_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[st
         raise ConfigError(f"extractor {name!r} is for {cls.modality}, not {modality}",
                           hint=f"{modality} extractors: {', '.join(list_extractors(modality))}")
     ext = create_extractor(name, device=str(resolve_device(device)), **parse_overrides(name, overrides))
-    prepare = getattr(ext, "prepare", None)
-    if prepare is None:
-        _ = ext.key  # resolves the weights now: a missing file stops the run before any file is read
     missing = [str(p) for p in paths if not os.path.lexists(p)]
     if missing:
         raise ConfigError(f"no such file or folder: {', '.join(missing)}", hint="check the path (nothing was read)")
@@ -169,6 +169,11 @@ def plan_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[st
     found = scan(paths, extensions=ext.extensions, labels_from=labels_from, ignore=others)
     if not found.items:
         raise _nothing_found(ext, paths, labels_from, found)
+    prepare = getattr(ext, "prepare", None)
+    if prepare is None:
+        # Weights are resolved (downloaded) only once there is something to read, and before any file is hashed:
+        # a missing weights file stops the run early, a wrong path is said first.
+        _ = ext.key
     items, hash_errors = hash_items(found.items, workers=DEFAULT_WORKERS if workers is None else workers)
     errors = found.errors + hash_errors
     store = FeatureStore(Path(workspace) / "store")
@@ -193,7 +198,7 @@ def plan_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[st
             todo.append(item)
             embedded.add(item.content_hash or "")
     return ExtractPlan(ext, table, todo, skipped, errors, len(found.items) + len(found.errors), duplicates=duplicates,
-                       unlabelled=[it for it in found.items if not it.labels])
+                       unlabelled=[it for it in found.items if not it.labels], passed_over=found.passed_over)
 
 
 def _nothing_found(ext: Extractor, paths: Sequence[str | os.PathLike], labels_from: str,
@@ -409,7 +414,7 @@ def finish_run(plan: ExtractPlan, run_dir: Path, *, run_id: str, extracted: int,
         skipped=plan.skipped, failed=failed, unsupported=unsupported, seconds=round(time.perf_counter() - started, 3),
         items_per_second=round(extracted / extract_seconds, 2) if extracted and extract_seconds > 0 else 0.0,
         errors_file=str(run_dir / "errors.jsonl"), duplicates=duplicates, unlabelled=len(plan.unlabelled),
-        unlabelled_examples=[printable(str(it.path)) for it in plan.unlabelled[:3]],
+        unlabelled_examples=[printable(str(it.path)) for it in plan.unlabelled[:3]], passed_over=dict(plan.passed_over),
     )
     (run_dir / "run.json").write_text(json.dumps({"summary": summary.to_dict(), **record,
                                                   "extractor": plan.extractor.describe()}, indent=2, default=str))

@@ -429,6 +429,27 @@ def test_the_summary_says_how_many_items_carry_no_label_and_what_train_does_with
     assert "train leaves them out" in note[0]
 
 
+def test_files_of_other_modalities_in_the_tree_are_counted_by_suffix_in_the_summary(tmp_path, capsys):
+    write_shapes(tmp_path / "media", per_class=1)
+    write_texts(tmp_path / "media")
+    argv = ["extract", "-m", "image", str(tmp_path / "media"), "-e", "hog-color", "--set", "size=32",
+            "-w", str(tmp_path / "ws"), "--device", "cpu", "--workers", "0"]
+    assert main([*argv, "--json"]) == 0
+    texts = len(list((tmp_path / "media").rglob("*.txt")))
+    assert json.loads(capsys.readouterr().out)["passed_over"] == {".txt": texts}
+    assert main(argv) == 0
+    assert f"{texts} files of other modalities passed over ({texts} .txt)" in capsys.readouterr().err
+
+
+def test_a_wrong_path_is_said_before_the_default_extractor_looks_for_its_weights(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CROSSMODAL_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    code = main(["extract", "-m", "image", str(tmp_path / "nowhere"), "-w", str(tmp_path / "ws")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(f"error: no such file or folder: {tmp_path / 'nowhere'}")
+    assert "weights" not in err
+
+
 # ---- manifests
 
 

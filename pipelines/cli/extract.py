@@ -73,6 +73,10 @@ def extract(
         out.info(f"{_items(s['unlabelled'])} no label (e.g. {examples}: files directly under a scanned folder, or "
                  "manifest rows without one): train leaves them out; an index of the whole store (--gallery all) "
                  "still lists them")
+    if s["passed_over"]:
+        media = sorted(s["passed_over"].items(), key=lambda kv: -kv[1])
+        out.info(f"{sum(s['passed_over'].values())} files of other modalities passed over "
+                 f"({', '.join(f'{n} {suffix}' for suffix, n in media)}): extract them with their own --modality")
     if s["failed"] or s["unsupported"]:
         out.info(f"{s['failed']} failed, {s['unsupported']} unsupported; reasons in {s['errors_file']}")
     if s["failed"] and not (s["extracted"] or s["skipped"]):
