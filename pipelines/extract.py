@@ -98,6 +98,7 @@ class ExtractSummary:
     unlabelled: int = 0
     unlabelled_examples: list[str] = dataclasses.field(default_factory=list)
     passed_over: dict[str, int] = dataclasses.field(default_factory=dict)
+    unsupported_reasons: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -165,8 +166,12 @@ def plan_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[st
     missing = [str(p) for p in paths if not os.path.lexists(p)]
     if missing:
         raise ConfigError(f"no such file or folder: {', '.join(missing)}", hint="check the path (nothing was read)")
-    others = {e for n in list_extractors() for e in get_extractor_class(n).extensions} - set(ext.extensions)
+    # Other modalities' media in a shared tree are passed over (counted); a file of this modality that this extractor
+    # cannot read (an .svg without its library) is listed with the reason.
+    others = {e for n in list_extractors() if get_extractor_class(n).modality != ext.modality
+              for e in get_extractor_class(n).extensions} - set(ext.extensions) - set(ext.unreadable)
     found = scan(paths, extensions=ext.extensions, labels_from=labels_from, ignore=others)
+    found = dataclasses.replace(found, errors=[_with_reason(e, ext.unreadable) for e in found.errors])
     if not found.items:
         raise _nothing_found(ext, paths, labels_from, found)
     prepare = getattr(ext, "prepare", None)
@@ -201,19 +206,39 @@ def plan_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[st
                        unlabelled=[it for it in found.items if not it.labels], passed_over=found.passed_over)
 
 
+def _with_reason(error: SourceError, unreadable: dict[str, str]) -> SourceError:
+    """An unsupported file of an extension the extractor would read with a missing library says so and what to do."""
+    suffix = os.path.splitext(error.path)[1].lower()
+    if error.error != "unsupported" or suffix not in unreadable:
+        return error
+    return dataclasses.replace(error, message=unreadable[suffix])
+
+
+def unsupported_reasons(errors: Iterable[SourceError], unreadable: dict[str, str]) -> dict[str, str]:
+    """``{suffix: "N files: reason"}`` for the unsupported files whose extension has a named reason (a missing
+    library), so that a summary says it once per extension instead of once per file."""
+    counts: dict[str, int] = {}
+    for e in errors:
+        suffix = os.path.splitext(e.path)[1].lower()
+        if e.error == "unsupported" and suffix in unreadable:
+            counts[suffix] = counts.get(suffix, 0) + 1
+    return {suffix: f"{n} {suffix} files: {unreadable[suffix]}" for suffix, n in counts.items()}
+
+
 def _nothing_found(ext: Extractor, paths: Sequence[str | os.PathLike], labels_from: str,
                    found: Scan) -> DatasetFormatError:
     """The error of a scan without one item the extractor reads: what was there instead, and what would read it."""
     where = ", ".join(str(p) for p in paths) or labels_from
     unsupported: dict[str, int] = {}
     for err in found.errors:
-        if err.error == "unsupported":
-            suffix = os.path.splitext(err.path)[1].lower() or "(no extension)"
+        suffix = os.path.splitext(err.path)[1].lower() or "(no extension)"
+        if err.error == "unsupported" and suffix not in ext.unreadable:  # those are said with their reason below
             unsupported[suffix] = unsupported.get(suffix, 0) + 1
     parts = [f"{n} {suffix}" for suffix, n in sorted(unsupported.items(), key=lambda kv: -kv[1])]
     details = []
     if parts:
         details.append(f"{', '.join(parts)} are not read: {ext.name} reads {' '.join(sorted(ext.extensions))}")
+    details.extend(unsupported_reasons(found.errors, ext.unreadable).values())
     if found.passed_over:
         media = sorted(found.passed_over.items(), key=lambda kv: -kv[1])
         details.append(f"{', '.join(f'{n} {suffix}' for suffix, n in media)} are other modalities' files")
@@ -415,6 +440,7 @@ def finish_run(plan: ExtractPlan, run_dir: Path, *, run_id: str, extracted: int,
         items_per_second=round(extracted / extract_seconds, 2) if extracted and extract_seconds > 0 else 0.0,
         errors_file=str(run_dir / "errors.jsonl"), duplicates=duplicates, unlabelled=len(plan.unlabelled),
         unlabelled_examples=[printable(str(it.path)) for it in plan.unlabelled[:3]], passed_over=dict(plan.passed_over),
+        unsupported_reasons=unsupported_reasons(plan.errors, plan.extractor.unreadable),
     )
     (run_dir / "run.json").write_text(json.dumps({"summary": summary.to_dict(), **record,
                                                   "extractor": plan.extractor.describe()}, indent=2, default=str))

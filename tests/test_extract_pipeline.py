@@ -450,6 +450,21 @@ def test_a_wrong_path_is_said_before_the_default_extractor_looks_for_its_weights
     assert "weights" not in err
 
 
+def test_files_a_missing_library_would_read_are_said_once_per_extension_with_the_fix(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(HogColor, "extensions", tuple(e for e in HogColor.extensions if e != ".svg"))
+    monkeypatch.setattr(HogColor, "unreadable", {".svg": "SVG images need the resvg-py package"})
+    write_shapes(tmp_path / "media", per_class=1)
+    for i in range(2):
+        (tmp_path / "media" / "circle" / f"drawing{i}.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    argv = ["extract", "-m", "image", "-e", "hog-color", "--set", "size=32", "-w", str(tmp_path / "ws"),
+            "--device", "cpu", "--workers", "0"]
+    assert main([*argv, str(tmp_path / "media")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert "2 .svg files: SVG images need the resvg-py package" in err
+    assert main([*argv, str(tmp_path / "media" / "circle" / "drawing0.svg")]) == 2
+    assert "(1 .svg files: SVG images need the resvg-py package)" in capsys.readouterr().err
+
+
 # ---- manifests
 
 

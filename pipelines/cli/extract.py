@@ -77,6 +77,8 @@ def extract(
         media = sorted(s["passed_over"].items(), key=lambda kv: -kv[1])
         out.info(f"{sum(s['passed_over'].values())} files of other modalities passed over "
                  f"({', '.join(f'{n} {suffix}' for suffix, n in media)}): extract them with their own --modality")
+    for reason in s["unsupported_reasons"].values():
+        out.info(reason)
     if s["failed"] or s["unsupported"]:
         out.info(f"{s['failed']} failed, {s['unsupported']} unsupported; reasons in {s['errors_file']}")
     if s["failed"] and not (s["extracted"] or s["skipped"]):
