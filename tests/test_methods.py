@@ -4,16 +4,17 @@ method-specific options (prior transfer, SEDEL's modules, MCCA's closed form).""
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from crossmodal.errors import ConfigError
+from crossmodal.errors import ConfigError, ModelFileError
 from crossmodal.evaluation import evaluate
 from crossmodal.featureset import FeatureSet
-from crossmodal.methods import get_method, list_methods
+from crossmodal.methods import Checkpoint, get_method, list_methods
 from crossmodal.methods.mcca import MCCA, MCCAConfig
 from crossmodal.methods.paired import index_batches, sample_pairs
 from crossmodal.methods.sdml import SDML
@@ -200,6 +201,69 @@ def test_checkpoint_dir_lets_a_two_branch_method_resume(data, tmp_path: Path):
     again = get_method("dscmr")().fit(data.train, None, config=config, device=CPU, checkpoint_dir=tmp_path)
     for m, fs in data.test.items():
         assert np.array_equal(first.encode(m, fs.X), again.encode(m, fs.X))
+
+
+class _Payload:
+    """Unpickling this runs ``Path.touch(marker)``: the stand-in for any code a hostile checkpoint would run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # torch's note on a raw pickle's protocol
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dumps"])
+def test_a_checkpoint_holding_a_pickled_object_is_refused_on_resume_and_its_code_never_runs(writer, data, tmp_path):
+    config = tiny("dscmr", epochs=1)
+    get_method("dscmr")().fit(data.train, None, config=config, device=CPU, checkpoint_dir=tmp_path)
+    saved = tmp_path / "image__text" / "train.pt"
+    assert saved.is_file()
+    marker = tmp_path / "pwned"
+    hostile = {"format": 1, "epoch": 1, "history": [], "modules": {}, "optimizer": None, "tensors": {},
+               "extra": {"x": _Payload(marker)}}
+    if writer == "torch.save":
+        torch.save(hostile, saved)
+    else:
+        saved.write_bytes(pickle.dumps(hostile))
+    with pytest.raises(ModelFileError, match="objects other than tensors") as refused:
+        get_method("dscmr")().fit(data.train, None, config=config, device=CPU, checkpoint_dir=tmp_path)
+    assert str(tmp_path) in refused.value.hint
+    assert not marker.exists()
+
+
+def test_a_kill_while_a_checkpoint_is_written_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    module = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.Adam(module.parameters(), lr=0.1)
+    module(torch.randn(8, 4)).sum().backward()
+    optimizer.step()
+    checkpoint = Checkpoint(tmp_path, "stage")
+    checkpoint.save(1, [{"loss": 1.0}], {"m": module}, optimizer, {"best": torch.arange(3.0)}, {"note": "e1"})
+    at_epoch_1 = {k: v.clone() for k, v in module.state_dict().items()}
+    adam_1 = optimizer.state_dict()["state"][0]["exp_avg"].clone()
+
+    def killed_halfway(obj, f):  # a kill after part of the new file reached the disk
+        f.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt
+
+    with torch.no_grad():
+        module.weight.add_(1.0)
+    monkeypatch.setattr(torch, "save", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(2, [{"loss": 1.0}, {"loss": 0.5}], {"m": module}, optimizer)
+    monkeypatch.undo()
+
+    fresh = torch.nn.Linear(4, 3)
+    fresh_optimizer = torch.optim.Adam(fresh.parameters(), lr=0.1)
+    meta = Checkpoint(tmp_path, "stage").restore({"m": fresh}, fresh_optimizer)
+    assert meta is not None and meta["epoch"] == 1 and meta["history"] == [{"loss": 1.0}]
+    assert meta["extra"] == {"note": "e1"} and torch.equal(meta["tensors"]["best"], torch.arange(3.0))
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, at_epoch_1[k])
+    assert torch.equal(fresh_optimizer.state_dict()["state"][0]["exp_avg"], adam_1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stage.pt"]
 
 
 @pytest.mark.parametrize("name", ["dscmr", "sdml"])

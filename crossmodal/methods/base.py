@@ -3,8 +3,10 @@ open_clip's step returning named losses)."""
 
 from __future__ import annotations
 
-import json
-import math
+import os
+import pickle
+import re
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 
 from crossmodal.config import MethodConfig
+from crossmodal.errors import ModelFileError
 from crossmodal.featureset import FeatureSet
 from crossmodal.model import CrossModalModel, FeatureIdentity
 from crossmodal.registry import Registry
@@ -138,103 +141,108 @@ def fit_loop(
 
 
 class Checkpoint:
-    """Resume state of one ``fit_loop`` stage: module and optimizer tensors in safetensors, the rest in JSON.
+    """Resume state of one ``fit_loop`` stage in one file, ``<stage>.pt``: the modules' and the optimizer's state dicts,
+    the extra tensors and the plain meta (epoch, history, extras), written by ``torch.save``.
 
-    The tensors of epoch e go to their own file ``<stage>-e<e>.safetensors``; the JSON, renamed into place last, names
-    the file it belongs to, and only then are older tensor files deleted. A kill at any moment therefore leaves a JSON
-    whose tensors are complete and of the same epoch.
+    It is read back with ``torch.load(weights_only=True)``, whose unpickler builds only tensors and plain containers: a
+    file that asks for any other object (code a ``__reduce__`` would run) is refused as a ``ModelFileError``. Each save
+    goes to a temporary file of its own, is fsynced and then renamed over the previous one, so a kill at any moment
+    leaves either the previous complete checkpoint or the new one.
     """
+
+    FORMAT = 1  # bumped when the layout of the saved dict changes; another number is refused, not misread
 
     def __init__(self, directory: str | Path, stage: str):
         self.directory = Path(directory)
         self.stage = stage
 
-    def _tensors(self, epoch: int) -> Path:
-        return self.directory / f"{self.stage}-e{epoch}.safetensors"
-
     @property
-    def _meta(self) -> Path:
-        return self.directory / f"{self.stage}.json"
+    def path(self) -> Path:
+        return self.directory / f"{self.stage}.pt"
+
+    def _read(self) -> dict[str, Any] | None:
+        """The saved dict, or None when nothing was saved; a file that is not one this class wrote raises."""
+        if not self.path.is_file():
+            return None
+        hint = f"delete {self.directory} to train this stage afresh"
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:  # weights_only's refusal of anything but tensors and plain containers
+            # torch's message is advice to load it unsafely; only its "WeightsUnpickler error:" part names the object
+            found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. |\n|$)", str(e))
+            raise ModelFileError(f"checkpoint {self.path} holds objects other than tensors and plain values, so it was "
+                                 f"not loaded ({found.group(1) if found else type(e).__name__})", hint=hint) from e
+        except (RuntimeError, EOFError, OSError, ValueError) as e:
+            raise ModelFileError(f"checkpoint {self.path} is unreadable ({type(e).__name__}: {e})", hint=hint) from e
+        keys = {"format", "epoch", "history", "modules", "optimizer", "tensors", "extra"}
+        if not isinstance(state, dict) or state.get("format") != self.FORMAT or not keys <= state.keys():
+            raise ModelFileError(f"checkpoint {self.path} is not a format-{self.FORMAT} checkpoint of this version",
+                                 hint=hint)
+        return state
 
     def done(self) -> dict[str, Any] | None:
-        """The saved meta of a finished or partial stage, or None."""
-        if not self._meta.is_file():
-            return None
-        return json.loads(self._meta.read_text())
+        """The saved meta (``epoch``, ``history``, ``extra``) of a finished or partial stage, or None."""
+        state = self._read()
+        return None if state is None else {k: state[k] for k in ("epoch", "history", "extra")}
 
     def save(self, epoch: int, history: list[dict[str, float]], modules: Mapping[str, torch.nn.Module],
              optimizer: torch.optim.Optimizer | None, extra: Mapping[str, torch.Tensor] | None = None,
              extra_json: Mapping[str, Any] | None = None) -> None:
-        from safetensors.torch import save_file
-
+        """Replace the stage's checkpoint with this epoch's state (``extra_json`` holds plain values only)."""
+        state = {
+            "format": self.FORMAT,
+            "epoch": epoch,
+            "history": [dict(h) for h in history],
+            "modules": {name: module.state_dict() for name, module in modules.items()},
+            "optimizer": optimizer.state_dict() if optimizer is not None else None,
+            "tensors": {k: v.detach() for k, v in (extra or {}).items()},
+            "extra": dict(extra_json or {}),
+        }
         self.directory.mkdir(parents=True, exist_ok=True)
-        tensors: dict[str, torch.Tensor] = {}
-        for name, module in modules.items():
-            for k, v in module.state_dict().items():
-                tensors[f"module.{name}.{k}"] = v.detach().cpu().contiguous().clone()
-        opt_meta: dict[str, Any] = {}
-        if optimizer is not None:
-            state = optimizer.state_dict()
-            for pid, pstate in state["state"].items():
-                for k, v in pstate.items():
-                    if isinstance(v, torch.Tensor):
-                        tensors[f"optim.{pid}.{k}"] = v.detach().cpu().contiguous().clone().reshape(v.shape)
-                    else:
-                        opt_meta[f"{pid}.{k}"] = v
-            opt_meta["__param_groups__"] = state["param_groups"]
-        for k, v in (extra or {}).items():
-            tensors[f"extra.{k}"] = v.detach().cpu().contiguous().clone()
-        target = self._tensors(epoch)
-        tmp = target.with_suffix(".safetensors.incomplete")
-        save_file(tensors, str(tmp))
-        tmp.replace(target)
-        meta = {"epoch": epoch, "history": _finite(history), "optimizer": opt_meta, "extra": dict(extra_json or {}),
-                "tensors_file": target.name}
-        tmp_meta = self._meta.with_suffix(".json.incomplete")
-        tmp_meta.write_text(json.dumps(meta))
-        tmp_meta.replace(self._meta)
-        for old in self.directory.glob(f"{self.stage}-e*.safetensors"):
-            if old != target:
-                old.unlink(missing_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{self.stage}.pt.", suffix=".incomplete")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_directory(self.directory)  # the rename itself survives a power cut
 
     def saved_tensors(self) -> dict[str, torch.Tensor] | None:
-        """Every tensor of the last save (``module.*``, ``optim.*``, ``extra.*`` keys), or None when none was saved."""
-        from safetensors.torch import load_file
-
-        meta = self.done()
-        path = self.directory / meta["tensors_file"] if meta else None
-        return load_file(str(path)) if path is not None and path.is_file() else None
+        """Every tensor of the last save (``module.<name>.<key>`` and ``extra.<key>``), or None when none was saved."""
+        state = self._read()
+        if state is None:
+            return None
+        tensors = {f"module.{name}.{k}": v for name, sd in state["modules"].items() for k, v in sd.items()}
+        tensors.update({f"extra.{k}": v for k, v in state["tensors"].items()})
+        return tensors
 
     def remove(self) -> None:
-        """Delete the saved state, the JSON first so that no JSON is ever left without its tensors."""
-        self._meta.unlink(missing_ok=True)
-        for old in self.directory.glob(f"{self.stage}-e*.safetensors"):
-            old.unlink(missing_ok=True)
+        """Delete the saved state and any temporary file a kill left half-written."""
+        self.path.unlink(missing_ok=True)
+        for tmp in self.directory.glob(f".{self.stage}.pt.*.incomplete"):
+            tmp.unlink(missing_ok=True)
 
     def restore(self, modules: Mapping[str, torch.nn.Module], optimizer: torch.optim.Optimizer | None
                 ) -> dict[str, Any] | None:
-        """Load the saved state into ``modules`` and ``optimizer``; return the meta (epoch, history, extras) or None."""
-        meta = self.done()
-        tensors = self.saved_tensors()
-        if meta is None or tensors is None:
+        """Load the saved state into ``modules`` and ``optimizer``; return the meta (epoch, history, ``extra``, and
+        the extra tensors as ``tensors``) or None."""
+        state = self._read()
+        if state is None:
             return None
         for name, module in modules.items():
-            prefix = f"module.{name}."
-            module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-        if optimizer is not None and "__param_groups__" in meta["optimizer"]:
-            state: dict[int, dict[str, Any]] = {}
-            for k, v in tensors.items():
-                if k.startswith("optim."):
-                    _, pid, name = k.split(".", 2)
-                    state.setdefault(int(pid), {})[name] = v
-            for k, v in meta["optimizer"].items():
-                if k != "__param_groups__":
-                    pid, name = k.split(".", 1)
-                    state.setdefault(int(pid), {})[name] = v
-            optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer"]["__param_groups__"]})
-        meta["tensors"] = {k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")}
-        return meta
+            module.load_state_dict(state["modules"][name])
+        if optimizer is not None and state["optimizer"] is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        return {k: state[k] for k in ("epoch", "history", "extra", "tensors")}
 
 
-def _finite(history: list[dict[str, float]]) -> list[dict[str, float | None]]:
-    return [{k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in h.items()} for h in history]
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
