@@ -1,35 +1,15 @@
-"""Errors of the extractors. Each names the file, the problem and the fix."""
+"""Errors of the extractors. Each names the file, the problem and the fix (base: crossmodal.common.errors)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
-
-class ExtractorError(Exception):
-    """Base of the extractors' errors; ``hint`` says how to fix it."""
-
-    exit_code = 2
-
-    def __init__(self, message: str, *, hint: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-
-    def __str__(self) -> str:
-        return self.message if not self.hint else f"{self.message} (hint: {self.hint})"
-
-    def __reduce__(self):
-        # Subclasses take other arguments than (message, hint); rebuild from the state so that an error raised in a
-        # decoding process reaches the parent whole.
-        return _rebuild, (type(self), self.args, self.__dict__)
+from crossmodal.common.errors import CrossmodalError, UnknownNameError
 
 
-def _rebuild(cls: type[ExtractorError], args: tuple, state: dict) -> ExtractorError:
-    error = cls.__new__(cls)
-    error.args = args
-    error.__dict__.update(state)
-    return error
+class ExtractorError(CrossmodalError):
+    """Base of the extractors' errors; ``hint`` says how to fix it (pickles whole, as every error of the kernel)."""
 
 
 class MediaError(ExtractorError):
@@ -60,15 +40,8 @@ class MissingDependencyError(ExtractorError):
         )
 
 
-class UnknownExtractorError(ExtractorError, KeyError):
-    def __init__(self, name: str, valid: Sequence[str]):
-        import difflib
-
-        close = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.4)
-        hint = f"did you mean {', '.join(close)}?" if close else f"valid names: {', '.join(sorted(valid))}"
-        super().__init__(f"unknown extractor {name!r}", hint=hint)
-
-    __str__ = ExtractorError.__str__
+class UnknownExtractorError(ExtractorError, UnknownNameError):
+    """No extractor of that name: ``UnknownExtractorError("extractor", name, valid)``, the closest names in the hint."""
 
 
 class StoreError(ExtractorError):

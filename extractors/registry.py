@@ -67,7 +67,7 @@ def get_extractor_class(name: str) -> type[Extractor]:
     if name not in _EXTRACTORS:
         entry = _LAZY.get(name)
         if entry is None:
-            raise UnknownExtractorError(name, list(_LAZY))
+            raise UnknownExtractorError("extractor", name, list(_LAZY))
         importlib.import_module(entry.module)
         if name not in _EXTRACTORS:
             raise ExtractorError(f"extractor {name!r}: module {entry.module} defines no class registered under it",

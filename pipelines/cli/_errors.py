@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import sys
 
-from crossmodal.errors import CrossmodalError
-from extractors.errors import ExtractorError
+from crossmodal.common.errors import CrossmodalError
 
-USER_ERRORS = (CrossmodalError, ExtractorError)
+# The one base of the core's and the extractors' errors (crossmodal/common/errors.py).
+USER_ERRORS = (CrossmodalError,)
 
 
 def format_error(exc: BaseException) -> str:
