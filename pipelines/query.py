@@ -103,6 +103,8 @@ def query(
         raise ConfigError("the text query is empty", hint='type some words, e.g. --text "a red boat"')
     if k < 1:
         raise ConfigError(f"k must be at least 1, got {k}")
+    if file is not None and not Path(file).exists():
+        raise ConfigError(f"no such file: {file}", hint="check the path (nothing was searched)")
     ws = Workspace(workspace)
     model_dir = require_model(ws, model)
     card = read_card(model_dir)

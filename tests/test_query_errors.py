@@ -85,6 +85,13 @@ def test_a_file_of_an_extension_no_extractor_reads_is_refused_naming_what_the_mo
     assert "no modality of the model reads '.xyz'" in err and "image (.jpg" in err
 
 
+def test_a_query_file_that_does_not_exist_is_refused_with_the_path_and_the_fix(indexed, tmp_path, capsys):
+    _, ws = indexed
+    assert main(["query", str(tmp_path / "gone.png"), "--target", "text", "--workspace", str(ws), "--model", "m"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"error: no such file: {tmp_path / 'gone.png'}", "  fix: check the path (nothing was searched)"]
+
+
 def test_an_unknown_target_modality_is_refused(indexed, capsys):
     _, ws = indexed
     assert main(["query", "--text", "seven", "--target", "smell", "--workspace", str(ws), "--model", "m"]) == 2
