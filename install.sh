@@ -10,4 +10,5 @@ if command -v apt-get >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
     libusb-1.0-0 espeak-ng sox libgl1 libgomp1 fonts-dejavu-core chromium chromium-driver >/dev/null
 fi
-python -m pip install --upgrade-strategy only-if-needed -e '.[all,dev]'
+# pyproject.toml declares ranges; constraints.txt pins the torch/torchvision pair the tests and benchmarks ran on.
+python -m pip install --upgrade-strategy only-if-needed -c constraints.txt -e '.[all,dev]'

@@ -32,6 +32,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
@@ -133,8 +134,7 @@ def write_benchmark(
                                  hint="write it with container='mat'")
     arrays = _WRITERS[name](ds, container)
     if container == "hdf5":
-        import h5py
-
+        h5py = _h5py(path)
         with h5py.File(path, "w") as f:
             for key, value in arrays.items():
                 f.create_dataset(key, data=value)
@@ -223,10 +223,19 @@ def _open(file: Path) -> Iterator[_Arrays]:
     yield _Arrays(file, [k for k in data if not k.startswith("__")], data.__getitem__)
 
 
+def _h5py(file: Path) -> ModuleType:
+    """h5py, which only HDF5 benchmark files need: it comes with the ``hdf5`` extra, not with the core."""
+    try:
+        import h5py
+    except ImportError as e:
+        raise DatasetFormatError(f"{file} is an HDF5 file, and HDF5 needs the Python package 'h5py', which is not "
+                                 "installed", hint="pip install 'crossmodal-toolkit[hdf5]'") from e
+    return h5py
+
+
 @contextmanager
 def _open_hdf5(file: Path, *, matlab: bool) -> Iterator[_Arrays]:
-    import h5py
-
+    h5py = _h5py(file)
     try:
         handle = h5py.File(file, "r")
     except OSError as e:

@@ -11,8 +11,9 @@ import json
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crossmodal.config import MethodConfig, load_preset, with_overrides
 from crossmodal.device import keep_freed_memory, resolve_device
@@ -23,7 +24,11 @@ from crossmodal.methods import create_method, get_method
 from crossmodal.model import CrossModalModel, FeatureIdentity
 from pipelines.progress import ProgressBar, TrainingLog, read_training_log
 
-PRESETS_DIR = Path(__file__).resolve().parents[1] / "crossmodal" / "presets"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable  # Python 3.11+; only annotations name it
+
+PRESETS_DIR: Traversable = resources.files("crossmodal") / "presets"
+"""The presets shipped inside the package, found where the package is installed (a wheel, a zip or this tree)."""
 DATASETS = ("wiki", "wiki-sift-lda", "xmedia", "xmedianet", "nus", "inria")
 CHECKPOINTS = "checkpoints"
 LOG_FILE = "train_log.jsonl"
@@ -367,13 +372,15 @@ def resolve_config(method: str, *, dataset: str | None = None, preset: str | Non
         ConfigError: an unknown preset or config key, or a value of the wrong type.
     """
     cls = get_method(method).Config
-    path = preset_path(preset) if preset else PRESETS_DIR / f"{method}-{dataset}.json" if dataset else None
+    path: Traversable | None = (preset_path(preset) if preset else PRESETS_DIR / f"{method}-{dataset}.json" if dataset
+                                else None)
     from_preset = path is not None and path.is_file()
     config = load_preset(cls, path) if from_preset else cls()
     shortcuts = {k: v for k, v in (("epochs", epochs), ("seed", seed)) if v is not None}
     resolved = with_overrides(with_overrides(config, shortcuts), list(overrides))
     if warnings is not None and resolved.epochs < FEW_EPOCHS * config.epochs:
-        tuned = f"the preset {path.stem} was" if from_preset and path is not None else f"{method}'s defaults were"
+        tuned = (f"the preset {path.name.removesuffix('.json')} was" if from_preset and path is not None
+                 else f"{method}'s defaults were")
         count = f"{resolved.epochs} epoch{'s' if resolved.epochs != 1 else ''}"
         warnings.append(f"{count} is far fewer than the {config.epochs} {tuned} tuned for; "
                         f"expect a MAP near chance (DRCL's paper presets at 10 epochs score near it). Use --epochs "
@@ -381,7 +388,7 @@ def resolve_config(method: str, *, dataset: str | None = None, preset: str | Non
     return resolved
 
 
-def preset_path(preset: str) -> Path:
+def preset_path(preset: str) -> Traversable:
     """``presets/NAME.json`` for a preset name, or the file itself.
 
     Raises:
@@ -390,7 +397,7 @@ def preset_path(preset: str) -> Path:
     for candidate in (Path(preset), PRESETS_DIR / f"{preset}.json"):
         if candidate.is_file():
             return candidate
-    names = sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
+    names = sorted(p.name.removesuffix(".json") for p in PRESETS_DIR.iterdir() if p.name.endswith(".json"))
     raise ConfigError(f"no preset {preset!r}", hint=f"use a JSON file or one of {', '.join(names) or '(none)'}")
 
 

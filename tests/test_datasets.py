@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+
 import h5py
 import numpy as np
 import pytest
@@ -59,6 +61,14 @@ def test_wiki_hdf5_variant_is_recognised_by_content_not_by_name(tmp_path):
     with h5py.File(tmp_path / "features.mat") as f:
         assert "train_text" in f and "valid_imgs_deep" not in f
     assert_same_data(load_benchmark("wiki", tmp_path / "features.mat"), ds)
+
+
+def test_an_hdf5_file_without_h5py_installed_names_the_extra_that_brings_it(tmp_path, monkeypatch):
+    write_benchmark("wiki", tmp_path / "wiki.h5", paired(n_val=WIKI_VAL_SIZE))
+    monkeypatch.setitem(sys.modules, "h5py", None)  # what `import h5py` meets when it is not installed
+    with pytest.raises(DatasetFormatError, match="h5py") as refused:
+        load_benchmark("wiki", tmp_path / "wiki.h5")
+    assert refused.value.hint == "pip install 'crossmodal-toolkit[hdf5]'"
 
 
 def test_matlab_v73_files_are_read_transposed(tmp_path):
