@@ -33,8 +33,8 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from crossmodal.common.hashing import file_sha256
 from crossmodal.errors import ConfigError, FeatureMismatchError, ModelFileError, NotTrainedError
-from crossmodal.files import file_sha256
 from crossmodal.metrics import CHUNK_ELEMENTS, top_k
 from crossmodal.registry import Registry
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import re
 import struct
 from collections.abc import Mapping
@@ -28,13 +27,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from crossmodal.common.hashing import file_sha256
+from crossmodal.common.versions import library_versions as versions_of
 from crossmodal.device import resolve_device
 from crossmodal.errors import ConfigError, FeatureMismatchError, ModelFileError
-from crossmodal.files import file_sha256
 
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "card.json"
 CARD_FORMAT = "crossmodal-model/1"
+CARD_LIBRARIES = ("python", "torch", "numpy", "safetensors")  # whose versions a card records
 
 MAX_CLASSES = 1_000_000  # the largest label sets of the field (ImageNet-21k, NUS tags) are far below
 MAX_FEATURE_DIM = 65_536  # 16x the widest extractor here (VGG-19 fc7, C3D fc6: 4096)
@@ -416,18 +417,10 @@ def _short(value: Any) -> str:
 
 
 def library_versions() -> dict[str, str]:
-    import numpy
-    import safetensors
-
+    """The card's record of what made the model: crossmodal's version and its libraries' (``python`` included)."""
     import crossmodal
 
-    return {
-        "crossmodal": crossmodal.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "safetensors": safetensors.__version__,
-    }
+    return {"crossmodal": crossmodal.__version__, **versions_of(CARD_LIBRARIES)}
 
 
 def _clone_to_cpu(model: CrossModalModel) -> CrossModalModel:

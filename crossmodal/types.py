@@ -1,26 +1,7 @@
-"""Modality names, defined once for the whole toolkit."""
+"""Modality names: the kernel's (crossmodal/common/modality.py), under the name the core has always imported."""
 
 from __future__ import annotations
 
-from typing import Literal
+from crossmodal.common.modality import MODALITIES, MODALITY_ALIASES, Modality, canonical_modality
 
-Modality = Literal["image", "text", "audio", "mesh", "video"]
-
-MODALITIES: tuple[str, ...] = ("image", "text", "audio", "mesh", "video")
-
-# "3d" is what users (and the XMedia papers) call the mesh modality; not being an identifier, it is only an alias.
-MODALITY_ALIASES: dict[str, str] = {"3d": "mesh", "3D": "mesh", "d3": "mesh"}
-
-
-def canonical_modality(name: str) -> str:
-    """Return the canonical modality name for ``name`` (accepting the ``3d`` alias).
-
-    Raises:
-        ConfigError: ``name`` is not a modality.
-    """
-    from crossmodal.errors import ConfigError
-
-    name = MODALITY_ALIASES.get(name, name)
-    if name not in MODALITIES:
-        raise ConfigError(f"unknown modality {name!r}", hint=f"choose one of {', '.join(MODALITIES)} (or 3d for mesh)")
-    return name
+__all__ = ["MODALITIES", "MODALITY_ALIASES", "Modality", "canonical_modality"]

@@ -13,9 +13,12 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from crossmodal.common.hashing import file_sha256
+from crossmodal.common.modality import MODALITIES
 from extractors.errors import ExtractorError, MediaError, MissingDependencyError
 
-MODALITIES: tuple[str, ...] = ("image", "text", "audio", "mesh", "video")
+__all__ = ["MODALITIES", "Extractor", "ExtractorConfig", "check_finite", "decoder_threads", "file_sha256", "require",
+           "set_decoder_threads"]
 
 _decoder_threads: int | None = None
 
@@ -195,10 +198,3 @@ def require(module: str, *, extractor: str, extra: str) -> Any:
     except ImportError as exc:
         raise MissingDependencyError(extractor, module, extra) from exc
 
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -9,93 +9,68 @@ still carries ``@register_extractor``, which checks it against its line.
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 import re
 from typing import TYPE_CHECKING, Any
 
+from crossmodal.common.config import check_fields
+from crossmodal.common.modality import MODALITIES
+from crossmodal.common.registry import Registry
 from extractors.errors import ExtractorError, UnknownExtractorError
 
 if TYPE_CHECKING:
     from extractors.base import Extractor
 
-
-@dataclasses.dataclass(frozen=True)
-class _Entry:
-    module: str  # where the class is defined, e.g. "extractors.image"
-    modality: str
-    default: bool
-
-
-_LAZY: dict[str, _Entry] = {}
-_EXTRACTORS: dict[str, type[Extractor]] = {}
+# Lazy entries carry two tags: ``modality`` and ``default`` (the modality's default extractor).
+EXTRACTORS: Registry[type[Extractor]] = Registry("extractor", unknown=UnknownExtractorError,
+                                                  decorator="@register_extractor")
 
 
 def register_lazy(name: str, module: str, *, modality: str, default: bool = False) -> None:
     """Declare that ``module`` defines extractor ``name`` (imported on first use). Duplicates and a second default per
-    modality raise; the modality is checked when the class registers (extractors.base, which holds the list, imports
-    numpy)."""
-    if name in _LAZY:
-        raise ValueError(f"extractor {name!r} is registered twice")
-    if default and any(e.default and e.modality == modality for e in _LAZY.values()):
+    modality raise; the class is checked against this line when it registers."""
+    if default and EXTRACTORS.names(modality=modality, default=True):
         raise ValueError(f"modality {modality!r} has two default extractors")
-    _LAZY[name] = _Entry(module, modality, default)
+    EXTRACTORS.register_lazy(name, module, modality=modality, default=default)
 
 
 def register_extractor(cls: type[Extractor]) -> type[Extractor]:
     """Class decorator; the class must match its ``register_lazy`` line (module, modality, default) when it has one,
     and a name registered twice raises."""
-    from extractors.base import MODALITIES
-
-    if cls.name in _EXTRACTORS:
+    if EXTRACTORS.is_loaded(cls.name):
         raise ValueError(f"extractor {cls.name!r} is registered twice")
     if cls.modality not in MODALITIES:
         raise ValueError(f"extractor {cls.name!r} has unknown modality {cls.modality!r}")
-    entry = _LAZY.get(cls.name)
-    if entry is None:  # a class registered from outside the package (a plug-in): declared by its import
+    if cls.name not in EXTRACTORS:  # a class registered from outside the package (a plug-in): declared by its import
         register_lazy(cls.name, cls.__module__, modality=cls.modality, default=cls.is_default)
-    elif (entry.module, entry.modality, entry.default) != (cls.__module__, cls.modality, cls.is_default):
+    tags = EXTRACTORS.tags(cls.name)
+    line = (EXTRACTORS.module(cls.name), tags["modality"], tags["default"])
+    if line != (cls.__module__, cls.modality, cls.is_default):
         raise ValueError(f"extractor {cls.name!r}: class ({cls.__module__}, {cls.modality}, default={cls.is_default}) "
-                         f"does not match its registration line ({entry.module}, {entry.modality}, "
-                         f"default={entry.default})")
-    _EXTRACTORS[cls.name] = cls
-    return cls
+                         f"does not match its registration line ({line[0]}, {line[1]}, default={line[2]})")
+    return EXTRACTORS.register(cls)
 
 
 def get_extractor_class(name: str) -> type[Extractor]:
     """The class of ``name``, importing its module the first time."""
-    if name not in _EXTRACTORS:
-        entry = _LAZY.get(name)
-        if entry is None:
-            raise UnknownExtractorError("extractor", name, list(_LAZY))
-        importlib.import_module(entry.module)
-        if name not in _EXTRACTORS:
-            raise ExtractorError(f"extractor {name!r}: module {entry.module} defines no class registered under it",
-                                 hint="decorate the class with @register_extractor")
-    return _EXTRACTORS[name]
+    return EXTRACTORS.get(name)
 
 
 def create_extractor(name: str, *, device: str = "cpu", **overrides: Any) -> Extractor:
     """Build the extractor ``name`` with its config's defaults, replaced by ``overrides`` (unknown fields raise)."""
     cls = get_extractor_class(name)
-    fields = {f.name for f in dataclasses.fields(cls.Config)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        options = ", ".join(sorted(fields))
-        raise ExtractorError(f"{name} has no option(s) {', '.join(unknown)}", hint=f"options: {options}")
+    check_fields(cls.Config, overrides, owner=name, noun="option")
     return cls(cls.Config(**overrides), device=device)
 
 
 def list_extractors(modality: str | None = None) -> list[str]:
     """Registered names (of ``modality`` when given), sorted; imports nothing."""
-    return sorted(n for n, e in _LAZY.items() if modality is None or e.modality == modality)
+    return EXTRACTORS.names() if modality is None else EXTRACTORS.names(modality=modality)
 
 
 def default_extractor(modality: str) -> str:
     """The default extractor of ``modality``; imports nothing."""
-    for name, entry in _LAZY.items():
-        if entry.modality == modality and entry.default:
-            return name
+    for name in EXTRACTORS.names(modality=modality, default=True):
+        return name
     raise ExtractorError(
         f"no default extractor for modality {modality!r}", hint=f"choose one of {list_extractors(modality)}"
     )

@@ -38,8 +38,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import hashlib
-import importlib.metadata
 import json
 import os
 import re
@@ -55,6 +53,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from crossmodal.common.hashing import file_sha256
+from crossmodal.common.versions import library_versions
 from extractors.errors import StoreError, StoreFullError
 
 try:
@@ -153,7 +153,7 @@ class FeatureTable:
                 with open(parquet_tmp, "wb") as f:
                     pq.write_table(table, f)
                     _flush(f)
-                checksums = {"npy": _sha256(npy_tmp), "parquet": _sha256(parquet_tmp), "rows": len(rows)}
+                checksums = {"npy": file_sha256(npy_tmp), "parquet": file_sha256(parquet_tmp), "rows": len(rows)}
                 with open(sums_tmp, "w") as f:
                     f.write(json.dumps(checksums))
                     _flush(f)
@@ -358,7 +358,7 @@ class FeatureTable:
         if sums.exists():
             return False
         self._load_npy(parquet, self._read_meta(parquet, cached=False).num_rows, cached=False)
-        record = {"npy": _sha256(parquet.with_suffix(".npy")), "parquet": _sha256(parquet),
+        record = {"npy": file_sha256(parquet.with_suffix(".npy")), "parquet": file_sha256(parquet),
                   "rows": pq.ParquetFile(parquet).metadata.num_rows}
         tmp = Path(f"{sums}.incomplete")
         with open(tmp, "w") as f:
@@ -479,7 +479,8 @@ class FeatureStore:
                                      f"{description[field]!r}", hint=f"move {path} away; it does not match its key")
             return table
         (path / "shards").mkdir(parents=True, exist_ok=True)
-        record = {**description, "libraries": _library_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        record = {**description, "libraries": library_versions(_LIBRARIES),
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         tmp = path / f"extractor.json.{uuid.uuid4().hex[:8]}.incomplete"
         tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
         os.replace(tmp, meta)  # concurrent creators write the same description; the last rename wins
@@ -591,18 +592,10 @@ def _check_file(path: Path, expected: str, hint: str, *, cached: bool) -> None:
         raise StoreError(f"{path}: missing, but its shard is committed", hint=hint) from None
     if cached and key in _VERIFIED:
         return
-    if _sha256(path) != expected:
+    if file_sha256(path) != expected:
         raise StoreError(f"{path}: sha256 differs from the one recorded at commit; the file was changed", hint=hint)
     if path.suffix == ".parquet":  # an .npy is cached once its values are checked too
         _VERIFIED.add(key)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _flush(f: Any) -> None:
@@ -623,11 +616,3 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _library_versions() -> dict[str, str]:
-    versions = {}
-    for name in _LIBRARIES:
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions[name] = importlib.metadata.version(name)
-    return versions

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from crossmodal.config import coerce_field
+from crossmodal.common.config import parse_overrides
 from crossmodal.device import resolve_device
 from crossmodal.errors import ConfigError, DatasetFormatError
 from crossmodal.types import canonical_modality
@@ -121,30 +121,6 @@ class ExtractPlan:
     passed_over: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
-def parse_overrides(name: str, items: Iterable[str] | dict[str, Any] | None) -> dict[str, Any]:
-    """``["key=value", ...]`` -> typed config overrides for extractor ``name`` (JSON values, checked by field type).
-
-    Raises:
-        ConfigError: not ``key=value``, an unknown field, or a value of the wrong type.
-    """
-    if not items:
-        return {}
-    config_cls = get_extractor_class(name).Config
-    raw = dict(items) if isinstance(items, dict) else {}
-    if not isinstance(items, dict):
-        for item in items:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ConfigError(f"--set {item!r} is not key=value", hint="e.g. --set vector_size=100")
-            raw[key.strip()] = value.strip()
-    fields = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(raw) - fields)
-    if unknown:
-        raise ConfigError(f"{name} has no option(s) {', '.join(unknown)}", hint=f"options: {', '.join(sorted(fields))}")
-    hints = typing.get_type_hints(config_cls)
-    return {k: coerce_field(hints[k], v, k) for k, v in raw.items()}
-
-
 def plan_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[str | os.PathLike], *,
                  extractor: str | None = None, labels_from: str = "folders", workers: int | None = None,
                  device: str = "auto", overrides: Iterable[str] | dict[str, Any] | None = None,
@@ -162,7 +138,8 @@ def plan_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[st
     if cls.modality != modality:
         raise ConfigError(f"extractor {name!r} is for {cls.modality}, not {modality}",
                           hint=f"{modality} extractors: {', '.join(list_extractors(modality))}")
-    ext = create_extractor(name, device=str(resolve_device(device)), **parse_overrides(name, overrides))
+    options = parse_overrides(cls.Config, overrides, owner=name, noun="option")  # typed by field, unknown ones refused
+    ext = create_extractor(name, device=str(resolve_device(device)), **options)
     missing = [str(p) for p in paths if not os.path.lexists(p)]
     if missing:
         raise ConfigError(f"no such file or folder: {', '.join(missing)}", hint="check the path (nothing was read)")

@@ -51,12 +51,12 @@ assert "c3d-fc6" in list_extractors("video") and default_extractor("image") == "
 
 
 def test_every_extractor_registration_line_names_the_module_that_defines_its_class():
-    from extractors.registry import _LAZY, get_extractor_class
+    from extractors.registry import EXTRACTORS, get_extractor_class
 
-    for name, entry in _LAZY.items():
-        cls = get_extractor_class(name)
-        assert (cls.name, cls.__module__, cls.modality, cls.is_default) == (name, entry.module, entry.modality,
-                                                                            entry.default)
+    for name in EXTRACTORS.names():
+        cls, tags = get_extractor_class(name), EXTRACTORS.tags(name)
+        assert (cls.name, cls.__module__, cls.modality, cls.is_default) == (name, EXTRACTORS.module(name),
+                                                                            tags["modality"], tags["default"])
 
 
 def test_every_method_is_registered_lazily_and_builds_from_its_name():
@@ -69,7 +69,7 @@ def test_every_method_is_registered_lazily_and_builds_from_its_name():
 
 
 def test_a_registration_line_that_disagrees_with_its_class_is_refused():
-    from extractors.registry import _EXTRACTORS, _LAZY, register_extractor, register_lazy
+    from extractors.registry import EXTRACTORS, register_extractor, register_lazy
 
     class Probe:
         name, modality, is_default = "startup-probe", "image", False
@@ -80,5 +80,4 @@ def test_a_registration_line_that_disagrees_with_its_class_is_refused():
         with pytest.raises(ValueError, match="does not match its registration line"):
             register_extractor(Probe)
     finally:
-        _LAZY.pop("startup-probe", None)
-        _EXTRACTORS.pop("startup-probe", None)
+        EXTRACTORS.unregister("startup-probe")
