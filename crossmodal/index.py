@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
+from crossmodal.common.files import atomic_write
 from crossmodal.common.hashing import file_sha256
 from crossmodal.errors import ConfigError, FeatureMismatchError, ModelFileError, NotTrainedError
 from crossmodal.metrics import CHUNK_ELEMENTS, top_k
@@ -237,9 +238,7 @@ class Index:
             "count": len(self), "trained_on": self.trained_on, "extra": self.extra,
             "files": {name: file_sha256(directory / name) for name in [*files, IDS_FILE]},
         }
-        tmp = directory / f"{INDEX_FILE}.incomplete"
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, directory / INDEX_FILE)
+        atomic_write(directory / INDEX_FILE, json.dumps(meta, indent=2))
         return directory
 
     def __len__(self) -> int:

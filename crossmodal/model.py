@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from crossmodal.common.files import atomic_write
 from crossmodal.common.hashing import file_sha256
 from crossmodal.common.versions import library_versions as versions_of
 from crossmodal.device import resolve_device
@@ -245,14 +246,11 @@ class CrossModalModel(nn.Module):
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / (WEIGHTS_FILE + ".incomplete")
-        save_model(self.cpu_copy(), str(tmp))
-        tmp.replace(directory / WEIGHTS_FILE)
+        model = self.cpu_copy()
+        atomic_write(directory / WEIGHTS_FILE, lambda f: save_model(model, f.name))
         card = self.card()
         card["weights_sha256"] = file_sha256(directory / WEIGHTS_FILE)
-        tmp_card = directory / (CARD_FILE + ".incomplete")
-        tmp_card.write_text(json.dumps(card, indent=2, sort_keys=True))
-        tmp_card.replace(directory / CARD_FILE)
+        atomic_write(directory / CARD_FILE, json.dumps(card, indent=2, sort_keys=True))  # the card last: a whole save
         return directory
 
     def cpu_copy(self) -> CrossModalModel:

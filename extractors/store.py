@@ -53,6 +53,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from crossmodal.common.files import atomic_write, fsync_path
 from crossmodal.common.hashing import file_sha256
 from crossmodal.common.versions import library_versions
 from extractors.errors import StoreError, StoreFullError
@@ -159,9 +160,9 @@ class FeatureTable:
                     _flush(f)
                 os.replace(npy_tmp, npy)
                 os.replace(sums_tmp, sums)
-                _fsync_dir(self.shards)
+                fsync_path(self.shards)
                 os.replace(parquet_tmp, parquet)  # the commit point: the shard exists from here on
-                _fsync_dir(self.shards)
+                fsync_path(self.shards)
             except OSError as exc:
                 if parquet.exists():
                     raise  # committed; only the last directory sync failed
@@ -360,11 +361,7 @@ class FeatureTable:
         self._load_npy(parquet, self._read_meta(parquet, cached=False).num_rows, cached=False)
         record = {"npy": file_sha256(parquet.with_suffix(".npy")), "parquet": file_sha256(parquet),
                   "rows": pq.ParquetFile(parquet).metadata.num_rows}
-        tmp = Path(f"{sums}.incomplete")
-        with open(tmp, "w") as f:
-            f.write(json.dumps(record))
-            _flush(f)
-        os.replace(tmp, sums)
+        atomic_write(sums, json.dumps(record))
         return True
 
     def drop_shard(self, parquet: Path) -> pa.Table | None:
@@ -379,7 +376,7 @@ class FeatureTable:
             except (OSError, pa.ArrowException):
                 rows = None
             parquet.unlink(missing_ok=True)
-            _fsync_dir(self.shards)
+            fsync_path(self.shards)
             for suffix in (".npy", SUMS):
                 parquet.with_suffix(suffix).unlink(missing_ok=True)
         return rows
@@ -481,9 +478,8 @@ class FeatureStore:
         (path / "shards").mkdir(parents=True, exist_ok=True)
         record = {**description, "libraries": library_versions(_LIBRARIES),
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        tmp = path / f"extractor.json.{uuid.uuid4().hex[:8]}.incomplete"
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
-        os.replace(tmp, meta)  # concurrent creators write the same description; the last rename wins
+        # Concurrent creators write the same description; each renames a whole file, the last one wins.
+        atomic_write(meta, json.dumps(record, indent=2, sort_keys=True, default=str))
         return FeatureTable(path)
 
     def table(self, modality: str, key: str | None = None) -> FeatureTable:
@@ -605,14 +601,3 @@ def _flush(f: Any) -> None:
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.1f} GB"
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable (POSIX); directories cannot be opened for fsync on Windows."""
-    if os.name != "posix":  # pragma: no cover
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -36,7 +36,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from extractors.base import file_sha256
+from crossmodal.common.files import atomic_write
+from crossmodal.common.hashing import file_sha256
 from extractors.errors import ExtractorError, MissingWeightsError
 
 if TYPE_CHECKING:
@@ -486,8 +487,6 @@ def _read_json(path: Path) -> dict:
 def _write_json(path: Path, data: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.incomplete")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(data), durable=False)
     except OSError:
         pass  # NOTE: the cache is an optimisation only; a read-only home folder must not stop an extraction

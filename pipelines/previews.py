@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from crossmodal.common.files import atomic_write
 from extractors.base import require
 from extractors.errors import MediaError
 
@@ -64,11 +64,8 @@ class PreviewCache:
             return cached
         png = _encode_png(RENDERERS[modality](path, self.size))
         self.directory.mkdir(parents=True, exist_ok=True)
-        # Write then rename: two requests rendering the same preview at once each replace a whole file.
-        tmp = cached.with_name(f"{cached.name}.{os.getpid()}.{id(png)}.incomplete")
-        tmp.write_bytes(png)
-        tmp.replace(cached)
-        return cached
+        # Two requests rendering the same preview at once each replace a whole file; a cache needs no fsync.
+        return atomic_write(cached, png, durable=False)
 
 
 def text_snippet(path: Path, *, chars: int = SNIPPET_CHARS) -> str:

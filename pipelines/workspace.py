@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from crossmodal.common.files import atomic_write
 from crossmodal.errors import ConfigError, DatasetFormatError, FeatureMismatchError, NotTrainedError
 from crossmodal.featureset import CrossModalDataset, FeatureSet
 from crossmodal.types import MODALITIES, canonical_modality
@@ -220,10 +221,8 @@ class Workspace:
         assigned = _draw_splits(units, recorded, seed=seed)
         if assigned != recorded:
             self.store_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".json.incomplete")
-            tmp.write_text(json.dumps({"seed": seed, "fractions": SPLIT_FRACTIONS, "splits": assigned}, indent=0,
-                                      sort_keys=True))
-            os.replace(tmp, path)
+            atomic_write(path, json.dumps({"seed": seed, "fractions": SPLIT_FRACTIONS, "splits": assigned}, indent=0,
+                                          sort_keys=True))
         return assigned
 
     def datasets(
