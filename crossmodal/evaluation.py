@@ -93,7 +93,8 @@ def _evaluate(modalities: Sequence[str], pair_embeddings: Callable[[str, str], t
     if len(modalities) < 2:
         raise DatasetFormatError(f"cross-modal evaluation needs two modalities with test items, got {list(modalities)}",
                                  hint="give the test split of at least two of the model's modalities")
-    rows, pr = [], {}
+    rows: list[dict[str, Any]] = []
+    pr: dict[str, dict[str, list[float]]] = {}
     for q, g in itertools.permutations(modalities, 2):
         queries, gallery = pair_embeddings(q, g)
         args = (queries, test[q].labels, gallery, test[g].labels)

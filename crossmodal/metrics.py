@@ -216,8 +216,8 @@ def all_pairs_map(
     """
     pairs = list(pairs) if pairs is not None else list(itertools.permutations(embeddings, 2))
     unit = {m: _unit_rows(embeddings[m], m) for m in {m for pair in pairs for m in pair}}
-    options = {"multilabel_all": multilabel_all, "chunk_size": chunk_size}
-    return {(q, g): map_at_k(unit[q], labels[q], unit[g], labels[g], k, **options) for q, g in pairs}
+    return {(q, g): map_at_k(unit[q], labels[q], unit[g], labels[g], k, multilabel_all=multilabel_all,
+                             chunk_size=chunk_size) for q, g in pairs}
 
 
 def mean_map(results: Mapping[tuple[str, str], float]) -> float:

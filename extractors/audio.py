@@ -77,7 +77,7 @@ def enable_numba_cache() -> Path | None:
     except OSError:
         return None  # NOTE: numba then caches next to librosa's sources when it can; only speed is at stake
     os.environ["NUMBA_CACHE_DIR"] = str(folder)
-    numba_config = sys.modules.get("numba.core.config")
+    numba_config: Any = sys.modules.get("numba.core.config")
     if numba_config is not None:  # numba imported already (by another library): its config read the environment
         numba_config.CACHE_DIR = str(folder)
     return folder
@@ -127,6 +127,7 @@ class MfccExtractor(Extractor):
     modality = "audio"
     name = "mfcc"
     Config = MfccConfig
+    config: MfccConfig  # what __init__ makes of Config: typed so that its fields type-check
     extensions = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aiff", ".aif", ".au")
     is_default = True
     single_core = True  # librosa, numpy's BLAS held to one thread

@@ -65,10 +65,10 @@ class ExtractorConfig:
                 object.__setattr__(self, option, value)
             default = next(f.default for f in dataclasses.fields(self) if f.name == option)
             integer = isinstance(low, int) and isinstance(high, int)
-            kind = "integers" if integer else "numbers"
+            numbers = "integers" if integer else "numbers"
             span = f"{low}" if low == high else f"from {low} to {high}"
             if isinstance(default, tuple):
-                valid = f"{len(default)} {kind} {span}"
+                valid = f"{len(default)} {numbers} {span}"
                 values = value if isinstance(value, tuple) and len(value) == len(default) else None
             else:
                 valid = f"{'an integer' if integer else 'a number'} {span}"

@@ -175,11 +175,11 @@ def svg_size(path: Path, *, max_pixels: int) -> tuple[float, float]:
         raise MediaError(path, "not an SVG document (no root element)")
     box = [float(v) for v in re.split(r"[\s,]+", root.get("viewBox", "").strip()) if v][2:4] \
         if _is_viewbox(root.get("viewBox")) else [None, None]
-    sides = [_svg_length(root.get(name), side) for name, side in zip(("width", "height"), box)]
-    if not all(s is not None and 0 < s < float("inf") for s in sides):
+    width, height = (_svg_length(root.get(name), side) for name, side in zip(("width", "height"), box))
+    if width is None or height is None or not all(0 < s < float("inf") for s in (width, height)):
         raise MediaError(path, f"the SVG declares no valid size (width={root.get('width')!r}, "
                                f"height={root.get('height')!r}, viewBox={root.get('viewBox')!r})")
-    return sides[0], sides[1]
+    return width, height
 
 
 def _is_viewbox(value: str | None) -> bool:
@@ -319,6 +319,7 @@ class VGG19Fc7(Extractor):
     modality: ClassVar[str] = "image"
     name: ClassVar[str] = "vgg19-fc7"
     Config = VGG19Config
+    config: VGG19Config  # what __init__ makes of Config: typed so that its fields type-check
     extensions = IMAGE_EXTENSIONS
     unreadable = UNREADABLE
     is_default = True
@@ -405,6 +406,7 @@ class HogColor(Extractor):
     modality: ClassVar[str] = "image"
     name: ClassVar[str] = "hog-color"
     Config = HogColorConfig
+    config: HogColorConfig  # what __init__ makes of Config: typed so that its fields type-check
     extensions = IMAGE_EXTENSIONS
     unreadable = UNREADABLE
     key_ignores = ("max_pixels",)

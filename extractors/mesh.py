@@ -101,6 +101,7 @@ class LightFieldExtractor(Extractor):
     modality = "mesh"
     name = "lightfield"
     Config = LightFieldConfig
+    config: LightFieldConfig  # what __init__ makes of Config: typed so that its fields type-check
     extensions = (".obj", ".off", ".ply", ".stl")
     key_ignores = ("max_faces",)  # it refuses files, never changes a row
     is_default = True
@@ -173,10 +174,10 @@ class LightFieldExtractor(Extractor):
 
         images = np.zeros((S.shape[0], (R + 2) ** 2), bool)  # one pixel of background all around: closed contours
         images[:, grid.padded] = S > 0
-        images = images.reshape(-1, R + 2, R + 2)
-        perimeter = contour_length(images)
+        silhouettes = images.reshape(-1, R + 2, R + 2)
+        perimeter = contour_length(silhouettes)
         compactness = np.where(perimeter > 0, 4 * math.pi * area / np.maximum(perimeter, 1e-12) ** 2, 0.0)
-        fourier = self._fourier(outer_regions(images))
+        fourier = self._fourier(outer_regions(silhouettes))
         features = [zernike, fourier, eccentricity[:, None], compactness[:, None]]
         return np.concatenate(features, axis=1).astype(np.float32)
 
@@ -443,7 +444,7 @@ def dodecahedron_views() -> np.ndarray:
     """The 10 camera directions of one light field: one unit vertex of each antipodal pair of a regular
     dodecahedron, float64 ``(10, 3)``."""
     phi = (1 + 5**0.5) / 2
-    vertices = [(a, b, c) for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)]
+    vertices: list[tuple[float, float, float]] = [(a, b, c) for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)]
     for a in (-1, 1):
         for b in (-1, 1):
             vertices += [(0, a / phi, b * phi), (a / phi, b * phi, 0), (b * phi, 0, a / phi)]

@@ -239,6 +239,7 @@ class Doc2VecExtractor(Extractor):
     modality: ClassVar[str] = "text"
     name: ClassVar[str] = "doc2vec"
     Config = Doc2VecConfig
+    config: Doc2VecConfig  # what __init__ makes of Config: typed so that its fields type-check
     extensions = TEXT_EXTENSIONS
     decoding = "inline"  # reading a text is cheaper than handing it to a thread
     is_default = True
@@ -390,6 +391,7 @@ class MiniLM(Extractor):
     modality: ClassVar[str] = "text"
     name: ClassVar[str] = "minilm"
     Config = MiniLMConfig
+    config: MiniLMConfig  # what __init__ makes of Config: typed so that its fields type-check
     extensions = TEXT_EXTENSIONS
     decoding = "inline"  # reading a text is cheaper than handing it to a thread
     key_ignores = ("model_dir", "max_bytes")

@@ -262,6 +262,7 @@ class C3DExtractor(Extractor):
     modality = "video"
     name = "c3d-fc6"
     Config = C3DConfig
+    config: C3DConfig  # what __init__ makes of Config: typed so that its fields type-check
     extensions = VIDEO_EXTENSIONS
     is_default = True
     key_ignores = ("weights", "allow_download", "clips_per_batch", "max_frames", "max_pixels")  # none changes a row
@@ -290,7 +291,8 @@ class C3DExtractor(Extractor):
     def model(self) -> C3D:
         """The network with the weights loaded (strict), in eval mode, on the extractor's device."""
         if self._model is None:
-            model = load_into(C3D(self.config.width_multiplier), self.weights_path, extractor=self.name)
+            model = C3D(self.config.width_multiplier)
+            load_into(model, self.weights_path, extractor=self.name)
             self._model = model.eval().to(self.device)
         return self._model
 
@@ -380,6 +382,7 @@ class FrameStatsExtractor(Extractor):
     modality = "video"
     name = "frame-stats"
     Config = FrameStatsConfig
+    config: FrameStatsConfig  # what __init__ makes of Config: typed so that its fields type-check
     extensions = VIDEO_EXTENSIONS
     decoding = "all"  # decoding a video costs several times its statistics: every core decodes
     single_core = True  # numpy

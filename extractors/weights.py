@@ -34,7 +34,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from crossmodal.common.files import atomic_write
 from crossmodal.common.hashing import file_sha256
@@ -341,6 +341,7 @@ def find_hf_model(repo_id: str, *, files: Sequence[str],
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     looked = []
+    folder: Path | None
     try:
         folder = Path(snapshot_download(repo_id, allow_patterns=list(files), local_files_only=True))
         if all((folder / name).is_file() for name in files):
@@ -414,7 +415,7 @@ def load_state_dict(path: str | os.PathLike, *, extractor: str) -> dict[str, tor
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(path), device="cpu")
+            state: Any = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch.load raises UnpicklingError, RuntimeError, EOFError... for a bad file

@@ -6,6 +6,8 @@ Reference: Pu, Qin, Peng, Song, Zheng, "Deep Reversible Consistency Learning for
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from crossmodal.losses.gce import Reduction, log_target_probability, reduce
@@ -55,12 +57,12 @@ class _PermuteRows(torch.autograd.Function):
     is an accumulating scatter, serial on the CPU and 1-2 % of an RSC epoch there."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(perm)
         return x.index_select(0, perm)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (perm,) = ctx.saved_tensors
         return grad.index_select(0, torch.argsort(perm)), None
 
@@ -132,7 +134,7 @@ class _DiscriminationTerms(torch.autograd.Function):
     expression allocates some twenty B x B temporaries per step (a B x B pass costs as much as 3 % of the Gram)."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, z: torch.Tensor, y_hat: torch.Tensor, cos_rr: torch.Tensor,
+    def forward(ctx: Any, z: torch.Tensor, y_hat: torch.Tensor, cos_rr: torch.Tensor,
                 prior_pinv: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         norms = z.norm(dim=1)
         inv_z = norms.clamp_min(NORM_EPS).reciprocal()
@@ -148,7 +150,7 @@ class _DiscriminationTerms(torch.autograd.Function):
         return intra, inter
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad_intra: torch.Tensor, grad_inter: torch.Tensor
+    def backward(ctx: Any, grad_intra: torch.Tensor, grad_inter: torch.Tensor
                  ) -> tuple[torch.Tensor, None, None, None, None]:
         n, inv_z, norms, y_hat, prior_pinv, residual_zz, residual_rz = ctx.saved_tensors
         count = residual_zz.numel()

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, cast
 
 import torch
 
@@ -58,8 +58,8 @@ def register_method(cls: type) -> type:
     return METHODS.register(cls)
 
 
-def get_method(name: str) -> type:
-    return METHODS.get(name)
+def get_method(name: str) -> type[Method]:
+    return cast("type[Method]", METHODS.get(name))
 
 
 def create_method(name: str) -> Method:

@@ -310,7 +310,7 @@ class DRCL:
             raise DatasetFormatError(f"{modality} has {train.num_classes} classes, the model has {model.num_classes}",
                                      hint="label the new modality with the model's classes")
         device = resolve_device(device) if device is not None else model.device
-        prior = model.prior.detach().to(device)
+        prior = model.get_buffer("prior").detach().to(device)
         data = _to_device(train, device, f"{modality} training split")
         val_data = _to_device(val, device, f"{modality} validation split", allow_empty=True) if val else None
         encoder, summary = self._rsc(modality, data, val_data, prior, config, device, callbacks,
@@ -433,13 +433,14 @@ class DRCL:
                 z, y = feature_augmentation(z, y, lam, perm)
             return terms(z, y, _q(config, epoch))
 
-        has_val = val is not None and len(val) > 0
-        by = config.select_by if has_val else "last"
+        if val is not None and len(val) == 0:
+            val = None
+        by = config.select_by if val is not None else "last"
         best = _Best(higher_is_better=by == "val_map")
 
         def on_epoch_end(epoch: int) -> dict[str, float]:
             logs: dict[str, float] = {"q": _q(config, epoch)}
-            if has_val:
+            if val is not None:
                 with torch.inference_mode():
                     z = _map_rows(encoder, val.X, lambda z: z)
                     parts = terms(z, val.Y, _q(config, epoch))

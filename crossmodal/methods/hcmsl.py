@@ -67,6 +67,8 @@ class HCMSLConfig(SEDELOptions):
 
 
 class _HCMSLTrainer(PairTrainer):
+    labelled_rows: torch.Tensor  # a buffer (register_buffer below)
+
     def __init__(self, config: HCMSLConfig, data: PairData, num_classes: int):
         super().__init__()
         self.config = config
@@ -91,9 +93,9 @@ class _HCMSLTrainer(PairTrainer):
 
     def embed(self, batch: PairBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Keeps the branches' hidden outputs for the Siamese heads."""
-        (branch_a, shared), (branch_b, _) = self.encoder_a, self.encoder_b
-        self.hidden = branch_a(batch.xa), branch_b(batch.xb)
-        return shared(self.hidden[0]), shared(self.hidden[1])
+        (branch_a, shared), (branch_b, _) = self.encoder_a.children(), self.encoder_b.children()
+        h_a, h_b = self.hidden = branch_a(batch.xa), branch_b(batch.xb)
+        return shared(h_a), shared(h_b)
 
     def losses(self, batch: PairBatch, u: torch.Tensor, v: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
         cfg = self.config
@@ -103,6 +105,7 @@ class _HCMSLTrainer(PairTrainer):
         both = labelled[:, None] & labelled[None, :]
         same_pair = torch.eye(len(u), dtype=u.dtype, device=u.device)
         similarity = torch.where(both, label_similarity(ya, yb), same_pair)
+        assert self.hidden is not None, "embed() runs before losses() in every step"
         h_a, h_b = self.hidden
         return {
             "label_loss": (labelled_cross_entropy(self.classifier(u), ya)

@@ -48,7 +48,7 @@ from crossmodal.losses.sccmr import labelled_cross_entropy
 from crossmodal.losses.sdml import label_regression_loss, reconstruction_loss
 from crossmodal.methods.base import Callback, Checkpoint, default_features, register_method
 from crossmodal.methods.paired import BestSnapshot
-from crossmodal.methods.sdml import common_space, modality_tensors, train_modality
+from crossmodal.methods.sdml import common_space, modality_tensors, train_modality, training_tensors
 from crossmodal.model import CrossModalModel, FeatureIdentity
 
 
@@ -113,7 +113,7 @@ class MARS:
         encoders: dict[str, nn.Module] = {}
         for k, (modality, fs) in enumerate(train.items()):
             torch.manual_seed(config.seed)
-            X, Y = modality_tensors(fs, device)
+            X, Y = training_tensors(fs, modality, device)
             valid = modality_tensors((val or {}).get(modality), device)
             net = _DataNet(config, fs.dim).to(device)
             decoder = mlp_encoder(2 * config.dim, config.hidden[::-1], fs.dim, bias_last=True, normalize=False,

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import scipy.linalg
@@ -100,7 +100,7 @@ class MCCA:
         with torch.no_grad():
             for m, W in zip(modalities, projections):
                 W = W * scale
-                layer = model.encoders[m]
+                layer = cast(nn.Linear, model.encoders[m])  # build_model makes each encoder one Linear
                 layer.weight.copy_(torch.from_numpy(W.T.astype(np.float32)))
                 layer.bias.copy_(torch.from_numpy((-means[m] @ W).astype(np.float32)))
         return model.to(device)

@@ -69,13 +69,14 @@ def class_matched(anchor: FeatureSet, other: FeatureSet, rng: np.random.Generato
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         return np.concatenate(rows).astype(np.int64), np.concatenate(partners).astype(np.int64)
     Ya, Yb = anchor.labels.astype(np.float32), other.labels.astype(np.float32)
-    rows, partners = [], []
+    anchors: list[int] = []
+    matches: list[int] = []
     for i in np.flatnonzero(Ya.any(axis=1)):
         members = np.flatnonzero(Yb @ Ya[i] > 0)
         if len(members):
-            rows.append(i)
-            partners.append(members[rng.integers(len(members))])
-    return np.asarray(rows, np.int64), np.asarray(partners, np.int64)
+            anchors.append(int(i))
+            matches.append(int(members[rng.integers(len(members))]))
+    return np.asarray(anchors, np.int64), np.asarray(matches, np.int64)
 
 
 def sample_pairs(a: FeatureSet, b: FeatureSet, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

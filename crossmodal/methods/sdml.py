@@ -36,7 +36,7 @@ from torch import nn
 
 from crossmodal.config import MethodConfig
 from crossmodal.encoders import mlp_encoder
-from crossmodal.errors import ConfigError, ModelFileError
+from crossmodal.errors import ConfigError, DatasetFormatError, ModelFileError
 from crossmodal.featureset import FeatureSet
 from crossmodal.losses.sdml import label_regression_loss, reconstruction_loss
 from crossmodal.methods.base import Callback, Checkpoint, default_features, fit_loop, register_method
@@ -152,6 +152,14 @@ def modality_tensors(fs: FeatureSet | None, device: torch.device) -> tuple[torch
             torch.from_numpy(fs.label_matrix()).to(device))
 
 
+def training_tensors(fs: FeatureSet, modality: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``modality_tensors`` of a training split, which must hold items."""
+    tensors = modality_tensors(fs, device)
+    if tensors is None:
+        raise DatasetFormatError(f"{modality} has no training items", hint="leave that modality out, or give it items")
+    return tensors
+
+
 def _encoder(config: SDMLConfig, d: int) -> nn.Module:
     return mlp_encoder(d, config.hidden, config.dim, bias_last=True, normalize=True, last_init="default")
 
@@ -170,7 +178,7 @@ class SDML:
         encoders: dict[str, nn.Module] = {}
         for k, (modality, fs) in enumerate(train.items()):
             torch.manual_seed(config.seed)
-            X, Y = modality_tensors(fs, device)
+            X, Y = training_tensors(fs, modality, device)
             valid = modality_tensors((val or {}).get(modality), device)
             encoder = _encoder(config, fs.dim).to(device)
             decoder = mlp_encoder(config.dim, config.hidden[::-1], fs.dim, bias_last=True,
