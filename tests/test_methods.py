@@ -233,6 +233,12 @@ def test_a_checkpoint_holding_a_pickled_object_is_refused_on_resume_and_its_code
     assert not marker.exists()
 
 
+def test_a_checkpoint_of_the_earlier_safetensors_and_json_layout_is_named_not_silently_restarted(tmp_path):
+    (tmp_path / "train.json").write_text('{"epoch": 3, "tensors_file": "train-e3.safetensors"}')
+    with pytest.raises(ModelFileError, match="earlier version"):
+        Checkpoint(tmp_path, "train").restore({}, None)
+
+
 def test_a_kill_while_a_checkpoint_is_written_leaves_the_previous_one_whole(tmp_path, monkeypatch):
     torch.manual_seed(0)
     module = torch.nn.Linear(4, 3)

@@ -162,9 +162,12 @@ class Checkpoint:
 
     def _read(self) -> dict[str, Any] | None:
         """The saved dict, or None when nothing was saved; a file that is not one this class wrote raises."""
-        if not self.path.is_file():
-            return None
         hint = f"delete {self.directory} to train this stage afresh"
+        if not self.path.is_file():
+            if (self.directory / f"{self.stage}.json").is_file():  # safetensors + JSON, before one torch.save file
+                raise ModelFileError(f"checkpoint {self.directory / self.stage}.json was written by an earlier version "
+                                     "of crossmodal, which this one does not resume", hint=hint)
+            return None
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:  # weights_only's refusal of anything but tensors and plain containers
