@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from crossmodal.errors import ConfigError, ModelFileError
+from crossmodal.errors import ConfigError, DatasetFormatError, ModelFileError
 from crossmodal.evaluation import evaluate
 from crossmodal.featureset import FeatureSet
 from crossmodal.methods import Checkpoint, get_method, list_methods
@@ -231,6 +231,13 @@ def test_a_checkpoint_holding_a_pickled_object_is_refused_on_resume_and_its_code
         get_method("dscmr")().fit(data.train, None, config=config, device=CPU, checkpoint_dir=tmp_path)
     assert str(tmp_path) in refused.value.hint
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["sdml", "mars"])
+def test_a_modality_without_training_items_is_named(name, data):
+    train = {**data.train, "text": data.train["text"].subset(slice(0, 0))}
+    with pytest.raises(DatasetFormatError, match="text has no training items"):
+        get_method(name)().fit(train, None, config=tiny(name, epochs=1), device=CPU)
 
 
 def test_a_checkpoint_of_the_earlier_safetensors_and_json_layout_is_named_not_silently_restarted(tmp_path):
