@@ -3,10 +3,8 @@ open_clip's step returning named losses)."""
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +13,7 @@ from typing import Any, ClassVar, Protocol, cast
 
 import torch
 
+from crossmodal.common.files import TEMPORARY_SUFFIX, atomic_write
 from crossmodal.config import MethodConfig
 from crossmodal.errors import ModelFileError
 from crossmodal.featureset import FeatureSet
@@ -146,8 +145,8 @@ class Checkpoint:
 
     It is read back with ``torch.load(weights_only=True)``, whose unpickler builds only tensors and plain containers: a
     file that asks for any other object (code a ``__reduce__`` would run) is refused as a ``ModelFileError``. Each save
-    goes to a temporary file of its own, is fsynced and then renamed over the previous one, so a kill at any moment
-    leaves either the previous complete checkpoint or the new one.
+    goes through ``atomic_write`` (a temporary file of its own, fsynced, then renamed over the previous one), so a kill
+    at any moment leaves either the previous complete checkpoint or the new one.
     """
 
     FORMAT = 1  # bumped when the layout of the saved dict changes; another number is refused, not misread
@@ -202,17 +201,7 @@ class Checkpoint:
             "extra": dict(extra_json or {}),
         }
         self.directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{self.stage}.pt.", suffix=".incomplete")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_directory(self.directory)  # the rename itself survives a power cut
+        atomic_write(self.path, lambda f: torch.save(state, f))
 
     def saved_tensors(self) -> dict[str, torch.Tensor] | None:
         """Every tensor of the last save (``module.<name>.<key>`` and ``extra.<key>``), or None when none was saved."""
@@ -226,7 +215,7 @@ class Checkpoint:
     def remove(self) -> None:
         """Delete the saved state and any temporary file a kill left half-written."""
         self.path.unlink(missing_ok=True)
-        for tmp in self.directory.glob(f".{self.stage}.pt.*.incomplete"):
+        for tmp in self.directory.glob(f"{self.path.name}.*{TEMPORARY_SUFFIX}"):
             tmp.unlink(missing_ok=True)
 
     def restore(self, modules: Mapping[str, torch.nn.Module], optimizer: torch.optim.Optimizer | None
@@ -241,11 +230,3 @@ class Checkpoint:
         if optimizer is not None and state["optimizer"] is not None:
             optimizer.load_state_dict(state["optimizer"])
         return {k: state[k] for k in ("epoch", "history", "extra", "tensors")}
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
