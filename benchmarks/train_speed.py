@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crossmodal.config import with_overrides
+from crossmodal.common.config import split_overrides, with_overrides
 from crossmodal.device import keep_freed_memory
 from crossmodal.encoders import linear_layers
 from crossmodal.evaluation import evaluate
@@ -157,7 +157,7 @@ def main() -> None:
         from pipelines.train import resolve_config
 
         config = resolve_config("drcl", preset=args.preset)
-    config = with_overrides(config, {"epochs": args.epochs, **dict(o.split("=", 1) for o in args.overrides)})
+    config = with_overrides(config, {"epochs": args.epochs, **split_overrides(args.overrides)})
     if not args.glibc_default:
         keep_freed_memory()  # what `crossmodal train` does
     train, val, test = wiki_shaped()
