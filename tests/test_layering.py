@@ -4,6 +4,7 @@ crossmodal.common only; crossmodal.common imports nothing else of ours; and no i
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,15 @@ def test_each_package_imports_only_what_the_architecture_allows_of_ours(folder):
         if wrong:
             offenders[str(path.relative_to(ROOT))] = wrong
     assert offenders == {}
+
+
+def test_the_kernel_needs_only_the_standard_library_and_numpy():
+    outside = {}
+    for path in files_of("crossmodal/common"):
+        names = {n.split(".")[0] for n in imports(path)} - set(sys.stdlib_module_names) - {"numpy", "crossmodal"}
+        if names:
+            outside[str(path.relative_to(ROOT))] = sorted(names)
+    assert outside == {}
 
 
 def module_graph() -> dict[str, set[str]]:
