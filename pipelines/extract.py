@@ -164,7 +164,10 @@ def plan_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[st
             print(f"{name}: preparing on {len(items)} items (a fit on the corpus, unless done before)", file=sys.stderr)
         prepare([(it.content_hash, it.path) for it in items], cache_dir=store.fitted_dir(modality))
     table = store.open(ext.describe())
-    stored, embedded = table.known_items(), table.known_hashes()
+    # One snapshot of the table: read twice, a shard another process commits in between would put its hashes in
+    # ``embedded`` but not its items in ``stored``, and its items would be written again as duplicates.
+    stored = table.known_items()
+    embedded = {content_hash for content_hash, _, _ in stored}
     todo: list[Item] = []
     duplicates: list[Item] = []
     skipped = 0
