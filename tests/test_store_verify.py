@@ -13,6 +13,7 @@ import pytest
 from _extract_media import write_shapes
 
 import extractors.store as store_module
+from crossmodal.common.hashing import file_sha256
 from extractors.errors import StoreError, StoreFullError
 from extractors.store import FeatureStore, FeatureTable, StoreRow, stored_path
 from pipelines.cli import main
@@ -51,8 +52,7 @@ def fresh_cache():
 def test_each_shard_records_the_sha256_of_both_its_files_at_commit(tmp_path):
     parquet = table_in(tmp_path).write_shard(np.ones((3, DIM), np.float32), toy_rows(3))
     sums = json.loads(parquet.with_suffix(".sha256").read_text())
-    assert sums == {"npy": store_module._sha256(parquet.with_suffix(".npy")),
-                    "parquet": store_module._sha256(parquet), "rows": 3}
+    assert sums == {"npy": file_sha256(parquet.with_suffix(".npy")), "parquet": file_sha256(parquet), "rows": 3}
 
 
 def test_a_flipped_byte_in_a_parquet_is_refused_on_read_naming_the_shard_and_the_repair(tmp_path):
@@ -92,8 +92,7 @@ def test_a_shard_is_hashed_once_per_process_and_again_when_its_file_changes(tmp_
     table = table_in(tmp_path)
     parquet = table.write_shard(np.ones((3, DIM), np.float32), toy_rows(3))
     hashed = []
-    real = store_module._sha256
-    monkeypatch.setattr(store_module, "_sha256", lambda path: hashed.append(path.suffix) or real(path))
+    monkeypatch.setattr(store_module, "file_sha256", lambda path: hashed.append(path.suffix) or file_sha256(path))
     for _ in range(3):
         table.read()
     assert sorted(hashed) == [".npy", ".parquet"]
@@ -200,14 +199,12 @@ def test_a_file_name_that_is_not_utf8_gets_its_row_with_its_exact_path_and_costs
 
 
 def test_a_full_disk_while_the_table_is_created_is_one_line_too(tmp_path, monkeypatch, capsys):
-    import pathlib
-
     write_shapes(tmp_path / "media", per_class=1)
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", "extractor.json.incomplete")
 
-    monkeypatch.setattr(pathlib.Path, "write_text", disk_full)
+    monkeypatch.setattr(store_module, "atomic_write", disk_full)
     code = main(["extract", "-m", "image", str(tmp_path / "media"), "-w", str(tmp_path / "ws"), "-e", "hog-color",
                  "--workers", "0"])
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("error", "  fix"))]
