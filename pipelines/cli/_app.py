@@ -10,12 +10,13 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 
 
 def examples(*lines: str) -> str:
     """An 'Examples' block for a verb's --help."""
-    return "\n\nExamples:\n\n" + "\n\n".join(f"  $ {line}" for line in lines)
+    return "\n\nExamples:\n\n\b\n" + "\n".join(f"  $ {line}" for line in lines)  # \b: kept as written
 
 
 @app.callback()
