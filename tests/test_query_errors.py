@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -140,13 +141,18 @@ def test_a_query_needs_exactly_one_of_a_file_and_a_text(indexed, capsys):
     assert "give one query" in _error(capsys)
 
 
-def test_an_image_query_of_the_indexed_model_ranks_text_items(indexed, capsys):
+def _image_query_json(indexed, capsys, digit: str, k: int) -> tuple[Path, dict]:
+    """The first image of class ``digit`` queried against the texts with ``--json``: (the image, the printed JSON)."""
     root, ws = indexed
-    image = sorted((root / "data" / "image" / "2").iterdir())[0]
+    image = sorted((root / "data" / "image" / digit).iterdir())[0]
     capsys.readouterr()
-    assert main(["query", str(image), "--target", "text", "--workspace", str(ws), "--model", "m", "--k", "4",
+    assert main(["query", str(image), "--target", "text", "--workspace", str(ws), "--model", "m", "--k", str(k),
                  "--json"]) == 0
-    result = json.loads(capsys.readouterr().out)
+    return image, json.loads(capsys.readouterr().out)
+
+
+def test_an_image_query_of_the_indexed_model_ranks_text_items(indexed, capsys):
+    _, result = _image_query_json(indexed, capsys, "2", 4)
     assert [r["rank"] for r in result["results"]] == [1, 2, 3, 4]
     assert {r["modality"] for r in result["results"]} == {"text"}
     assert all(r["source_path"].endswith(".txt") for r in result["results"])
@@ -167,11 +173,6 @@ def test_the_json_of_a_query_is_the_declared_schema_the_server_answers_with(inde
 
     TypeAdapter = pytest.importorskip("pydantic").TypeAdapter  # installed with the server's extra (ui)
 
-    root, ws = indexed
-    image = sorted((root / "data" / "image" / "3").iterdir())[0]
-    capsys.readouterr()
-    assert main(["query", str(image), "--target", "text", "--workspace", str(ws), "--model", "m", "--k", "2",
-                 "--json"]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    image, printed = _image_query_json(indexed, capsys, "3", 2)
     assert TypeAdapter(QueryResult).validate_python(printed, strict=True) == printed
     assert printed["query"]["file"] == str(image) and printed["k"] == 2
