@@ -25,7 +25,7 @@ from typing_extensions import TypedDict  # pydantic (the server's response model
 
 from crossmodal.errors import ConfigError, CrossmodalError, FeatureMismatchError, NotTrainedError
 from crossmodal.types import MODALITIES, canonical_modality
-from extractors.errors import ExtractorError, MediaError
+from extractors.errors import MediaError
 from pipelines.index import GALLERY_META, GALLERY_ROWS, index_folder, require_model
 from pipelines.workspace import DEFAULT_WORKSPACE, Workspace
 
@@ -209,7 +209,7 @@ def warm(workspace: str | os.PathLike, *, model: str, device: str = "auto") -> l
         model_dir = require_model(ws, model)
         card = read_card(model_dir)
         _load_model(str(model_dir), _mtime(model_dir / "card.json"), device)
-    except (CrossmodalError, ExtractorError) as exc:
+    except CrossmodalError as exc:
         return [f"model {model!r}: {exc}"]
     notes = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -220,7 +220,7 @@ def warm(workspace: str | os.PathLike, *, model: str, device: str = "auto") -> l
                 # now, and counted in the idle memory, rather than by the first real query.
                 sample = _sample_file(modality, Path(tmp))
                 extractor([extractor.load(sample)])
-            except (CrossmodalError, ExtractorError) as exc:
+            except CrossmodalError as exc:
                 notes.append(f"{modality} queries: {exc}")
     for meta in sorted((ws.index_dir / model).rglob(GALLERY_META)):
         _load_index(str(meta.parent), _mtime(meta))

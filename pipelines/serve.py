@@ -58,7 +58,7 @@ from starlette.types import Message, Receive
 
 from crossmodal.errors import CrossmodalError, ModelFileError, NotTrainedError
 from crossmodal.types import MODALITIES, canonical_modality
-from extractors.errors import ExtractorError, MediaError
+from extractors.errors import MediaError
 from pipelines.previews import PICTURE_MODALITIES, PreviewCache, text_snippet
 from pipelines.query import QueryResult
 
@@ -350,7 +350,7 @@ def _query_worker(conn: Any, workspace: str, model: str, device: str, query_fn: 
         try:
             answer: tuple[str, Any] = ("ok", query(workspace, model=model, device=device,
                                                    file=None if file is None else Path(file), **request))
-        except (CrossmodalError, ExtractorError) as exc:
+        except CrossmodalError as exc:
             answer = ("refused", (_status_of(exc), getattr(exc, "message", str(exc)), getattr(exc, "hint", None)))
         except MemoryError:
             answer = ("refused", (413, "the query needed more memory than this machine has",
@@ -472,7 +472,6 @@ def create_app(
     logging.getLogger("python_multipart").setLevel(logging.ERROR)
     app.middleware("http")(functools.partial(_guard, allowed_hosts=hosts, max_bytes=max_bytes))
     app.add_exception_handler(CrossmodalError, _user_error)
-    app.add_exception_handler(ExtractorError, _user_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
 
@@ -504,7 +503,7 @@ def create_app(
                                         target=fields.target, k=fields.k, device=device)
                 try:
                     result = await anyio.to_thread.run_sync(run, limiter=limiter)
-                except (CrossmodalError, ExtractorError) as exc:
+                except CrossmodalError as exc:
                     _hide_upload(exc, folder, fields.filename)
                     raise
             finally:
