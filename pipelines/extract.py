@@ -726,13 +726,18 @@ def repair_store(workspace: str | os.PathLike, *, reextract: bool = True, device
         report = ShardReport(str(table.path), problem.parquet.stem, problem.reason,
                              len(rows) if rows is not None else (lost.num_rows if lost is not None else None))
         if reextract and rows:
-            items = []
+            items, gone, failed = [], [], []
             for row in rows:
                 path = Path(stored_path(row["source_path"], row["source_path_bytes"]))
-                with contextlib.suppress(OSError):
-                    if file_sha256(path) == row["content_hash"]:
-                        items.append(Item(path, tuple(row["labels"] or ()), row["split"], row["item_id"],
-                                          row["content_hash"]))
+                try:
+                    same = file_sha256(path) == row["content_hash"]
+                except OSError:
+                    same = False
+                if same:
+                    items.append(Item(path, tuple(row["labels"] or ()), row["split"], row["item_id"],
+                                      row["content_hash"]))
+                else:
+                    gone.append(printable(str(path)))
             if items:
                 description = table.description
                 try:
@@ -744,8 +749,17 @@ def repair_store(workspace: str | os.PathLike, *, reextract: bool = True, device
                 except (ExtractorError, ConfigError) as exc:
                     report.note = f"not re-extracted: {exc}"
                 else:
-                    good = [(it, r) for it, r in extract_items(ext, items) if not isinstance(r, SourceError)]
+                    results = list(extract_items(ext, items))
+                    good = [(it, r) for it, r in results if not isinstance(r, SourceError)]
+                    failed = [r for _, r in results if isinstance(r, SourceError)]
                     report.reextracted = _commit(table, good) if good else 0
+            # Rows left out of the re-extraction are named, not only counted in ``dropped``.
+            notes = [report.note] if report.note else []
+            if gone:
+                notes.append(f"{len(gone)} not re-extracted: the file is gone, unreadable or changed (e.g. {gone[0]})")
+            if failed:
+                notes.append(f"{len(failed)} failed to extract again (e.g. {failed[0].path}: {failed[0].message})")
+            report.note = "; ".join(notes)
         dropped += (report.rows or 0) - report.reextracted
         reports.append(report)
     bad = {p.parquet for p in problems}

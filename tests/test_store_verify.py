@@ -140,6 +140,8 @@ def test_store_repair_re_extracts_the_rows_of_a_bad_npy_whose_files_are_unchange
     assert main(["store", "repair", "--workspace", str(tmp_path / "ws"), "--device", "cpu", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert (report["bad"][0]["rows"], report["bad"][0]["reextracted"], report["dropped"]) == (6, 5, 1)
+    assert report["bad"][0]["note"] == ("1 not re-extracted: the file is gone, unreadable or changed "
+                                        f"(e.g. {tmp_path / 'media' / 'circle' / '0.png'})")
     X, meta = FeatureStore(tmp_path / "ws" / "store").read("image")
     ids = meta.column("item_id").to_pylist()
     assert sorted(ids) == sorted(set(meta_before.column("item_id").to_pylist()) - {"circle/0"})
