@@ -141,6 +141,8 @@ class MfccExtractor(Extractor):
         # librosa rebuilds the mel filter bank and the window on every call: a third of each clip's time, measured
         self._window = self._librosa.filters.get_window("hann", c.n_fft, fftbins=True)
         self._mel_basis = self._librosa.filters.mel(sr=c.sample_rate, n_fft=c.n_fft, n_mels=c.n_mels, norm="slaney")
+        # (window sum)^2 x the largest filter's sum: a mel energy is at most this times the squared peak sample
+        self._energy_gain = float(self._window.sum()) ** 2 * float(self._mel_basis.sum(axis=1).max())
 
     @property
     def dim(self) -> int:
@@ -171,7 +173,7 @@ class MfccExtractor(Extractor):
         # file is refused here, where its name is known.
         peak = float(np.abs(y).max())
         with np.errstate(over="ignore"):
-            ceiling = np.float32((float(self._window.sum()) * peak) ** 2 * float(self._mel_basis.sum(axis=1).max()))
+            ceiling = np.float32(self._energy_gain * peak**2)
         check_finite(path, "mel energies", ceiling, why=f"samples reach {peak:.3g}, past what float32 holds")
         return np.ascontiguousarray(y, dtype=np.float32)
 

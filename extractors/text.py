@@ -248,10 +248,6 @@ class Doc2VecExtractor(Extractor):
 
     def __init__(self, config: Doc2VecConfig | None = None, *, device: str = "cpu"):
         super().__init__(config, device=device)
-        if self.config.mode not in ("pv-dbow", "pv-dm"):
-            raise ExtractorError(f"doc2vec: mode {self.config.mode!r} is not pv-dbow or pv-dm")
-        if self.config.max_bytes < 1:
-            raise ExtractorError(f"doc2vec: max_bytes={self.config.max_bytes} must be positive")
         self._model: Any = None
 
     @property

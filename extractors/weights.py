@@ -382,8 +382,8 @@ def resolve_hf_model(repo_id: str, *, files: Sequence[str], extractor: str, alte
 
         return Path(snapshot_download(repo_id, allow_patterns=list(files), tqdm_class=tqdm if progress else None))
     except Exception as exc:  # huggingface_hub raises its own errors, and httpx's: all mean "not fetched"
-        raise MissingWeightsError(extractor, repo_id, [*looked, f"the Hub (download failed: {type(exc).__name__})"],
-                                  how) from None
+        raise MissingWeightsError(extractor, repo_id,
+                                  [*looked, f"the Hub (download failed: {type(exc).__name__}: {exc})"], how) from exc
 
 
 def hf_model_status(repo_id: str, *, files: Sequence[str], alternative: str = "",
