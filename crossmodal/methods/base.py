@@ -203,14 +203,15 @@ class Checkpoint:
         self.directory.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, lambda f: torch.save(state, f))
 
-    def saved_tensors(self) -> dict[str, torch.Tensor] | None:
-        """Every tensor of the last save (``module.<name>.<key>`` and ``extra.<key>``), or None when none was saved."""
+    def saved(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+        """The last save read once: its meta (as :meth:`done` gives it) and every tensor (``module.<name>.<key>`` and
+        ``extra.<key>``), or None when none was saved."""
         state = self._read()
         if state is None:
             return None
         tensors = {f"module.{name}.{k}": v for name, sd in state["modules"].items() for k, v in sd.items()}
         tensors.update({f"extra.{k}": v for k, v in state["tensors"].items()})
-        return tensors
+        return {k: state[k] for k in ("epoch", "history", "extra")}, tensors
 
     def remove(self) -> None:
         """Delete the saved state and any temporary file a kill left half-written."""

@@ -641,10 +641,9 @@ def _finished(ckpt: Path | None, stage: str) -> tuple[dict[str, Any], dict[str, 
     """A finished stage's result (meta extras, tensors), or None."""
     if ckpt is None:
         return None
-    result = Checkpoint(ckpt, f"{stage}-result")
-    meta = result.done()
-    if meta is None:
+    saved = Checkpoint(ckpt, f"{stage}-result").saved()  # one read: a result holds a whole encoder
+    if saved is None:
         return None
-    tensors = result.saved_tensors() or {}
+    meta, tensors = saved
     return meta["extra"], {k.split(".", 1)[1]: v for k, v in tensors.items()}
 
