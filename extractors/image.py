@@ -43,7 +43,7 @@ import torch
 from extractors.base import Extractor, ExtractorConfig, check_finite, require
 from extractors.errors import MediaError
 from extractors.registry import register_extractor
-from extractors.weights import WeightsSpec, load_into, resolve_weights, weights_sha256
+from extractors.weights import PretrainedExtractor, WeightsSpec, load_into
 
 RASTER_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SVG_READABLE = importlib.util.find_spec("resvg_py") is not None  # found without importing it
@@ -313,7 +313,7 @@ class _VGG19Fc7(torch.nn.Module):
 
 
 @register_extractor
-class VGG19Fc7(Extractor):
+class VGG19Fc7(PretrainedExtractor):
     """VGG-19 (torchvision IMAGENET1K_V1 weights), fc7 after ReLU, 4096-d: the benchmarks' image feature."""
 
     modality: ClassVar[str] = "image"
@@ -328,20 +328,11 @@ class VGG19Fc7(Extractor):
 
     def __init__(self, config: VGG19Config | None = None, *, device: str = "cpu"):
         super().__init__(config, device=device)
-        self._weights_path: Path | None = None
         self._model: torch.nn.Module | None = None
 
     @property
     def dim(self) -> int:
         return 4096 // self.config.width_divisor
-
-    @property
-    def weights_path(self) -> Path:
-        """The resolved weights file (searched once; see extractors/weights.py for the order)."""
-        if self._weights_path is None:
-            self._weights_path = resolve_weights(self.weights_spec(), explicit=self.config.weights,
-                                                 allow_download=self.config.allow_download)
-        return self._weights_path
 
     def weights_spec(self) -> WeightsSpec:
         spec = WeightsSpec.from_torchvision(self.weights_enum, extractor=self.name, env_name="VGG19",
@@ -349,9 +340,6 @@ class VGG19Fc7(Extractor):
         if self.config.width_divisor != 1:  # a reduced architecture never matches the published file
             spec = dataclasses.replace(spec, filename=f"vgg19-fc7-width{self.config.width_divisor}.pth", url="")
         return spec
-
-    def weights_sha256(self) -> str:
-        return weights_sha256(self.weights_path)
 
     def build_model(self) -> torch.nn.Module:
         """The network with the weights loaded (strict), in eval mode, on the extractor's device."""

@@ -55,7 +55,7 @@ from torch import nn
 from extractors.base import Extractor, ExtractorConfig, decoder_threads, require
 from extractors.errors import ExtractorError, MediaError
 from extractors.registry import register_extractor
-from extractors.weights import WeightsSpec, load_into, resolve_weights, weights_sha256
+from extractors.weights import PretrainedExtractor, WeightsSpec, load_into
 
 _FRAMES_PER_STEP = 256  # frames per step of frame-stats' statistics (about 40 MB of intermediates at size 64)
 
@@ -250,7 +250,7 @@ class C3DConfig(ExtractorConfig):
 
 
 @register_extractor
-class C3DExtractor(Extractor):
+class C3DExtractor(PretrainedExtractor):
     """C3D fc6 (after ReLU) averaged over a video's 16-frame clips: float32 ``(n, 4096)``.
 
     The weights are resolved (found, else downloaded) on first need: ``key``, ``weights_path`` or ``embed``.
@@ -269,7 +269,6 @@ class C3DExtractor(Extractor):
 
     def __init__(self, config: C3DConfig | None = None, *, device: str = "cpu"):
         super().__init__(config, device=device)
-        self._weights_path: Path | None = None
         self._model: C3D | None = None
 
     @property
@@ -278,14 +277,6 @@ class C3DExtractor(Extractor):
 
     def weights_spec(self) -> WeightsSpec:
         return WEIGHTS
-
-    @property
-    def weights_path(self) -> Path:
-        """The resolved weights file (searched, or downloaded, once; see extractors/weights.py for the order)."""
-        if self._weights_path is None:
-            self._weights_path = resolve_weights(WEIGHTS, explicit=self.config.weights or None,
-                                                 allow_download=self.config.allow_download)
-        return self._weights_path
 
     @property
     def model(self) -> C3D:
@@ -300,7 +291,7 @@ class C3DExtractor(Extractor):
         # NOTE: the key is asked for before any item is read (crossmodal extract, query): loading the model here makes
         # a file that does not fit the architecture stop the run there, not fail every item one by one.
         _ = self.model
-        return weights_sha256(self.weights_path)
+        return super().weights_sha256()
 
     def load(self, path: Path) -> np.ndarray:
         """Decoded, resized, centre-cropped frames: uint8 ``(T, 112, 112, 3)`` RGB, ``T >= 16`` (last frame repeated).

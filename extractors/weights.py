@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from crossmodal.common.files import atomic_write
 from crossmodal.common.hashing import file_sha256
+from extractors.base import Extractor
 from extractors.errors import ExtractorError, MissingWeightsError
 
 if TYPE_CHECKING:
@@ -491,3 +492,24 @@ def _write_json(path: Path, data: dict) -> None:
         atomic_write(path, json.dumps(data), durable=False)
     except OSError:
         pass  # NOTE: the cache is an optimisation only; a read-only home folder must not stop an extraction
+
+
+class PretrainedExtractor(Extractor):
+    """An extractor whose network is a published weights file: ``weights_spec()`` names the file, and its config has
+    ``weights`` (an explicit file, '' to search) and ``allow_download``. The file is resolved once, on first need."""
+
+    config: Any  # a subclass's Config, which has the two fields above
+
+    def weights_spec(self) -> WeightsSpec:
+        raise NotImplementedError
+
+    @property
+    def weights_path(self) -> Path:
+        """The resolved weights file (searched, else downloaded, once; see the module docstring for the order)."""
+        if getattr(self, "_weights_path", None) is None:
+            self._weights_path = resolve_weights(self.weights_spec(), explicit=self.config.weights or None,
+                                                 allow_download=self.config.allow_download)
+        return self._weights_path
+
+    def weights_sha256(self) -> str:
+        return weights_sha256(self.weights_path)
