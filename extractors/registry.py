@@ -76,6 +76,18 @@ def default_extractor(modality: str) -> str:
     )
 
 
+def extension_readers() -> dict[str, list[tuple[str, str]]]:
+    """Extension (lower case, with the dot) -> the ``(extractor, modality)`` pairs that read it, by name; the one table
+    behind an upload's modality, the files of other modalities an extraction passes over, and the fix it suggests.
+    Imports every extractor's module."""
+    readers: dict[str, list[tuple[str, str]]] = {}
+    for name in list_extractors():
+        cls = get_extractor_class(name)
+        for ext in cls.extensions:
+            readers.setdefault(ext.lower(), []).append((name, str(cls.modality)))
+    return readers
+
+
 def describe_extractor(name: str) -> dict[str, Any]:
     """What ``crossmodal extractors`` shows of ``name`` (its module is imported; nothing is downloaded or loaded).
 

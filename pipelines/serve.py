@@ -187,14 +187,9 @@ def upload_extensions() -> frozenset[str]:
 def upload_modalities() -> dict[str, str]:
     """Extension (lower case, with the dot) -> the modality of the extractors that read it."""
     import extractors  # noqa: F401  (registers every extractor)
-    from extractors.registry import get_extractor_class, list_extractors
+    from extractors.registry import extension_readers
 
-    modality_of: dict[str, str] = {}
-    for name in list_extractors():
-        cls = get_extractor_class(name)
-        for ext in cls.extensions:
-            modality_of.setdefault(ext.lower(), str(cls.modality))
-    return modality_of
+    return {ext: readers[0][1] for ext, readers in extension_readers().items()}
 
 
 class QueryBudgetError(CrossmodalError):
