@@ -228,16 +228,10 @@ def warm(workspace: str | os.PathLike, *, model: str, device: str = "auto") -> l
 
 
 def _sample_file(modality: str, folder: Path) -> Path:
-    """A small valid file of ``modality`` (a coloured square, a sentence, a tone, a tetrahedron, a short clip)."""
-    if modality == "image":
-        from PIL import Image
-
-        path = folder / "sample.png"
-        Image.new("RGB", (64, 64), (200, 30, 30)).save(path)
-    elif modality == "text":
-        path = folder / "sample.txt"
-        path.write_text("a short sentence to load the text model\n", encoding="utf-8")
-    elif modality == "audio":
+    """A small valid file of ``modality``: the demo's drawing of a 7 (image, sentence, mesh, clip), or a tone, since
+    the demo's speech needs espeak-ng, which a server need not have."""
+    rng = np.random.default_rng(7)
+    if modality == "audio":
         import wave
 
         path = folder / "sample.wav"
@@ -247,22 +241,18 @@ def _sample_file(modality: str, folder: Path) -> Path:
             out.setsampwidth(2)
             out.setframerate(16000)
             out.writeframes(tone.tobytes())
-    elif modality == "mesh":
-        path = folder / "sample.obj"
-        path.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 3 2\nf 1 2 4\nf 1 4 3\nf 2 3 4\n")
-    else:
-        import av
+        return path
+    if modality == "text":
+        from pipelines.demo.texts import write_text
 
-        path = folder / "sample.mp4"
-        with av.open(str(path), "w") as container:
-            stream = container.add_stream("mpeg4", rate=8)
-            stream.width = stream.height = 64
-            stream.pix_fmt = "yuv420p"
-            for i in range(24):
-                frame = np.full((64, 64, 3), (10 * i, 120, 40), np.uint8)
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-            container.mux(stream.encode(None))
-    return path
+        return write_text(folder / "sample.txt", 7, rng, exclude=set())
+    from pipelines.demo.images import write_image
+    from pipelines.demo.meshes import write_mesh
+    from pipelines.demo.videos import write_video
+
+    writers = {"image": (write_image, "png"), "mesh": (write_mesh, "obj"), "video": (write_video, "mp4")}
+    write, suffix = writers[modality]
+    return write(folder / f"sample.{suffix}", 7, rng)
 
 
 def _embed_text(extractor: Any, text: str) -> np.ndarray:
