@@ -253,18 +253,9 @@ def chance_map(
         DatasetFormatError: labels of different kinds, or no queries or gallery items.
     """
     nq, ng = len(np.asarray(query_labels)), len(np.asarray(gallery_labels))
-    if nq == 0 or ng == 0:
-        raise DatasetFormatError(f"nothing to rank: {nq} queries and {ng} gallery items")
-    q_lab = _as_labels(query_labels, nq, "query labels")
-    g_lab = _as_labels(gallery_labels, ng, "gallery labels")
-    if q_lab.ndim != g_lab.ndim or (q_lab.ndim == 2 and q_lab.shape[1] != g_lab.shape[1]):
-        raise DatasetFormatError(f"query labels {q_lab.shape} and gallery labels {g_lab.shape} are not the same kind")
+    q_lab, g_lab = _checked_labels(query_labels, gallery_labels, nq, ng)
     multilabel = q_lab.ndim == 2
-    if k is None:
-        k = nq if (multilabel and multilabel_all == "num_queries") else ng
-    if k < 1:
-        raise DatasetFormatError(f"k must be a positive rank cut-off, got {k}")
-    kk = min(int(k), ng)
+    kk = _cutoff(k, nq=nq, ng=ng, multilabel=multilabel, multilabel_all=multilabel_all)
     if multilabel:
         step = max(1, CHUNK_ELEMENTS // ng)
         relevant = np.concatenate([((q_lab[s:s + step].astype(np.float32) @ g_lab.T.astype(np.float32)) > 0).sum(1)
@@ -437,24 +428,36 @@ class _Task:
         if q.shape[1] != g.shape[1]:
             raise FeatureMismatchError(f"queries have width {q.shape[1]} but the gallery has width {g.shape[1]}",
                                        hint="embed both sides into the same common space")
-        if len(q) == 0 or len(g) == 0:
-            raise DatasetFormatError(f"nothing to rank: {len(q)} queries and {len(g)} gallery items")
-        q_lab = _as_labels(query_labels, len(q), "query labels")
-        g_lab = _as_labels(gallery_labels, len(g), "gallery labels")
-        if q_lab.ndim != g_lab.ndim or (q_lab.ndim == 2 and q_lab.shape[1] != g_lab.shape[1]):
-            raise DatasetFormatError(f"query labels {q_lab.shape} and gallery labels {g_lab.shape} are not the same"
-                                     " kind", hint="use class ids (n,) on both sides, or multi-hot (n, C) with one C")
+        q_lab, g_lab = _checked_labels(query_labels, gallery_labels, len(q), len(g))
         return cls(q, q_lab, g, g_lab)
 
     def cutoff(self, k: int | None, multilabel_all: MultilabelAll) -> int:
-        if k is None:
-            if multilabel_all not in ("num_queries", "gallery"):
-                raise DatasetFormatError(f"multilabel_all={multilabel_all!r}", hint="use 'num_queries' or 'gallery'")
-            # NOTE: reference quirk (specs/drcl.md §6.3, §9.11): multi-label "@all" ranks the top n_queries items.
-            k = self.nq if (self.multilabel and multilabel_all == "num_queries") else self.ng
-        if k < 1:
-            raise DatasetFormatError(f"k must be a positive rank cut-off, got {k}")
-        return min(int(k), self.ng)
+        return _cutoff(k, nq=self.nq, ng=self.ng, multilabel=self.multilabel, multilabel_all=multilabel_all)
+
+
+def _checked_labels(query_labels: np.ndarray, gallery_labels: np.ndarray, nq: int,
+                    ng: int) -> tuple[np.ndarray, np.ndarray]:
+    """Both label sets validated against their row counts and against each other (the same kind)."""
+    if nq == 0 or ng == 0:
+        raise DatasetFormatError(f"nothing to rank: {nq} queries and {ng} gallery items")
+    q_lab = _as_labels(query_labels, nq, "query labels")
+    g_lab = _as_labels(gallery_labels, ng, "gallery labels")
+    if q_lab.ndim != g_lab.ndim or (q_lab.ndim == 2 and q_lab.shape[1] != g_lab.shape[1]):
+        raise DatasetFormatError(f"query labels {q_lab.shape} and gallery labels {g_lab.shape} are not the same kind",
+                                 hint="use class ids (n,) on both sides, or multi-hot (n, C) with one C")
+    return q_lab, g_lab
+
+
+def _cutoff(k: int | None, *, nq: int, ng: int, multilabel: bool, multilabel_all: MultilabelAll) -> int:
+    """The rank cut-off ``k`` stands for, at most the gallery's size."""
+    if k is None:
+        if multilabel_all not in ("num_queries", "gallery"):
+            raise DatasetFormatError(f"multilabel_all={multilabel_all!r}", hint="use 'num_queries' or 'gallery'")
+        # NOTE: reference quirk (specs/drcl.md §6.3, §9.11): multi-label "@all" ranks the top n_queries items.
+        k = nq if (multilabel and multilabel_all == "num_queries") else ng
+    if k < 1:
+        raise DatasetFormatError(f"k must be a positive rank cut-off, got {k}")
+    return min(int(k), ng)
 
     def ranked_relevance(self, k: int, chunk_size: int | None) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
         """Yield (query rows, bool (c, k) relevance in rank order, int64 (c,) relevant items in the whole gallery)."""
