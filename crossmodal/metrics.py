@@ -435,6 +435,25 @@ class _Task:
         return _cutoff(k, nq=self.nq, ng=self.ng, multilabel=self.multilabel, multilabel_all=multilabel_all)
 
 
+    def ranked_relevance(self, k: int, chunk_size: int | None) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+        """Yield (query rows, bool (c, k) relevance in rank order, int64 (c,) relevant items in the whole gallery)."""
+        step = chunk_size or max(1, CHUNK_ELEMENTS // self.ng)
+        if not self.multilabel:
+            class_counts = np.bincount(self.g_lab[self.g_lab >= 0], minlength=int(max(self.q_lab.max(), 0)) + 1)
+        for start in range(0, self.nq, step):
+            rows = slice(start, min(start + step, self.nq))
+            order = top_k(self.q[rows] @ self.g.T, k)
+            if self.multilabel:
+                shares = (self.q_lab[rows].astype(np.float32) @ self.g_lab.T.astype(np.float32)) > 0
+                rel = np.take_along_axis(shares, order, axis=1)
+                total = shares.sum(axis=1)
+            else:
+                q_lab = self.q_lab[rows]
+                rel = (self.g_lab[order] == q_lab[:, None]) & (q_lab[:, None] >= 0)
+                total = np.where(q_lab >= 0, class_counts[np.clip(q_lab, 0, None)], 0)
+            yield rows, rel, total
+
+
 def _checked_labels(query_labels: np.ndarray, gallery_labels: np.ndarray, nq: int,
                     ng: int) -> tuple[np.ndarray, np.ndarray]:
     """Both label sets validated against their row counts and against each other (the same kind)."""
@@ -458,21 +477,3 @@ def _cutoff(k: int | None, *, nq: int, ng: int, multilabel: bool, multilabel_all
     if k < 1:
         raise DatasetFormatError(f"k must be a positive rank cut-off, got {k}")
     return min(int(k), ng)
-
-    def ranked_relevance(self, k: int, chunk_size: int | None) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
-        """Yield (query rows, bool (c, k) relevance in rank order, int64 (c,) relevant items in the whole gallery)."""
-        step = chunk_size or max(1, CHUNK_ELEMENTS // self.ng)
-        if not self.multilabel:
-            class_counts = np.bincount(self.g_lab[self.g_lab >= 0], minlength=int(max(self.q_lab.max(), 0)) + 1)
-        for start in range(0, self.nq, step):
-            rows = slice(start, min(start + step, self.nq))
-            order = top_k(self.q[rows] @ self.g.T, k)
-            if self.multilabel:
-                shares = (self.q_lab[rows].astype(np.float32) @ self.g_lab.T.astype(np.float32)) > 0
-                rel = np.take_along_axis(shares, order, axis=1)
-                total = shares.sum(axis=1)
-            else:
-                q_lab = self.q_lab[rows]
-                rel = (self.g_lab[order] == q_lab[:, None]) & (q_lab[:, None] >= 0)
-                total = np.where(q_lab >= 0, class_counts[np.clip(q_lab, 0, None)], 0)
-            yield rows, rel, total
