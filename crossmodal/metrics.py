@@ -434,7 +434,6 @@ class _Task:
     def cutoff(self, k: int | None, multilabel_all: MultilabelAll) -> int:
         return _cutoff(k, nq=self.nq, ng=self.ng, multilabel=self.multilabel, multilabel_all=multilabel_all)
 
-
     def ranked_relevance(self, k: int, chunk_size: int | None) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
         """Yield (query rows, bool (c, k) relevance in rank order, int64 (c,) relevant items in the whole gallery)."""
         step = chunk_size or max(1, CHUNK_ELEMENTS // self.ng)
