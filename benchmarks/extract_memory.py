@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from _memory import peak_rss_mb, rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_MB = 1024
@@ -207,13 +208,6 @@ CASES: list[tuple[str, str, str, dict]] = [
 # -------------------------------------------------------------------------------------------------- measuring
 
 
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def run_case(extractor: str, path: Path, config: dict) -> dict:
     """In the child: build the extractor, then measure load + embed of ``path`` above that idle level."""
     from extractors import MediaError, create_extractor
@@ -224,15 +218,15 @@ def run_case(extractor: str, path: Path, config: dict) -> dict:
         ext.windowed_prefix("warm up")
     if extractor == "doc2vec":
         ext.model  # noqa: B018 (gensim and the model, loaded on first use)
-    idle = _status_kb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS: the peak of what follows, not of the imports
+    idle = rss_mb()
+    peak_rss_mb(reset=True)  # VmHWM := VmRSS: the peak of what follows, not of the imports
     started = time.perf_counter()
     try:
         row = ext([ext.load(path)])
         outcome = f"embedded, {row.shape[1]} values"
     except MediaError as exc:
         outcome = f"refused: {exc.reason}"
-    return {"idle_mb": idle / 1024, "above_idle_mb": (_status_kb("VmHWM") - idle) / 1024,
+    return {"idle_mb": idle, "above_idle_mb": peak_rss_mb() - idle,
             "seconds": time.perf_counter() - started, "outcome": outcome}
 
 

@@ -35,6 +35,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+from _memory import peak_rss_mb, rss_mb
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,27 +102,6 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean over queries of |found ∩ truth| / k, for int (nq, k) position arrays."""
     k = truth.shape[1]
     return float(np.mean([len(set(f.tolist()) & set(t.tolist())) / k for f, t in zip(found, truth)]))
-
-
-def rss_mb() -> float:
-    """Resident set size of this process in MiB (Linux /proc)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
-def peak_rss_mb(*, reset: bool = False) -> float:
-    """Peak resident set size (VmHWM) in MiB; ``reset`` restarts the peak from the current RSS (Linux >= 4.0)."""
-    if reset:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 @dataclasses.dataclass

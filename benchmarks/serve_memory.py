@@ -35,6 +35,7 @@ import wave
 from pathlib import Path
 
 import numpy as np
+from _memory import status_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY = "from pipelines.cli import run; run()"
@@ -156,9 +157,8 @@ def tree_rss_mb(pid: int, *, children: bool = True) -> float:
         current = todo.pop()
         todo.extend(descendants.get(current, []))
         try:
-            with open(f"/proc/{current}/status") as status:
-                total += next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
-        except (OSError, StopIteration):
+            total += status_mb("VmRSS", current)
+        except (OSError, RuntimeError):
             continue
     return total
 
