@@ -33,7 +33,15 @@ from crossmodal.types import canonical_modality
 
 SPLITS = ("train", "val", "test")
 
-__all__ = ["make_synthetic"]
+SYNTHETIC_SETS: dict[str, dict] = {  # name -> make_synthetic arguments: class-structured sets shaped as the benchmarks
+    "synthetic": {"dims": {"image": 64, "text": 32}, "num_classes": 10, "n_train": 800, "n_val": 200, "n_test": 400,
+                  "paired": True, "seed": 0},
+    "synthetic-xmedia": {"dims": {"image": 64, "text": 48, "audio": 29, "mesh": 47, "video": 64}, "num_classes": 20,
+                         "n_train": 600, "n_val": 100, "n_test": 200, "paired": False, "seed": 0},
+}
+"""The named synthetic sets ``crossmodal benchmark`` and ``crossmodal train`` take as ``--dataset``."""
+
+__all__ = ["SYNTHETIC_SETS", "make_synthetic"]
 
 
 def make_synthetic(

@@ -34,16 +34,11 @@ from crossmodal.evaluation import evaluate
 from crossmodal.featureset import CrossModalDataset
 from crossmodal.methods import create_method, get_method, list_methods
 from crossmodal.noise import corrupt, noise_report
-from pipelines.train import DATASETS, resolve_config
+from pipelines.datasource import data_source
+from pipelines.train import resolve_config
 
 NoiseKind = Literal["label", "label-asymmetric", "alignment-partial", "alignment-complete"]
 NOISE_KINDS: tuple[str, ...] = ("label", "label-asymmetric", "alignment-partial", "alignment-complete")
-SYNTHETIC = {  # name -> make_synthetic arguments: small class-structured sets in the shapes of the benchmarks
-    "synthetic": {"dims": {"image": 64, "text": 32}, "num_classes": 10, "n_train": 800, "n_val": 200, "n_test": 400,
-                  "paired": True},
-    "synthetic-xmedia": {"dims": {"image": 64, "text": 48, "audio": 29, "mesh": 47, "video": 64}, "num_classes": 20,
-                         "n_train": 600, "n_val": 100, "n_test": 200, "paired": False},
-}
 PRIOR_TRANSFER = ("sdml", "mars")  # the methods of DRCL's Table VI
 
 
@@ -147,8 +142,8 @@ def run_benchmark(
     """Load a dataset (a benchmark file, or a named synthetic set) and run ``benchmark_dataset`` on it.
 
     Args:
-        dataset: ``synthetic``, ``synthetic-xmedia`` or a benchmark format (pipelines.train.DATASETS) read from
-            ``data``.
+        dataset: ``synthetic``, ``synthetic-xmedia`` or a benchmark format (crossmodal.datasets.BENCHMARKS) read
+            from ``data`` (``pipelines.datasource.data_source``).
         out: when given, the report is written there (``write_report``).
 
     Raises:
@@ -164,18 +159,8 @@ def run_benchmark(
 
 
 def load_dataset(dataset: str, data: str | Path | None) -> CrossModalDataset:
-    """A named synthetic set, or the benchmark file ``data`` in the format ``dataset``."""
-    if dataset in SYNTHETIC:
-        from crossmodal.synthetic import make_synthetic
-
-        return make_synthetic(**SYNTHETIC[dataset], seed=0, name=dataset)
-    if dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset {dataset!r}", hint=f"choose one of {', '.join([*SYNTHETIC, *DATASETS])}")
-    if data is None:
-        raise ConfigError(f"--dataset {dataset} needs --data FILE", hint="point --data at the benchmark feature file")
-    from crossmodal.datasets import load_benchmark
-
-    return load_benchmark(dataset, data)
+    """A named synthetic set, or the benchmark file ``data`` in the format ``dataset`` (its ``DataSource``)."""
+    return data_source(dataset, data).load()
 
 
 def benchmark_dataset(
