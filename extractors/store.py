@@ -38,19 +38,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import hashlib
 import json
 import os
 import re
 import shutil
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from crossmodal.common.files import atomic_write, fsync_path
@@ -245,27 +247,72 @@ class FeatureTable:
 
     # ---- reading
     def shard_paths(self) -> list[Path]:
-        """Committed shards' parquet files, in commit order (sequence number, then uuid)."""
-        return sorted(p for p in self.shards.glob("part-*.parquet") if _SHARD.match(p.name))
+        """Committed shards' parquet files, in commit order (sequence number, then uuid); the inputs of a compaction
+        whose merged shard is committed are left out (a compaction killed after its commit point)."""
+        with self._reader_lock():
+            return self._listing()
+
+    def _listing(self) -> list[Path]:
+        """:meth:`shard_paths` without the lock (for callers that hold it). Journals are read before the folder is
+        listed, so a listing never pairs a merged shard with the inputs it replaced."""
+        journals = _journals(self.shards)
+        names = {p.name for p in self.shards.glob("part-*.parquet") if _SHARD.match(p.name)}
+        for journal in journals:
+            if f"{journal['new']}.parquet" in names:
+                names -= {f"{stem}.parquet" for stem in journal["old"]}
+        return sorted(self.shards / name for name in names)
+
+    @contextlib.contextmanager
+    def _reader_lock(self) -> Iterator[None]:
+        """A shared lock on ``shards/.compact.lock``: a compaction swaps shards in and out only while no reader is
+        listing (or streaming through) the table. A store that cannot be written cannot be compacted: no lock."""
+        if not os.access(self.shards, os.W_OK):
+            yield
+            return
+        with self._lock(".compact.lock", shared=True):
+            yield
+
+    def dataset(self) -> pads.Dataset:
+        """The committed shards' metadata as one ``pyarrow.dataset`` (columnar, read lazily, shard by shard), each
+        parquet verified against its checksum first (once per process).
+
+        Raises:
+            StoreError: a parquet fails its checksum or its recorded row count.
+        """
+        paths = self.shard_paths()
+        for parquet in paths:
+            self._check_meta(parquet)
+        return pads.dataset([str(p) for p in paths], schema=SCHEMA, format="parquet")
 
     def metadata(self, columns: list[str] | None = None) -> pa.Table:
         """The row metadata of every shard (``columns`` of :data:`SCHEMA`, default all), duplicates included, without
-        reading the features; each parquet is verified against its checksum first.
+        reading the features; each parquet is verified against its checksum first. Read through :meth:`dataset`.
 
         Raises:
             StoreError: a shard is unreadable or fails its checksum (names it, with the fix).
         """
-        parts = [self._read_meta(p, columns) for p in self.shard_paths()]
-        return pa.concat_tables(parts) if parts else SCHEMA.empty_table().select(columns or SCHEMA.names)
+        dataset = self.dataset()
+        try:
+            return dataset.to_table(columns=columns or SCHEMA.names)
+        except (OSError, pa.ArrowException):
+            for parquet in dataset.files:  # name the shard that cannot be read (a shard written before checksums)
+                self._read_meta(Path(parquet), columns)
+            raise
 
     def known_hashes(self) -> set[str]:
         """Content hashes already in the table (whose features need no extraction)."""
-        return set(self.metadata(["content_hash"]).column("content_hash").to_pylist())
+        hashes: set[str] = set()
+        for parquet in self.shard_paths():
+            hashes.update(self._read_meta(parquet, ["content_hash"]).column(0).to_pylist())
+        return hashes
 
     def known_items(self) -> set[tuple[str, str, tuple[str, ...]]]:
         """Every stored item as its key ``(content hash, item id, sorted labels)`` (see :func:`item_key`)."""
-        meta = self.metadata(["content_hash", "item_id", "labels"]).to_pydict()
-        return {item_key(h, i, labels) for h, i, labels in zip(meta["content_hash"], meta["item_id"], meta["labels"])}
+        items: set[tuple[str, str, tuple[str, ...]]] = set()
+        for parquet in self.shard_paths():
+            meta = self._read_meta(parquet, ["content_hash", "item_id", "labels"]).to_pydict()
+            items.update(item_key(h, i, labels) for h, i, labels in zip(*meta.values()))
+        return items
 
     def has(self, content_hash: str) -> bool:
         return content_hash in self.known_hashes()
@@ -282,8 +329,113 @@ class FeatureTable:
                 found.update((h, np.array(X[i], dtype=np.float32)) for i, h in wanted)
         return found
 
+    def iter_batches(self, rows: int = 65536, *, columns: list[str] | None = None,
+                     unique: bool = True) -> Iterator[tuple[np.ndarray, pa.Table]]:
+        """Stream the table shard by shard: memory holds one shard's pages and metadata, never the table.
+
+        Args:
+            rows: the most rows per batch; a batch never spans two shards.
+            columns: metadata columns of :data:`SCHEMA` (default all).
+            unique: keep the first row of each item (content hash, item id, labels), the rows :meth:`read` gives.
+
+        Yields:
+            ``(X, meta)``: X a read-only float32 (n, dim) slice of one shard's memory-mapped ``.npy`` (a gathered copy
+            in a shard that holds a repeated item, when ``unique``), meta its n metadata rows.
+
+        Raises:
+            StoreError: a shard fails its checks (checksums, shape, finite values; each shard once per process).
+
+        A compaction waits until the iteration ends (the stream holds the table's shared reader lock).
+        """
+        if rows < 1:
+            raise StoreError(f"iter_batches: rows must be at least 1, got {rows}")
+        with self._reader_lock():
+            parquets = self._listing()
+            keep = self._first_rows(parquets) if unique else None
+            start = 0
+            for parquet in parquets:
+                meta = self._read_meta(parquet, columns)
+                X = self._load_npy(parquet, meta.num_rows)
+                n = meta.num_rows
+                local = None if keep is None else _local(keep, start, start + n)
+                start += n
+                if local is None:
+                    for lo in range(0, n, rows):
+                        yield X[lo:lo + rows], meta.slice(lo, rows)
+                    continue
+                for lo in range(0, len(local), rows):
+                    chosen = local[lo:lo + rows]
+                    yield X[chosen], meta.take(pa.array(chosen))
+                del X  # the shard's map closes here unless the caller kept a batch
+
+    def rows_view(self, *, unique: bool = True, max_open: int = 16) -> ShardedRows:
+        """An array-like over every shard (``view[idx]`` gathers rows from the per-shard memory maps): what training
+        samples batches from without concatenating the table.
+
+        Args:
+            unique: the rows :meth:`read` gives (the first of each item); False: every stored row.
+            max_open: shards memory-mapped at once (least recently used closed first): bounds the pages a long
+                sampling run keeps resident to this many shards.
+
+        Raises:
+            StoreError: a shard fails its checks (checksums, shape, finite values; each shard once per process).
+        """
+        with self._reader_lock():
+            parquets = self._listing()
+            counts, offsets, npys, metas = [], [], [], []
+            for parquet in parquets:
+                rows = self._check_meta(parquet)
+                X = self._load_npy(parquet, rows)
+                offsets.append(int(X.offset))
+                counts.append(rows)
+                del X
+                # Open now, under the lock: a compaction after this cannot take a shard from the view.
+                npys.append(open(parquet.with_suffix(".npy"), "rb"))  # noqa: SIM115 (closed by ShardedRows.close)
+                metas.append(open(parquet, "rb"))  # noqa: SIM115
+            keep = self._first_rows(parquets) if unique else None
+        return ShardedRows(self, parquets, npys, metas, offsets, counts, keep, max_open=max_open)
+
+    def _first_rows(self, parquets: list[Path]) -> np.ndarray | None:
+        """The global indices of the rows :meth:`read` keeps (the first of each item), or None when every row is its
+        own item. Costs 8 bytes per row and one pass over the content hashes; item keys are built only for the rows
+        whose content hash repeats (rare: the same bytes under two names, or an item written twice)."""
+        counts = [self._check_meta(p) for p in parquets]
+        fingerprints = np.empty(sum(counts), dtype=np.int64)
+        start = 0
+        for parquet, n in zip(parquets, counts):
+            hashes = self._read_meta(parquet, ["content_hash"]).column(0).to_pylist()
+            fingerprints[start:start + n] = np.fromiter(map(hash, hashes), dtype=np.int64, count=n)
+            start += n
+        ordered = np.sort(fingerprints)
+        repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+        del ordered
+        if not len(repeated):
+            return None
+        candidates = np.flatnonzero(np.isin(fingerprints, repeated))
+        del fingerprints
+        drop: list[int] = []
+        seen: set[tuple[str, str, tuple[str, ...]]] = set()
+        start = 0
+        for parquet, n in zip(parquets, counts):
+            local = _local(candidates, start, start + n)
+            if len(local):
+                meta = self._read_meta(parquet, ["content_hash", "item_id", "labels"]).take(pa.array(local)).to_pydict()
+                for i, h, item, labels in zip(local, *meta.values()):
+                    key = item_key(h, item, labels)
+                    if key in seen:
+                        drop.append(start + int(i))
+                    seen.add(key)
+            start += n
+        if not drop:
+            return None
+        keep = np.ones(start, dtype=bool)
+        keep[drop] = False
+        return np.flatnonzero(keep)
+
     def read(self) -> tuple[np.ndarray, pa.Table]:
-        """All rows, the first of each item (content hash, item id, labels) kept.
+        """All rows in memory, the first of each item (content hash, item id, labels) kept: the small-table path
+        (tests, a demo). A table of any size streams through :meth:`iter_batches` or samples through
+        :meth:`rows_view` instead; this concatenates every shard.
 
         Returns:
             ``(X, meta)``: X float32 (n, dim), the memory map itself when the table is one shard without duplicates,
@@ -294,20 +446,16 @@ class FeatureTable:
                 checksum or holds non-finite values (names the shard, with the fix).
         """
         arrays, metas = [], []
-        for parquet in self.shard_paths():
-            meta = self._read_meta(parquet)
-            arrays.append(self._load_npy(parquet, meta.num_rows))
-            metas.append(meta)
+        with self._reader_lock():
+            parquets = self._listing()
+            for parquet in parquets:
+                meta = self._read_meta(parquet)
+                arrays.append(self._load_npy(parquet, meta.num_rows))
+                metas.append(meta)
+            keep = self._first_rows(parquets)
         if not arrays:
             return np.zeros((0, self.dim), dtype=np.float32), SCHEMA.empty_table()
         meta = pa.concat_tables(metas)
-        keep = None
-        if len(pc.unique(meta.column("content_hash"))) < meta.num_rows:  # else every row is its own item (fast path)
-            columns = meta.select(["content_hash", "item_id", "labels"]).to_pydict()
-            keys = [item_key(h, i, labels) for h, i, labels in zip(*columns.values())]
-            first = {k: i for i, k in reversed(list(enumerate(keys)))}
-            if len(first) < len(keys):
-                keep = np.array(sorted(first.values()), dtype=np.int64)
         if len(arrays) == 1 and keep is None:
             return arrays[0], meta
         X = np.concatenate(arrays, axis=0) if len(arrays) > 1 else np.asarray(arrays[0])
@@ -412,8 +560,25 @@ class FeatureTable:
                              hint=self._hint(parquet))
         return meta
 
+    def _check_meta(self, parquet: Path) -> int:
+        """A shard's row count from its parquet's footer, after the parquet passed its checksum (once per process)."""
+        sums = self._sums(parquet)
+        if sums is not None:
+            _check_file(parquet, sums["parquet"], self._hint(parquet), cached=True)
+        try:
+            rows = pq.ParquetFile(parquet).metadata.num_rows
+        except (OSError, pa.ArrowException) as exc:
+            raise StoreError(f"{parquet}: not a readable shard ({exc})", hint=self._hint(parquet)) from exc
+        if sums is not None and "rows" in sums and rows != sums["rows"]:
+            raise StoreError(f"{parquet}: {rows} rows, its checksum record says {sums['rows']}",
+                             hint=self._hint(parquet))
+        return rows
+
     def _load_npy(self, parquet: Path, rows: int, *, cached: bool = True) -> np.ndarray:
-        """A shard's float32 (rows, dim) memory map, after its checks (checksum, shape, finite; once per process)."""
+        """A shard's float32 (rows, dim) memory map, after its checks (checksum, shape, finite; once per process).
+
+        The checks read the file once in blocks (:func:`_scan_npy`), so a shard of any size is checked in constant
+        memory: the bytes pass through the page cache, not through the process's resident memory."""
         npy = parquet.with_suffix(".npy")
         hint = self._hint(parquet)
         try:
@@ -428,14 +593,109 @@ class FeatureTable:
         if cached and key in _VERIFIED:
             return X
         sums = self._sums(parquet)
-        if sums is not None:
-            _check_file(npy, sums["npy"], hint, cached=False)
-        finite = np.isfinite(X).all(axis=1)
-        if not finite.all():
-            bad = np.flatnonzero(~finite)
+        digest, bad = _scan_npy(npy, int(X.offset), self.dim)
+        if sums is not None and digest != sums["npy"]:
+            raise StoreError(f"{npy}: sha256 differs from the one recorded at commit; the file was changed", hint=hint)
+        if len(bad):
             raise StoreError(f"{npy}: non-finite values in {len(bad)} rows (first: {bad[:5].tolist()})", hint=hint)
         _VERIFIED.add(key)
         return X
+
+
+class ShardedRows:
+    """The rows of a table's shards as one read-only array: ``len``, ``shape``, ``dtype`` and ``view[i]``,
+    ``view[a:b]`` or ``view[int array]`` (a new float32 ndarray gathered from the per-shard memory maps), and
+    ``np.asarray(view)`` (the whole table: the small-table path).
+
+    Built by :meth:`FeatureTable.rows_view`, which opened every shard's files: the view stays whole if a compaction
+    replaces the shards later. At most ``max_open`` shards are mapped at once. :meth:`close` (or ``with``) releases
+    the files.
+    """
+
+    def __init__(self, table: FeatureTable, parquets: list[Path], npys: list[BinaryIO], metas: list[BinaryIO],
+                 offsets: list[int], counts: list[int], keep: np.ndarray | None, *, max_open: int):
+        self.table = table
+        self.parquets = parquets
+        self._npys, self._metas, self._offsets, self._counts = npys, metas, offsets, counts
+        self._starts = np.cumsum([0, *counts], dtype=np.int64)  # raw row where each shard starts, then the total
+        self._keep = keep
+        self._maps: OrderedDict[int, np.memmap] = OrderedDict()
+        self.max_open = max(1, max_open)
+        self.dtype = np.dtype(np.float32)
+        self.ndim = 2
+        self.shape = (int(len(keep)) if keep is not None else int(self._starts[-1]), table.dim)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"ShardedRows({self.table.path}, shape={self.shape}, shards={len(self.parquets)})"
+
+    def __enter__(self) -> ShardedRows:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Unmap the shards and close their files."""
+        self._maps.clear()
+        for f in (*self._npys, *self._metas):
+            f.close()
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        X = self[np.arange(len(self))]
+        return X if dtype is None else X.astype(dtype, copy=False)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if isinstance(index, (int, np.integer)):
+            i = int(index) + len(self) if int(index) < 0 else int(index)
+            if not 0 <= i < len(self):
+                raise IndexError(f"row {int(index)} out of range for {len(self)} rows")
+            return self._gather(np.array([i], dtype=np.int64))[0]
+        if isinstance(index, slice):
+            return self._gather(np.arange(*index.indices(len(self)), dtype=np.int64))
+        idx = np.asarray(index)
+        if idx.dtype == bool:
+            if idx.shape != (len(self),):
+                raise IndexError(f"a boolean mask of {idx.shape} for {len(self)} rows")
+            idx = np.flatnonzero(idx)
+        if idx.dtype.kind not in "iu":
+            raise IndexError(f"rows are chosen by an int, a slice or an integer array, not {idx.dtype}")
+        idx = idx.astype(np.int64, copy=False)
+        if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise IndexError(f"rows {idx.min()}..{idx.max()} out of range for {len(self)} rows")
+        return self._gather(np.where(idx < 0, idx + len(self), idx).reshape(-1)).reshape(*idx.shape, self.shape[1])
+
+    def _gather(self, idx: np.ndarray) -> np.ndarray:
+        raw = idx if self._keep is None else self._keep[idx]
+        shard = np.searchsorted(self._starts, raw, side="right") - 1
+        out = np.empty((len(raw), self.shape[1]), dtype=np.float32)
+        order = np.argsort(shard, kind="stable")
+        bounds = np.flatnonzero(np.diff(shard[order])) + 1
+        for positions in np.split(order, bounds) if len(order) else []:
+            s = int(shard[positions[0]])
+            out[positions] = self._map(s)[raw[positions] - self._starts[s]]
+        return out
+
+    def _map(self, s: int) -> np.memmap:
+        X = self._maps.pop(s, None)
+        if X is None:
+            X = np.memmap(self._npys[s], dtype=np.float32, mode="r", offset=self._offsets[s],
+                          shape=(self._counts[s], self.shape[1]))
+            while len(self._maps) >= self.max_open:
+                self._maps.popitem(last=False)  # the least recently used shard's pages leave the process
+        self._maps[s] = X
+        return X
+
+    def metadata(self, columns: list[str] | None = None) -> pa.Table:
+        """The metadata rows of the view (``columns`` of :data:`SCHEMA`, default all), row-aligned with it."""
+        parts = []
+        for f in self._metas:
+            f.seek(0)
+            parts.append(pq.read_table(f, columns=columns, schema=SCHEMA))
+        meta = pa.concat_tables(parts) if parts else SCHEMA.empty_table().select(columns or SCHEMA.names)
+        return meta if self._keep is None else meta.take(pa.array(self._keep))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -574,11 +834,52 @@ def _arrow_rows(rows: Sequence[StoreRow]) -> pa.Table:
 # Files that passed their checks in this process, by (path, inode, size, mtime): a rewritten file is checked again.
 _VERIFIED: set[tuple[str, int, int, int]] = set()
 SUMS = ".sha256"
+JOURNAL = ".journal"
+SCAN_BLOCK = 8 << 20  # bytes of an .npy checked at a time
 
 
 def _file_state(path: Path) -> tuple[str, int, int, int]:
     st = path.stat()
     return str(path), st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _scan_npy(npy: Path, offset: int, dim: int) -> tuple[str, np.ndarray]:
+    """One pass over an ``.npy`` in blocks of ``SCAN_BLOCK`` bytes: the file's sha256 and the rows holding a
+    non-finite value (the header at ``offset`` excluded from the check)."""
+    digest = hashlib.sha256()
+    row_bytes = 4 * dim
+    buffer = bytearray(max(1, SCAN_BLOCK // row_bytes) * row_bytes)
+    bad: list[np.ndarray] = []
+    row = 0
+    with open(npy, "rb") as f:
+        digest.update(f.read(offset))
+        while got := f.readinto(buffer):
+            digest.update(memoryview(buffer)[:got])
+            block = np.frombuffer(buffer, dtype=np.float32, count=got // 4).reshape(-1, dim)
+            finite = np.isfinite(block).all(axis=1)
+            if not finite.all():
+                bad.append(row + np.flatnonzero(~finite))
+            row += len(block)
+    return digest.hexdigest(), np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
+
+
+def _local(rows: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """The members of the sorted global row indices ``rows`` in ``[start, stop)``, as indices from ``start``."""
+    lo, hi = np.searchsorted(rows, [start, stop])
+    return rows[lo:hi] - start
+
+
+def _journals(shards: Path) -> list[dict[str, Any]]:
+    """The compaction journals of a shards folder (each: the merged shard ``new`` and the ``old`` ones it replaces)."""
+    found = []
+    for path in sorted(shards.glob(f"compact-*{JOURNAL}")):
+        try:
+            record = json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            continue  # finished meanwhile, or torn: a journal is written whole (atomic_write), so never both
+        if isinstance(record, dict) and {"new", "old"} <= set(record):
+            found.append({**record, "path": path})
+    return found
 
 
 def _check_file(path: Path, expected: str, hint: str, *, cached: bool) -> None:

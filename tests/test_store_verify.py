@@ -17,7 +17,7 @@ from crossmodal.common.hashing import file_sha256
 from extractors.errors import StoreError, StoreFullError
 from extractors.store import FeatureStore, FeatureTable, StoreRow, stored_path
 from pipelines.cli import main
-from pipelines.extract import run_extract
+from pipelines.extract import ExtractOptions, run_extract
 from pipelines.workspace import Workspace
 
 DIM = 4
@@ -40,8 +40,8 @@ def flip_byte(path, offset: int) -> None:
 
 
 def extract(workspace, root):
-    return run_extract(workspace, "image", [root], extractor="hog-color", workers=0, device="cpu", progress=False,
-                       overrides=["size=16", "pixels_per_cell=8"])
+    return run_extract(workspace, "image", [root], ExtractOptions(
+        extractor="hog-color", workers=0, device="cpu", progress=False, overrides=["size=16", "pixels_per_cell=8"]))
 
 
 @pytest.fixture(autouse=True)
@@ -92,9 +92,13 @@ def test_a_shard_is_hashed_once_per_process_and_again_when_its_file_changes(tmp_
     table = table_in(tmp_path)
     parquet = table.write_shard(np.ones((3, DIM), np.float32), toy_rows(3))
     hashed = []
+    scan = store_module._scan_npy
     monkeypatch.setattr(store_module, "file_sha256", lambda path: hashed.append(path.suffix) or file_sha256(path))
+    monkeypatch.setattr(store_module, "_scan_npy", lambda path, *args: hashed.append(path.suffix) or scan(path, *args))
     for _ in range(3):
         table.read()
+        list(table.iter_batches(2))
+        table.rows_view().close()
     assert sorted(hashed) == [".npy", ".parquet"]
     np.save(parquet.with_suffix(".npy"), np.zeros((3, DIM), np.float32))
     with pytest.raises(StoreError, match="sha256 differs"):
