@@ -43,10 +43,11 @@ import json
 import os
 import re
 import shutil
+import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -122,6 +123,8 @@ class FeatureTable:
         self.modality = str(self.description["modality"])
         if not self.shards.is_dir():
             raise StoreError(f"{self.path}: no shards folder", hint="a table is made by FeatureStore.open")
+        self._hashes: set[str] = set()  # the content hashes of the shards in _hashes_seen (claims skip them)
+        self._hashes_seen: set[Path] = set()
         self.clean_orphans()
 
     def __repr__(self) -> str:
@@ -466,6 +469,80 @@ class FeatureTable:
     def __len__(self) -> int:
         return len(self.known_items())
 
+    # ---- claims: concurrent extractions on one table split the work
+    def claim(self, hashes: Iterable[str], *, owner: str) -> list[str]:
+        """Claim the content hashes this run will extract, so that a concurrent run skips them.
+
+        Of ``hashes``, those that are neither stored nor claimed by another live owner are claimed by ``owner`` and
+        returned (in the given order, once each; those ``owner`` already held included). A claim records the owner,
+        its process id, host, process start time and the time; runs under the table's exclusive ``.seq.lock``.
+
+        A claim is stale, and taken over, when its process is gone from this host (or its id now names another
+        process), or when it comes from another host and was not renewed (by a ``claim`` of its owner) for
+        ``CLAIM_TTL`` seconds. Release the claims after committing the shards (:meth:`release`): the committed rows
+        are then skipped as stored.
+        """
+        wanted = list(dict.fromkeys(hashes))
+        with self._lock(".seq.lock", shared=False):
+            stored = self._stored_hashes()
+            held: set[str] = set()
+            own: set[str] = set()
+            for record in self._claim_records():
+                if record["owner"] == owner:
+                    own.update(record["hashes"])
+                elif _live(record):
+                    held.update(record["hashes"])
+                else:
+                    record["path"].unlink(missing_ok=True)  # a dead run's claim: its items are free again
+            granted = [h for h in wanted if h not in stored and h not in held]
+            kept = sorted((own - stored) | set(granted))
+            record = {"owner": owner, "pid": os.getpid(), "host": socket.gethostname(),
+                      "started": _process_start(os.getpid()), "time": time.time(), "hashes": kept}
+            self.claims_dir.mkdir(exist_ok=True)
+            atomic_write(self._claim_path(owner), json.dumps(record))
+        return granted
+
+    def release(self, owner: str) -> None:
+        """Drop every claim of ``owner`` (a run that finished or stopped: its unextracted items are free again)."""
+        with self._lock(".seq.lock", shared=False):
+            self._claim_path(owner).unlink(missing_ok=True)
+
+    def claims(self) -> list[Claim]:
+        """The recorded claims, live or stale, oldest first: who is extracting what in this table."""
+        return [Claim(r["owner"], r["pid"], r["host"], r["time"], len(r["hashes"]), _live(r))
+                for r in sorted(self._claim_records(), key=lambda r: r["time"])]
+
+    @property
+    def claims_dir(self) -> Path:
+        return self.shards / "claims"
+
+    def _claim_path(self, owner: str) -> Path:
+        return self.claims_dir / f"{hashlib.sha256(owner.encode('utf-8', 'surrogateescape')).hexdigest()[:16]}.json"
+
+    def _claim_records(self) -> list[dict[str, Any]]:
+        records = []
+        for path in sorted(self.claims_dir.glob("*.json")) if self.claims_dir.is_dir() else []:
+            try:
+                record = json.loads(path.read_text())
+            except FileNotFoundError:
+                continue  # released meanwhile
+            except ValueError as exc:
+                raise StoreError(f"{path}: not a claim record ({exc})",
+                                 hint="delete it when no extraction is running on this workspace") from exc
+            records.append({**record, "path": path})
+        return records
+
+    def _stored_hashes(self) -> set[str]:
+        """The content hashes of the committed shards, read once per shard per table object (a shard's rows never
+        change; a compaction or a dropped shard makes it read the table again)."""
+        paths = set(self.shard_paths())
+        if not paths >= self._hashes_seen:
+            self._hashes, self._hashes_seen = set(), set()
+        for parquet in sorted(paths - self._hashes_seen):
+            self._hashes.update(self._read_meta(parquet, ["content_hash"]).column(0).to_pylist())
+        self._hashes_seen = paths
+        return self._hashes
+
     # ---- checking
     def verify(self) -> list[ShardProblem]:
         """Check every shard (checksums, shape, finite values), ignoring the per-process cache.
@@ -707,6 +784,19 @@ class ShardProblem:
     reason: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A run's claim on items of a table (:meth:`FeatureTable.claim`): who, where, since when, how many, and whether
+    its process is still alive (a stale claim is taken over by the next ``claim``)."""
+
+    owner: str
+    pid: int
+    host: str
+    time: float
+    items: int
+    live: bool
+
+
 class FeatureStore:
     """A workspace's store folder: one :class:`FeatureTable` per (modality, extractor key).
 
@@ -835,6 +925,7 @@ def _arrow_rows(rows: Sequence[StoreRow]) -> pa.Table:
 _VERIFIED: set[tuple[str, int, int, int]] = set()
 SUMS = ".sha256"
 JOURNAL = ".journal"
+CLAIM_TTL = 3600.0  # seconds a claim of another host lives without being renewed (its process cannot be checked)
 SCAN_BLOCK = 8 << 20  # bytes of an .npy checked at a time
 
 
@@ -861,6 +952,33 @@ def _scan_npy(npy: Path, offset: int, dim: int) -> tuple[str, np.ndarray]:
                 bad.append(row + np.flatnonzero(~finite))
             row += len(block)
     return digest.hexdigest(), np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
+
+
+def _live(record: dict[str, Any]) -> bool:
+    """Whether a claim's process still runs: checked by process id (and start time) on this host; a claim of
+    another host lives while its owner renews it within ``CLAIM_TTL`` seconds."""
+    if record.get("host") != socket.gethostname():
+        return time.time() - float(record.get("time", 0)) < CLAIM_TTL
+    pid = int(record.get("pid", 0))
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: alive
+    started = record.get("started")
+    return started is None or _process_start(pid) in (None, started)  # a reused process id is another process
+
+
+def _process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, /proc/<pid>/stat field 22); None off Linux."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
 def _local(rows: np.ndarray, start: int, stop: int) -> np.ndarray:
