@@ -64,14 +64,14 @@ def build_digits(workspace: Path, *, per_class: int, seed: int = 0, recordings: 
     """Generate the digits (audio from ``recordings``) under ``workspace/data`` and extract every modality."""
     from pipelines.demo import generate_digits
     from pipelines.demo.runner import choose_extractors
-    from pipelines.extract import run_extract
+    from pipelines.extract import ExtractOptions, run_extract
 
     ws = Workspace(workspace)
     data = ws.root / "data"
     generate_digits(data, per_class=per_class, seed=seed, audio_source=recordings)
     for choice in choose_extractors("cpu"):
-        summary = run_extract(ws.root, choice.modality, [data / choice.modality], extractor=choice.name,
-                              overrides=choice.overrides, device="cpu", progress=False)
+        summary = run_extract(ws.root, choice.modality, [data / choice.modality], ExtractOptions(
+            extractor=choice.name, overrides=choice.overrides, device="cpu", progress=False))
         print(f"{choice.modality}: {choice.name} ({summary.dim}-d, {summary.extracted + summary.skipped} items, "
               f"{summary.seconds:.0f} s): {choice.reason}", file=sys.stderr, flush=True)
     return ws

@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 from extractors import create_extractor  # noqa: E402
 from extractors.base import set_decoder_threads  # noqa: E402
 from extractors.registry import get_extractor_class  # noqa: E402
-from pipelines.extract import decode_workers, models_in_workers, run_extract  # noqa: E402
+from pipelines.extract import ExtractOptions, decode_workers, models_in_workers, run_extract  # noqa: E402
 
 ALL = ("hog-color", "vgg19-fc7", "minilm", "doc2vec", "mfcc", "lightfield", "frame-stats", "c3d-fc6")
 RANDOM_WEIGHTS = ("vgg19-fc7", "c3d-fc6")
@@ -227,9 +227,9 @@ def measure(name: str, *, items: int, batch_size: int, workers: int | None, deco
         busy = bare_rate(extractor, decoded, batch_size, busy_cores=(os.cpu_count() or 1) - 1)[0]
 
     def pipeline_seconds(folder: Path, expected: int, run: int = 0) -> float:
-        summary = run_extract(work / f"ws-{name}-{expected}-{run}", modality, [folder], extractor=name,
-                              overrides=overrides, batch_size=batch_size, workers=workers, device="cpu", progress=False,
-                              decode=decode)
+        summary = run_extract(work / f"ws-{name}-{expected}-{run}", modality, [folder], ExtractOptions(
+            extractor=name, overrides=overrides, batch_size=batch_size, workers=workers, device="cpu", progress=False,
+            decode=decode))
         if summary.extracted != expected:
             raise RuntimeError(f"{name}: the pipeline extracted {summary.extracted} of {expected} items ({summary})")
         return expected / summary.items_per_second
@@ -287,8 +287,8 @@ def memory_run(name: str, *, files: int, batch_size: int, workers: int | None, w
     before = _memory_mb()
     sampler.start()
     start = time.perf_counter()
-    summary = run_extract(work / f"ws-memory-{name}", modality, [media], extractor=name, batch_size=batch_size,
-                          workers=workers, device="cpu", progress=False)
+    summary = run_extract(work / f"ws-memory-{name}", modality, [media], ExtractOptions(
+        extractor=name, batch_size=batch_size, workers=workers, device="cpu", progress=False))
     end = time.perf_counter()
     done.set()
     sampler.join()

@@ -29,7 +29,7 @@ import time
 import typing
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from crossmodal.common.config import parse_overrides
+from crossmodal.common.config import Overrides, parse_overrides
 from crossmodal.device import resolve_device
 from crossmodal.errors import ConfigError, DatasetFormatError
 from crossmodal.types import canonical_modality
@@ -67,6 +67,50 @@ DEFAULT_DECODE: Decode = "processes" if sys.platform == "linux" else "threads"  
 SHARD_SECONDS = 60.0  # a shard is also committed once this long has passed since the last one
 # Errors that concern the extractor itself, not one file: retrying item by item would only repeat them.
 _FATAL = (MissingWeightsError, MissingDependencyError, StoreError)
+Hasher = Callable[[Sequence[Item]], tuple[list[Item], list[SourceError]]]  # items -> (hashed items in order, errors)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractOptions:
+    """How a run extracts, one object for the local runner (:func:`run_extract`) and the Ray one
+    (:func:`pipelines.distributed.run_extract_ray`); what to read (workspace, modality, paths) is given beside it.
+
+    Attributes:
+        extractor: a registered name; None = the modality's default.
+        labels_from: ``"folders"``, a manifest path or ``"regex:PATTERN"`` (see pipelines/sources.py).
+        batch_size: items per model call.
+        workers: worker processes or threads and hashing threads (0 = all in the calling thread; None =
+            :func:`decode_workers`).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        overrides: extractor config overrides, ``("key=value", ...)`` or a mapping (a list is kept as a tuple).
+        progress: show a tqdm bar (items/s) on stderr, and say what is prepared.
+        shard_size: rows per committed shard (also committed every minute).
+        decode: decode in ``"processes"`` or ``"threads"`` (None: processes on Linux).
+
+    Raises:
+        ConfigError: a size or worker count that is not positive, or an unknown ``decode``.
+    """
+
+    extractor: str | None = None
+    labels_from: str = "folders"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    workers: int | None = None
+    device: str = "auto"
+    overrides: Overrides = ()
+    progress: bool = True
+    shard_size: int = DEFAULT_SHARD_SIZE
+    decode: Decode | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.overrides, str):
+            object.__setattr__(self, "overrides", (self.overrides,))
+        elif self.overrides is not None and not isinstance(self.overrides, Mapping):
+            object.__setattr__(self, "overrides", tuple(self.overrides))  # a frozen object holds no mutable list
+        if self.decode not in (None, "processes", "threads"):
+            raise ConfigError(f"--decode {self.decode!r}", hint="use processes or threads")
+        if self.batch_size < 1 or self.shard_size < 1 or (self.workers or 0) < 0:
+            raise ConfigError(f"batch size {self.batch_size}, shard size {self.shard_size} and workers "
+                              f"{self.workers} must be positive", hint="give --batch-size >= 1 and --workers >= 0")
 
 
 @dataclasses.dataclass
@@ -121,15 +165,17 @@ class ExtractPlan:
     passed_over: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
-def plan_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[str | os.PathLike], *,
-                 extractor: str | None = None, labels_from: str = "folders", workers: int | None = None,
-                 device: str = "auto", overrides: Iterable[str] | dict[str, Any] | None = None,
-                 verbose: bool = False) -> ExtractPlan:
-    """Scan, hash, prepare the extractor and open its table; everything but the extraction itself.
+def plan_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[str | os.PathLike],
+                 options: ExtractOptions = ExtractOptions(), *, hasher: Hasher | None = None) -> ExtractPlan:
+    """Scan, hash, prepare the extractor and open its table; everything but the extraction itself. Of ``options``,
+    it uses the extractor, labels_from, workers (hashing threads), device, overrides and progress (what is prepared
+    is said on stderr). ``hasher`` hashes the scanned items elsewhere (the Ray runner hashes on its workers), with
+    :func:`pipelines.sources.hash_items`'s results; default: that function, in ``workers`` threads.
 
     Ray workers and :func:`run_extract` share it: the todo list can be split across workers, each calling
     :func:`extract_items` and writing its own shards.
     """
+    extractor, labels_from, workers = options.extractor, options.labels_from, options.workers
     modality = canonical_modality(modality)
     if not paths and Path(labels_from).suffix.lower() not in (".csv", ".jsonl"):
         raise ConfigError("nothing to extract: no PATH given", hint="give folders or files, or --labels-from MANIFEST")
@@ -138,8 +184,8 @@ def plan_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[st
     if cls.modality != modality:
         raise ConfigError(f"extractor {name!r} is for {cls.modality}, not {modality}",
                           hint=f"{modality} extractors: {', '.join(list_extractors(modality))}")
-    options = parse_overrides(cls.Config, overrides, owner=name, noun="option")  # typed by field, unknown ones refused
-    ext = create_extractor(name, device=str(resolve_device(device)), **options)
+    config = parse_overrides(cls.Config, options.overrides, owner=name, noun="option")  # typed; unknown ones refused
+    ext = create_extractor(name, device=str(resolve_device(options.device)), **config)
     missing = [str(p) for p in paths if not os.path.lexists(p)]
     if missing:
         raise ConfigError(f"no such file or folder: {', '.join(missing)}", hint="check the path (nothing was read)")
@@ -156,11 +202,12 @@ def plan_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[st
         # Weights are resolved (downloaded) only once there is something to read, and before any file is hashed:
         # a missing weights file stops the run early, a wrong path is said first.
         _ = ext.key
-    items, hash_errors = hash_items(found.items, workers=DEFAULT_WORKERS if workers is None else workers)
+    items, hash_errors = (hasher(found.items) if hasher is not None
+                          else hash_items(found.items, workers=DEFAULT_WORKERS if workers is None else workers))
     errors = found.errors + hash_errors
     store = FeatureStore(Path(workspace) / "store")
     if prepare is not None:
-        if verbose:
+        if options.progress:
             print(f"{name}: preparing on {len(items)} items (a fit on the corpus, unless done before)", file=sys.stderr)
         prepare([(it.content_hash, it.path) for it in items], cache_dir=store.fitted_dir(modality))
     table = store.open(ext.describe())
@@ -291,69 +338,50 @@ def extract_items(extractor: Extractor, items: Sequence[Item], *, batch_size: in
             yield from zip(batch, rows)
 
 
-def run_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[str | os.PathLike], *,
-                extractor: str | None = None, labels_from: str = "folders", batch_size: int = DEFAULT_BATCH_SIZE,
-                workers: int | None = None, device: str = "auto",
-                overrides: Iterable[str] | dict[str, Any] | None = None, progress: bool = True,
-                shard_size: int = DEFAULT_SHARD_SIZE, decode: Decode | None = None) -> ExtractSummary:
+def run_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[str | os.PathLike],
+                options: ExtractOptions = ExtractOptions()) -> ExtractSummary:
     """Extract the files under ``paths`` into ``<workspace>/store``; see the module docstring for the flow.
 
     Args:
         workspace: the workspace folder (store/ and runs/ are made inside).
         modality: image, text, audio, 3d (= mesh) or video.
         paths: folders (``root/<class>/<file>``), files or manifests.
-        extractor: a registered name; None = the modality's default.
-        labels_from: ``"folders"``, a manifest path or ``"regex:PATTERN"`` (see pipelines/sources.py).
-        batch_size: items per model call.
-        workers: worker processes or threads and hashing threads (0 = all in the calling thread; None =
-            :func:`decode_workers`).
-        device: ``auto``, ``cpu`` or ``cuda``.
-        overrides: extractor config overrides, ``["key=value"]`` or a dict.
-        progress: show a tqdm bar (items/s) on stderr.
-        shard_size: rows per committed shard (also committed every minute).
-        decode: decode in ``"processes"`` or ``"threads"`` (default: processes on Linux).
+        options: how to extract (:class:`ExtractOptions`).
 
     Returns:
         :class:`ExtractSummary`; the run's ``errors.jsonl`` and ``run.json`` are in ``<workspace>/runs/<run id>/``.
     """
-    if decode not in (None, "processes", "threads"):
-        raise ConfigError(f"--decode {decode!r}", hint="use processes or threads")
-    if batch_size < 1 or shard_size < 1 or (workers or 0) < 0:
-        raise ConfigError(f"batch size {batch_size}, shard size {shard_size} and workers {workers} must be positive")
     start = time.perf_counter()
     with disk_full_names(workspace, None):  # the table's extractor.json, a fitted doc2vec model
-        plan = plan_extract(workspace, modality, paths, extractor=extractor, labels_from=labels_from, workers=workers,
-                            device=device, overrides=overrides, verbose=progress)
+        plan = plan_extract(workspace, modality, paths, options)
     with disk_full_names(workspace, plan):
-        return _run_plan(plan, workspace, paths, labels_from=labels_from, batch_size=batch_size, workers=workers,
-                         progress=progress, shard_size=shard_size, decode=decode, start=start)
+        return _run_plan(plan, workspace, paths, options, start=start)
 
 
-def _run_plan(plan: ExtractPlan, workspace: str | os.PathLike, paths: Sequence[str | os.PathLike], *,
-              labels_from: str, batch_size: int, workers: int | None, progress: bool, shard_size: int,
-              decode: Decode | None, start: float) -> ExtractSummary:
+def _run_plan(plan: ExtractPlan, workspace: str | os.PathLike, paths: Sequence[str | os.PathLike],
+              options: ExtractOptions, *, start: float) -> ExtractSummary:
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     run_dir = Path(workspace) / "runs" / run_id
     run_dir.mkdir(parents=True)
     errors_file = run_dir / "errors.jsonl"
     extracted = failed = 0
     t_extract = time.perf_counter()
-    with open(errors_file, "w") as errors_out, _progress(len(plan.todo), plan.extractor.name, progress) as bar:
+    with open(errors_file, "w") as errors_out, _progress(len(plan.todo), plan.extractor.name, options.progress) as bar:
         for err in plan.errors:
             _write_error(errors_out, err, None)
         unsupported = sum(err.error == "unsupported" for err in plan.errors)
         failed += len(plan.errors) - unsupported
         pending: list[tuple[Item, np.ndarray]] = []
         last_commit = time.monotonic()
-        for item, result in extract_items(plan.extractor, plan.todo, batch_size=batch_size, workers=workers,
-                                          decode=decode):
+        for item, result in extract_items(plan.extractor, plan.todo, batch_size=options.batch_size,
+                                          workers=options.workers, decode=options.decode):
             bar.update(1)
             if isinstance(result, SourceError):
                 _write_error(errors_out, result, item.content_hash)
                 failed += 1
                 continue
             pending.append((item, result))
-            if len(pending) >= shard_size or time.monotonic() - last_commit > SHARD_SECONDS:
+            if len(pending) >= options.shard_size or time.monotonic() - last_commit > SHARD_SECONDS:
                 extracted += _commit(plan.table, pending)
                 pending, last_commit = [], time.monotonic()
         if pending:
@@ -361,7 +389,8 @@ def _run_plan(plan: ExtractPlan, workspace: str | os.PathLike, paths: Sequence[s
         duplicates, lost = commit_duplicates(plan, errors_out)
     return finish_run(plan, run_dir, run_id=run_id, extracted=extracted, failed=failed + lost, unsupported=unsupported,
                       started=start, extract_seconds=time.perf_counter() - t_extract, duplicates=duplicates,
-                      record={"paths": [str(p) for p in paths], "labels_from": labels_from, "batch_size": batch_size})
+                      record={"paths": [str(p) for p in paths], "labels_from": options.labels_from,
+                              "batch_size": options.batch_size})
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ import pytest
 from _extract_media import write_shapes
 
 from extractors.store import FeatureStore
-from pipelines.extract import run_extract
+from pipelines.extract import ExtractOptions, run_extract
 
 CHEAP = ["--extractor", "hog-color", "--set", "size=16", "--set", "pixels_per_cell=8", "--workers", "0"]
 EXTRACT = ("import sys, pipelines.extract as e; e.SHARD_SECONDS = {seconds}; from pipelines.cli import main; "
@@ -86,8 +86,8 @@ def _photos(tmp_path_factory, per_class: int) -> tuple[Path, dict[str, np.ndarra
     root = tmp_path_factory.mktemp("photos")
     write_shapes(root, per_class=per_class, seed=7, size=(16, 16))
     reference = tmp_path_factory.mktemp("reference")
-    summary = run_extract(reference, "image", [root], extractor="hog-color", workers=0, progress=False,
-                          overrides={"size": 16, "pixels_per_cell": 8})
+    summary = run_extract(reference, "image", [root], ExtractOptions(
+        extractor="hog-color", workers=0, progress=False, overrides={"size": 16, "pixels_per_cell": 8}))
     assert summary.extracted == 3 * per_class
     return root, _audit(reference)[1]
 
@@ -274,12 +274,13 @@ def test_a_disk_that_fills_mid_run_keeps_the_committed_shards_and_the_next_run_c
 
     monkeypatch.setattr(extract_module, "SHARD_SECONDS", 0.0)  # a shard per item
     monkeypatch.setattr(pq, "write_table", full_after_two_shards)
-    kwargs = dict(extractor="hog-color", workers=0, progress=False, overrides={"size": 16, "pixels_per_cell": 8})
+    options = ExtractOptions(extractor="hog-color", workers=0, progress=False,
+                             overrides={"size": 16, "pixels_per_cell": 8})
     with pytest.raises(StoreFullError, match="no space left on the disk of workspace"):
-        run_extract(tmp_path / "ws", "image", [root], **kwargs)
+        run_extract(tmp_path / "ws", "image", [root], options)
     counts, _ = _audit(tmp_path / "ws")
     assert sum(counts.values()) == 2
     monkeypatch.setattr(pq, "write_table", real_write)
-    resumed = run_extract(tmp_path / "ws", "image", [root], **kwargs)
+    resumed = run_extract(tmp_path / "ws", "image", [root], options)
     assert (resumed.extracted, resumed.skipped) == (len(reference) - 2, 2)
     _assert_complete(photos, tmp_path / "ws")

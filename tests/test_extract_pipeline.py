@@ -14,15 +14,15 @@ from extractors import create_extractor
 from extractors.image import HogColor
 from extractors.store import FeatureStore
 from pipelines.cli import main
-from pipelines.extract import run_extract
+from pipelines.extract import ExtractOptions, run_extract
 from pipelines.sources import hash_items, scan
 
 IMAGE_EXTS = (".png", ".jpg")
 
 
 def extract_images(workspace, root, **kwargs):
-    return run_extract(workspace, "image", [root], extractor="hog-color", batch_size=4, workers=2, device="cpu",
-                       progress=False, **kwargs)
+    options = ExtractOptions(extractor="hog-color", batch_size=4, workers=2, device="cpu", progress=False, **kwargs)
+    return run_extract(workspace, "image", [root], options)
 
 
 def errors_of(summary) -> dict[str, tuple[str, str]]:
@@ -189,12 +189,13 @@ def test_text_extraction_fits_doc2vec_on_the_corpus_records_bad_texts_and_resume
     write_texts(tmp_path / "texts")
     (tmp_path / "texts" / "animals" / "latin1.txt").write_bytes(b"caf\xe9")
     (tmp_path / "texts" / "finance" / "empty.txt").write_bytes(b"")
-    kwargs = dict(batch_size=3, workers=2, progress=False, overrides=["vector_size=16", "min_count=1", "epochs=5"])
-    first = run_extract(tmp_path / "ws", "text", [tmp_path / "texts"], **kwargs)
+    options = ExtractOptions(batch_size=3, workers=2, progress=False, overrides=["vector_size=16", "min_count=1",
+                                                                               "epochs=5"])
+    first = run_extract(tmp_path / "ws", "text", [tmp_path / "texts"], options)
     assert (first.extractor, first.dim, first.extracted, first.failed, first.unsupported) == ("doc2vec", 16, 8, 2, 0)
     assert set(errors_of(first)) == {"latin1.txt", "empty.txt"}
     fitted = list((tmp_path / "ws" / "store" / "text" / "_fitted").iterdir())
-    second = run_extract(tmp_path / "ws", "text", [tmp_path / "texts"], **kwargs)
+    second = run_extract(tmp_path / "ws", "text", [tmp_path / "texts"], options)
     assert (second.key, second.extracted, second.skipped) == (first.key, 0, 8)
     assert list((tmp_path / "ws" / "store" / "text" / "_fitted").iterdir()) == fitted
     description = FeatureStore(tmp_path / "ws" / "store").table("text").description
@@ -203,12 +204,12 @@ def test_text_extraction_fits_doc2vec_on_the_corpus_records_bad_texts_and_resume
 
 def test_the_3d_modality_is_the_mesh_modality(tmp_path):
     with pytest.raises(ConfigError, match="extractor 'hog-color' is for image, not mesh"):
-        run_extract(tmp_path / "ws", "3d", [tmp_path], extractor="hog-color", progress=False)
+        run_extract(tmp_path / "ws", "3d", [tmp_path], ExtractOptions(extractor="hog-color", progress=False))
 
 
 def test_an_unknown_extractor_option_is_refused_with_the_valid_ones(tmp_path):
     with pytest.raises(ConfigError, match="hog-color has no option") as err:
-        run_extract(tmp_path / "ws", "image", [tmp_path], extractor="hog-color", overrides=["sise=64"])
+        run_extract(tmp_path / "ws", "image", [tmp_path], ExtractOptions(extractor="hog-color", overrides=["sise=64"]))
     assert "size" in err.value.hint
 
 
@@ -342,6 +343,33 @@ def test_the_cli_refuses_decode_with_ray_instead_of_ignoring_it(tmp_path, capsys
     assert code == 2 and "--decode is for local runs" in err and "drop --decode, or drop --ray" in err
 
 
+def test_extract_options_refuse_bad_sizes_and_decode_modes_before_anything_is_read():
+    for bad in (dict(batch_size=0), dict(shard_size=0), dict(workers=-1), dict(decode="fork")):
+        with pytest.raises(ConfigError):
+            ExtractOptions(**bad)
+    options = ExtractOptions(overrides=["size=16"])
+    assert options.overrides == ("size=16",)  # kept as a tuple: the object is frozen and holds nothing mutable
+
+
+def test_the_cli_hands_its_flags_to_the_run_as_one_options_object(tmp_path, monkeypatch):
+    import pipelines.extract as extract_module
+
+    seen = {}
+    real = extract_module.run_extract
+
+    def spy(workspace, modality, paths, options):
+        seen["options"] = options
+        return real(workspace, modality, paths, options)
+
+    monkeypatch.setattr(extract_module, "run_extract", spy)
+    write_shapes(tmp_path / "media", per_class=1)
+    code = main(["extract", "--modality", "image", str(tmp_path / "media"), "--workspace", str(tmp_path / "ws"),
+                 "-e", "hog-color", "--set", "size=32", "--batch-size", "3", "--workers", "0", "--device", "cpu"])
+    assert code == 0
+    assert seen["options"] == ExtractOptions(extractor="hog-color", batch_size=3, workers=0, device="cpu",
+                                             overrides=("size=32",))
+
+
 # ---- every item accounted for
 
 
@@ -353,8 +381,9 @@ def test_the_same_bytes_under_two_names_and_two_classes_give_every_item_its_row_
     embedded = []
     real_embed = HogColor.embed
     monkeypatch.setattr(HogColor, "embed", lambda self, items: embedded.extend(items) or real_embed(self, items))
-    summary = run_extract(tmp_path / "ws", "image", [tmp_path / "media"], extractor="hog-color", workers=0,
-                          progress=False)  # in this process, so that the patched embed counts
+    # workers=0: in this process, so that the patched embed counts
+    summary = run_extract(tmp_path / "ws", "image", [tmp_path / "media"],
+                          ExtractOptions(extractor="hog-color", workers=0, progress=False))
     assert (summary.found, summary.extracted, summary.duplicates, summary.skipped) == (8, 6, 2, 0)
     assert len(embedded) == 6
     X, meta = FeatureStore(tmp_path / "ws" / "store").read("image")
@@ -376,8 +405,8 @@ def test_items_with_the_same_bytes_share_a_split_and_their_pairs_stay_paired(tmp
             words = "the same words" if (shape, i) in {("circle", 0), ("circle", 1), ("square", 2)} else f"{shape} {i}"
             (tmp_path / "media" / shape / f"{i}.txt").write_text(words)
     extract_images(tmp_path / "ws", tmp_path / "media")
-    texts = run_extract(tmp_path / "ws", "text", [tmp_path / "media"], extractor="doc2vec", workers=0, progress=False,
-                        overrides=["vector_size=8", "min_count=1", "epochs=2"])
+    texts = run_extract(tmp_path / "ws", "text", [tmp_path / "media"], ExtractOptions(
+        extractor="doc2vec", workers=0, progress=False, overrides=["vector_size=8", "min_count=1", "epochs=2"]))
     assert (texts.extracted, texts.duplicates) == (13, 2)
     ws = Workspace(tmp_path / "ws")
     data = ws.datasets(["image", "text"], seed=3)

@@ -45,23 +45,20 @@ def extract(
     ray: Annotated[str | None, typer.Option("--ray", help="Run on Ray: 'auto' or a cluster address.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    from pipelines.extract import run_extract
+    from pipelines.extract import ExtractOptions, run_extract
 
-    sets = [*(overrides or []), *([f"weights={weights}"] if weights else [])]
-    kwargs = dict(extractor=extractor, labels_from=labels_from, batch_size=batch_size, device=device, overrides=sets)
-    if workers is not None:
-        kwargs["workers"] = workers
-    if decode is not None:
-        if ray:
-            raise ConfigError("--decode is for local runs: Ray actors always decode in threads",
-                              hint="drop --decode, or drop --ray")
-        kwargs["decode"] = decode
+    if decode is not None and ray:
+        raise ConfigError("--decode is for local runs: Ray actors always decode in threads",
+                          hint="drop --decode, or drop --ray")
+    sets = (*(overrides or []), *([f"weights={weights}"] if weights else []))
+    options = ExtractOptions(extractor=extractor, labels_from=labels_from, batch_size=batch_size, workers=workers,
+                             device=device, overrides=sets, decode=decode)  # type: ignore[arg-type]  # checked there
     if ray:
         from pipelines.distributed import run_extract_ray
 
-        s = run_extract_ray(workspace, modality, paths or [], address=ray, **kwargs).to_dict()
+        s = run_extract_ray(workspace, modality, paths or [], options, address=ray).to_dict()
     else:
-        s = run_extract(workspace, modality, paths or [], **kwargs).to_dict()
+        s = run_extract(workspace, modality, paths or [], options).to_dict()
     out = Output(as_json)
     out.json(s) if as_json else out.table([[s[c] for c in COLUMNS]], [HEADERS.get(c, c) for c in COLUMNS],
                                           title=f"extract {s['modality']}")

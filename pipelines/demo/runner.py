@@ -110,7 +110,7 @@ def run_demo(
         ConfigError: an unknown size.
         CrossmodalError: espeak-ng is not installed (the spoken digits are synthesised with it).
     """
-    from pipelines.extract import run_extract
+    from pipelines.extract import ExtractOptions, run_extract
     from pipelines.index import build_index
     from pipelines.query import query
     from pipelines.workspace import train_in_workspace
@@ -133,8 +133,8 @@ def run_demo(
     chosen = []
     for choice in choose_extractors(device):
         t0 = time.perf_counter()
-        summary = run_extract(ws.root, choice.modality, [data / choice.modality], extractor=choice.name,
-                              overrides=choice.overrides, device=device, progress=progress)
+        summary = run_extract(ws.root, choice.modality, [data / choice.modality], ExtractOptions(
+            extractor=choice.name, overrides=choice.overrides, device=device, progress=progress))
         timings[f"extract {choice.modality}"] = time.perf_counter() - t0
         say(f"extracted {choice.modality} with {choice.name} ({summary.dim}-d, {summary.extracted} new, "
             f"{summary.skipped} already stored, {summary.failed} failed; "
