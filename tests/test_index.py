@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from crossmodal.errors import ConfigError, FeatureMismatchError, ModelFileError, NotTrainedError, UnknownNameError
-from crossmodal.index import choose_spec, create_index, list_index_backends, load_index, resolve_spec
+import crossmodal.index
+from crossmodal.index import (build_from_batches, build_ivf_shard, choose_spec, create_index, list_index_backends,
+                              load_index, merge_ivf_shards, parse_bytes, resolve_spec, train_ivf)
 
 needs_faiss = pytest.mark.skipif(importlib.util.find_spec("faiss") is None, reason="faiss is not installed")
 
@@ -133,14 +135,15 @@ def test_a_folder_without_an_index_is_refused(tmp_path):
 
 @needs_faiss
 def test_auto_is_exact_for_small_collections_and_approximate_for_large_ones():
-    assert resolve_spec("auto", dim=512, size=5_000) == "exact"
+    roomy = 100 * 2**30  # the vectors fit in memory
+    assert resolve_spec("auto", dim=512, size=5_000, memory_budget=roomy) == "exact"
     assert resolve_spec("auto", dim=512) == "exact"
-    assert resolve_spec("auto", dim=512, size=500_000) == "faiss:HNSW32"
-    assert resolve_spec("auto", dim=512, size=4_000_000) == "faiss:IVF8192_HNSW32,SQ8"
+    assert resolve_spec("auto", dim=512, size=500_000, memory_budget=roomy) == "faiss:HNSW32"
+    assert resolve_spec("auto", dim=512, size=4_000_000, memory_budget=roomy) == "faiss:IVF8192_HNSW32,SQ8"
 
 
 def test_backends_are_listed_and_an_unknown_one_is_refused():
-    assert list_index_backends() == ["exact", "faiss"]
+    assert list_index_backends() == ["exact", "faiss", "ivf-ondisk"]
     with pytest.raises(UnknownNameError, match="exact"):
         create_index("exakt", 4)
 
@@ -182,7 +185,8 @@ def test_auto_without_faiss_keeps_exact_search_and_says_why(monkeypatch):
 def tiny_model_workspace(tmp_path_factory):
     """A workspace with 20 image and 20 text items (4 classes) and a 1-epoch DRCL model 'm'."""
     from extractors.store import StoreRow
-    from pipelines.workspace import Workspace, train_in_workspace
+    from pipelines.train import train_in_workspace
+    from pipelines.workspace import Workspace
 
     root = tmp_path_factory.mktemp("ws")
     rng = np.random.default_rng(0)
@@ -211,3 +215,142 @@ def test_index_auto_chooses_from_each_gallery_s_size_and_says_why(tiny_model_wor
     assert {r["backend"] for r in result["indexes"]} == {"faiss:HNSW32"}
     meta = json.loads((tiny_model_workspace / "index" / "m" / "image" / "index.json").read_text())
     assert meta["backend"] == "faiss" and meta["options"] == "HNSW32"
+
+
+# -- auto by memory, streaming builds, on-disk IVF and its shards ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clustered():
+    """4,000 vectors of 16 dims from a mixture of 20 Gaussians (so an IVF's lists mean something), ids and queries."""
+    rng = np.random.default_rng(7)
+    centres = rng.standard_normal((20, 16)).astype(np.float32)
+    X = (centres[rng.integers(0, 20, 4_000)] + 0.35 * rng.standard_normal((4_000, 16))).astype(np.float32)
+    Q = (centres[rng.integers(0, 20, 60)] + 0.35 * rng.standard_normal((60, 16))).astype(np.float32)
+    return X, np.array([f"item-{i}" for i in range(len(X))]), Q
+
+
+def batches_of(X, ids, size=700):
+    for start in range(0, len(X), size):
+        yield X[start:start + size], ids[start:start + size]
+
+
+def recall_at_10(found, truth):
+    return np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
+
+
+def test_memory_sizes_read_with_their_units_and_a_bad_one_is_a_config_error():
+    assert parse_bytes("2GB") == 2 * 10**9 and parse_bytes("512MiB") == 512 * 2**20 and parse_bytes("1000") == 1000
+    with pytest.raises(ConfigError, match="not a memory size"):
+        parse_bytes("lots")
+
+
+@needs_faiss
+def test_auto_keeps_exact_under_the_threshold_and_goes_on_disk_when_the_vectors_exceed_the_budget():
+    spec, why = choose_spec("auto", dim=128, size=10_000, memory_budget=2 * 10**9)
+    assert spec == "exact" and "below 200,000" in why and "within the memory budget, 2.0 GB" in why
+    spec, why = choose_spec("auto", dim=128, size=10_000_000, memory_budget=2 * 10**9)
+    assert spec == "ivf-ondisk:IVF16384_HNSW32,Flat"
+    assert "5.1 GB of vectors (10,000,000 x 128 float32) exceed the memory budget, 2.0 GB" in why
+    assert resolve_spec("auto", dim=16, size=4_000, memory_budget=1_000) == "ivf-ondisk:IVF64_HNSW32,Flat"
+
+
+@needs_faiss
+def test_on_disk_ivf_finds_90_percent_of_the_exact_top_10_on_clustered_data(tmp_path, clustered):
+    X, ids, Q = clustered
+    built = build_from_batches("auto", 16, batches_of(X, ids), tmp_path / "ivf", size=len(X), memory_budget=1_000,
+                               train_sample=X[::2])
+    _, exact_ids = built_exact(X, ids).search(Q, 10)
+    assert built.spec.startswith("ivf-ondisk:")
+    assert recall_at_10(built.index.search(Q, 10)[1], exact_ids) >= 0.9
+    assert recall_at_10(load_index(tmp_path / "ivf").search(Q, 10)[1], exact_ids) >= 0.9
+
+
+def built_exact(X, ids):
+    index = create_index("exact", X.shape[1])
+    index.add(X, ids)
+    return index
+
+
+@pytest.mark.parametrize("spec", ["exact", pytest.param("ivf-ondisk:IVF32,Flat", marks=needs_faiss),
+                                  pytest.param("faiss:IVF32,Flat", marks=needs_faiss)])
+def test_a_streaming_build_answers_like_an_index_built_in_memory(tmp_path, clustered, spec):
+    X, ids, Q = clustered
+    in_memory = create_index(spec, 16)
+    in_memory.train(X[:2_000])
+    in_memory.add(X, ids)
+    streamed = build_from_batches(spec, 16, batches_of(X, ids), tmp_path / "s", train_sample=X[:2_000])
+    assert len(streamed.index) == len(X) and streamed.count == len(X)
+    (scores, found), (expected_scores, expected) = load_index(tmp_path / "s").search(Q, 10), in_memory.search(Q, 10)
+    np.testing.assert_array_equal(found, expected)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-6)  # batches of 700 or of 4,000: other roundings
+
+
+@needs_faiss
+def test_a_streaming_build_without_a_sample_trains_on_the_first_vectors_of_the_stream(tmp_path, clustered):
+    X, ids, _ = clustered
+    built = build_from_batches("ivf-ondisk:IVF16,Flat", 16, batches_of(X, ids), tmp_path / "s")
+    assert built.index.trained_on == len(X) and len(built.index) == len(X)  # 10,000 wanted; the stream has 4,000
+
+
+def test_exact_search_block_by_block_equals_one_block(monkeypatch, clustered):
+    X, ids, Q = clustered
+    index = built_exact(np.vstack([X, X[:50]]), np.concatenate([ids, [f"again-{i}" for i in range(50)]]))
+    whole = index.search(Q, 10)
+    monkeypatch.setattr(crossmodal.index, "SEARCH_BLOCK", 333)  # 13 blocks, duplicates across blocks tie
+    blocked = index.search(Q, 10)
+    np.testing.assert_array_equal(blocked[1], whole[1])
+    np.testing.assert_array_equal(blocked[0], whole[0])
+    repeats = [(row.index(f"item-{i[6:]}"), k) for row in blocked[1].tolist() for k, i in enumerate(row)
+               if i.startswith("again-")]
+    assert repeats and all(first < again for first, again in repeats)  # ties go to the item added first
+
+
+def test_exact_index_keeps_its_chunks_apart_when_searched(clustered):
+    X, ids, Q = clustered
+    index = create_index("exact", 16)
+    for chunk, chunk_ids in batches_of(X, ids):
+        index.add(chunk, chunk_ids)
+    index.search(Q, 5)
+    assert len(index._vectors) == 6  # no concatenated copy of the gallery next to the chunks
+
+
+@needs_faiss
+def test_shards_built_apart_and_merged_answer_like_one_build(tmp_path, clustered):
+    X, ids, Q = clustered
+    trained = train_ivf("IVF32,Flat", 16, X[:2_000], tmp_path / "trained.faiss")
+    assert build_ivf_shard(trained, batches_of(X[:1_500], ids[:1_500]), tmp_path / "part-0.faiss") == 1_500
+    assert build_ivf_shard(trained, batches_of(X[1_500:], ids[1_500:]), tmp_path / "part-1.faiss") == 2_500
+    merged = merge_ivf_shards([tmp_path / "part-0.faiss", tmp_path / "part-1.faiss"], tmp_path / "merged")
+    single = build_from_batches("ivf-ondisk:IVF32,Flat", 16, batches_of(X, ids), tmp_path / "one",
+                                train_sample=X[:2_000])
+    for got, expected in zip(load_index(tmp_path / "merged").search(Q, 10), single.index.search(Q, 10)):
+        np.testing.assert_array_equal(got, expected)
+    assert len(merged) == len(X) and merged.spec == "ivf-ondisk:IVF32,Flat"
+
+
+@needs_faiss
+def test_shards_of_different_trained_indexes_are_refused(tmp_path, clustered):
+    X, ids, _ = clustered
+    for name, sample in (("a", X[:1_000]), ("b", X[1_000:2_000])):
+        train_ivf("IVF8,Flat", 16, sample, tmp_path / f"{name}.faiss")
+        build_ivf_shard(tmp_path / f"{name}.faiss", batches_of(X[:100], ids[:100]), tmp_path / f"{name}-0.faiss")
+    with pytest.raises(ModelFileError, match="another trained index"):
+        merge_ivf_shards([tmp_path / "a-0.faiss", tmp_path / "b-0.faiss"], tmp_path / "merged")
+
+
+@needs_faiss
+def test_an_on_disk_index_moved_to_another_folder_still_loads(tmp_path, clustered):
+    X, ids, Q = clustered
+    build_from_batches("ivf-ondisk:IVF16,Flat", 16, batches_of(X, ids), tmp_path / "a")
+    expected = load_index(tmp_path / "a").search(Q, 10)
+    (tmp_path / "a").rename(tmp_path / "b")
+    np.testing.assert_array_equal(load_index(tmp_path / "b").search(Q, 10)[1], expected[1])
+
+
+@needs_faiss
+def test_the_summary_says_what_was_built_and_why(tmp_path, clustered):
+    X, ids, _ = clustered
+    built = build_from_batches("auto", 16, batches_of(X, ids), tmp_path / "i", size=len(X), memory_budget=100_000)
+    assert built.summary.startswith("built ivf-ondisk (IVF64_HNSW32,Flat; nlist=64, nprobe=64) of 4,000 vectors in ")
+    assert "because auto: 256 kB of vectors (4,000 x 16 float32) exceed the memory budget, 100 kB" in built.summary

@@ -15,7 +15,8 @@ from crossmodal.index import create_index, load_index, resolve_spec
 
 pytest.importorskip("faiss")
 
-# benchmarks/ is scripts, not a package: load its data generator and exact search by path.
+# benchmarks/ is scripts, not a package: load its data generator and exact search by path (with its own helpers).
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 _spec = importlib.util.spec_from_file_location("search_benchmark", Path(__file__).parents[1] / "benchmarks/search.py")
 search_benchmark = sys.modules["search_benchmark"] = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(search_benchmark)
