@@ -101,6 +101,7 @@ class TuneResult:
     best_overrides: list[str]
     best_val_map: float
     best_params: dict[str, Any]
+    chosen: list[str] = field(default_factory=list)  # the best trial's own items (the searched values)
     trials: list[Trial] = field(default_factory=list)
     budget: dict[str, Any] = field(default_factory=dict)
 
@@ -117,7 +118,8 @@ class TuneResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "best_overrides": self.best_overrides, "best_val_map": self.best_val_map,
-                "best_params": self.best_params, "budget": self.budget, "trials": [t.to_dict() for t in self.trials]}
+                "best_params": self.best_params, "chosen": self.chosen, "budget": self.budget,
+                "trials": [t.to_dict() for t in self.trials]}
 
 
 def search_space(method: str, shape: DataShape) -> list[Param]:
@@ -225,7 +227,7 @@ def tune(
               "base_overrides": list(base_overrides), "data": shape.describe()}
     full = [*recipe.overrides(), *base_overrides, *best.overrides]
     return TuneResult(method=method, best_overrides=full, best_val_map=float(best.val_map or 0.0),
-                      best_params=best.params, trials=records, budget=budget)
+                      best_params=best.params, chosen=best.overrides, trials=records, budget=budget)
 
 
 def _say(progress: Callable[[str], None] | None, line: str) -> None:

@@ -90,3 +90,25 @@ def test_summary_of_an_empty_cell_is_left_out():
     result = BenchmarkResult(dataset="d", noise_kind="label", rates=[0.0, 0.4], methods=["a"], seeds=[0],
                              settings={}, runs=[{"method": "a", "noise": 0.0, "seed": 0, "MAP@all": 0.5}])
     assert result.summary() == [{"method": "a", "noise": 0.0, "MAP@all": 0.5, "std": 0.0, "runs": 1}]
+
+
+def test_tuned_benchmark_gives_every_method_the_same_trials_and_writes_the_budget_under_the_table(tmp_path):
+    code = main(["benchmark", "--methods", "dscmr,mcca", "--dataset", "synthetic", "--noise", "0", "--seeds", "1",
+                 "--epochs", "1", "--set", "hidden=[16]", "--set", "dim=16", "--tune", "2", "--out", str(tmp_path),
+                 "--device", "cpu"])
+    assert code == 0
+    data = json.loads((tmp_path / "benchmark.json").read_text())
+    assert [(t["method"], t["budget"]["trials"], len(t["trials"])) for t in data["tuning"]] == [("dscmr", 2, 2),
+                                                                                                ("mcca", 2, 2)]
+    dscmr = next(r for r in data["runs"] if r["method"] == "dscmr")
+    assert dscmr["seed"] == 0 and 0 < dscmr["MAP@all"] <= 1
+    table = (tmp_path / "benchmark.md").read_text()
+    assert "tuned=2 trials" in table and "| chance (random ranking) |" in table
+    assert "Tuning budget, the same for every method at every noise rate: 2 trials of Optuna" in table
+    assert "| mcca | 0 |" in table and "ridge=" in table  # each method's chosen values, below the table
+
+
+def test_tuning_with_prior_transfer_is_refused_with_a_fix(tmp_path, capsys):
+    assert main(["benchmark", "--methods", "drcl,sdml", "--prior-transfer", "--tune", "2", "--seeds", "1",
+                 "--out", str(tmp_path)]) == 2
+    assert "run --prior-transfer without --tune" in capsys.readouterr().err

@@ -16,6 +16,7 @@ EXAMPLES = examples(
     "crossmodal benchmark --methods drcl,rcar,sccmr --dataset wiki-sift-lda --data wikipedia-sift-lda/"
     " --noise 0,0.2,0.4 --noise-kind alignment-complete --set hidden=[512] --out bench/wiki",
     "crossmodal benchmark --methods drcl,sdml,mars --dataset xmedia --data XMediaFeatures.mat --prior-transfer",
+    "crossmodal benchmark --dataset synthetic --noise 0,0.4 --tune 20 --seeds 3   # every method: 20 Optuna trials",
 )
 Opt = typer.Option
 
@@ -34,6 +35,11 @@ def benchmark(
     overrides: Annotated[list[str] | None, Opt("--set", help="method.key=value, or key=value for all (repeatable).")]
     = None,
     prior_transfer: Annotated[bool, Opt(help="Also train SDML and MARS with DRCL's learned prior (Table VI).")] = False,
+    tune: Annotated[int, Opt(help="Give every method N Optuna trials on the validation split at each noise rate, "
+                                  "from its auto recipe, then train its best config with every seed (0: presets).")
+                    ] = 0,
+    tune_timeout: Annotated[float | None, Opt(help="Seconds after which a method's tuning starts no more trials.")]
+    = None,
     out: Annotated[Path, Opt(help="Folder for benchmark.md, benchmark.json and benchmark.png.")] = Path("benchmark"),
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
@@ -44,7 +50,7 @@ def benchmark(
     result = run_benchmark(methods=[m.strip() for m in methods.split(",") if m.strip()], dataset=dataset, data=data,
                            noise=parse_rates(noise), noise_kind=noise_kind, seeds=seeds,
                            epochs=epochs, overrides=overrides or [], device=device, prior_transfer=prior_transfer,
-                           out=out, progress=output.info)
+                           out=out, progress=output.info, tune=tune, tune_timeout_s=tune_timeout)
     if as_json:
         return output.json(result.to_dict())
     output.line(result.markdown())
