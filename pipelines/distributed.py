@@ -1,14 +1,29 @@
-"""Extraction on a Ray cluster: the local extract step's batches, run by a pool of Ray actors.
+"""The whole job on a Ray cluster: extraction with Ray Data and actor pools, and the index built from the shards.
 
-The driver plans the run exactly as :func:`pipelines.extract.run_extract` does (:func:`pipelines.extract.plan_extract`:
-scan, hash, skip what the store holds, fit corpus-fitted extractors), then cuts the todo list into tasks of at most
-``shard_size`` items. Each actor builds the extractor once (on its GPU when the cluster has GPUs: one GPU per actor),
-runs :func:`pipelines.extract.extract_items` on a task (the same decode threads and model batches as a local run) and
-commits the rows it extracted as one shard of its own, with the store's atomic commit; the driver writes the errors of
-every task to the run's ``errors.jsonl``, then the rows of items whose bytes another item has (features copied, as in a
-local run). The store therefore ends up with the same rows as a single-process run on the
-same files (content hash, vector, item id, source path, labels, split), in more shards; and a killed run resumes like a
-local one, since every committed task is skipped the next time.
+**Extraction** (:func:`run_extract_ray`) follows the local run (:func:`pipelines.extract.run_extract`) step by step, so
+that the store ends up with the same rows (content hash, vector, item id, source path, labels, split), in more shards:
+
+1. *listing*: the driver scans the folders or reads the manifest (:func:`pipelines.sources.scan`), so item ids and
+   labels are the local run's;
+2. *hashing*: the listing becomes a Ray Dataset (:func:`ray.data.from_items`, in blocks of at most
+   ``HASH_BLOCK`` items) and tasks on the workers hash the files (sha256, several threads each); the driver only reads
+   the hashes back and plans as a local run does (skip what the store holds, give items with the same bytes their
+   own rows, fit corpus-fitted extractors);
+3. *extraction*: the todo list becomes a second Dataset whose batches go to a pool of actors
+   (``map_batches`` with an :class:`ray.data.ActorPoolStrategy`): one actor per GPU of the cluster, each holding one
+   GPU, when it has GPUs and ``device`` allows CUDA; else one per CPU. Each actor builds the extractor once, runs
+   :func:`pipelines.extract.extract_items` on its batch (decoding in threads) and commits the batch's good rows as one
+   shard of its own, straight into the store (the store's atomic commit, safe across processes and machines); only a
+   small per-item status table returns to the driver, which writes the failures to the run's ``errors.jsonl``;
+4. the rows of items whose bytes another item has are written by the driver (features copied, as in a local run).
+
+A killed run resumes like a local one: every committed batch is skipped the next time.
+
+**Index** (:func:`run_index_ray`): the driver trains the IVF coarse quantiser once, on a sample of the gallery's
+embeddings; Ray tasks each read a group of the store's shards, embed their rows with the model and fill the inverted
+lists of those rows (:func:`crossmodal.index.build_ivf_shard`); the driver merges the lists
+(:func:`crossmodal.index.merge_ivf_shards`) and saves the index where ``crossmodal index`` would, with the same ids and
+gallery rows.
 
 The workspace must be a folder every worker can reach (a shared filesystem past one machine), as in clip-retrieval's
 distributed inference, where each worker writes its own output partitions.
@@ -16,42 +31,135 @@ distributed inference, where each worker writes its own output partitions.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
+import logging
 import math
 import os
+import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crossmodal.errors import ConfigError
-from extractors import Extractor, create_extractor
-from extractors.store import FeatureStore
-from pipelines.extract import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_SHARD_SIZE,
-    ExtractSummary,
-    _commit,
-    _progress,
-    _write_error,
-    commit_duplicates,
-    disk_full_names,
-    extract_items,
-    finish_run,
-    plan_extract,
-)
-from pipelines.sources import Item, SourceError
+from pipelines.sources import Item, SourceError, hash_items
+
+if TYPE_CHECKING:
+    from pipelines.extract import ExtractOptions, ExtractPlan, ExtractSummary
+
+# pipelines.extract (and with it torch, 5-10 s on a busy node) is imported inside the functions that need it: a worker
+# that only hashes files imports this module and pipelines.sources, not the extraction stack.
+
+HASH_BLOCK = 1024  # files per hashing task: enough to amortise a task's start (~ms), small enough to spread
+HASH_THREADS = 4  # threads per hashing task: sha256 releases the GIL, and a file's read waits on the disk
 
 
-class ExtractWorker:
-    """The body of one Ray actor: an extractor built once, and the feature table it writes its own shards to.
+def run_extract_ray(workspace: str | os.PathLike, modality: str, paths: Sequence[str | os.PathLike],
+                    options: ExtractOptions | None = None, *, address: str = "auto",
+                    actors: int | None = None) -> ExtractSummary:
+    """Extract the files under ``paths`` into ``<workspace>/store`` on a Ray cluster (see the module docstring).
 
-    Construction does nothing that can fail; :meth:`start` builds the extractor, so that its errors reach the driver as
-    themselves (Ray reports a failed constructor only as a dead actor).
+    Args:
+        workspace, modality, paths: as in :func:`pipelines.extract.run_extract`.
+        options: as there (None: the defaults). ``device="auto"`` gives GPU actors (one GPU each) when the cluster
+            has GPUs, ``"cpu"`` keeps every actor on CPU; ``workers`` are each actor's decoding threads (actors
+            decode in threads and keep one model); ``shard_size`` bounds the items of an actor's batch, hence the
+            rows of its shard (batches are made smaller so that every actor gets about four); ``decode`` does not
+            apply.
+        address: ``"auto"`` joins the Ray runtime this process already started, else the cluster in ``RAY_ADDRESS`` or
+            the latest one started on this machine (``ray start``), else starts a local one for the run; any other
+            value is a cluster address (``HOST:PORT`` or ``ray://HOST:10001``).
+        actors: how many extraction actors; default one per GPU (GPU actors) or per CPU of the cluster.
+
+    Returns:
+        :class:`pipelines.extract.ExtractSummary`; the run's ``errors.jsonl`` and ``run.json`` (which also records
+        the cluster, the actors and the seconds of each stage) are in ``<workspace>/runs/<id>/``.
+
+    Raises:
+        MissingDependencyError: ray is not installed.
+        ConfigError: ``actors`` below 1, ``--device cuda`` on a cluster without GPUs, or a worker whose extractor key
+            differs from the driver's.
+    """
+    from extractors.base import require
+    from pipelines.extract import ExtractOptions, disk_full_names, plan_extract
+
+    ray = require("ray", extractor="--ray", extra="ray")
+    options = options or ExtractOptions()
+    if actors is not None and actors < 1:
+        raise ConfigError(f"{actors} actors: there must be at least one", hint="leave --actors out for one per CPU/GPU")
+    start = time.perf_counter()
+    started_ray = _connect(ray, address)
+    stages: dict[str, float] = {}
+    try:
+        with _data_context(ray):
+            hasher = _timed(stages, "hash_seconds", lambda items: hash_on_ray(ray, items))
+            with disk_full_names(workspace, None):
+                # the driver needs no GPU: the actors build their own extractor
+                plan = plan_extract(workspace, modality, paths, dataclasses.replace(options, device="cpu"),
+                                    hasher=hasher)
+            stages["plan_seconds"] = round(time.perf_counter() - start, 3)
+            with disk_full_names(workspace, plan):
+                return _run_plan_ray(ray, plan, workspace, paths, options, address=address, actors=actors,
+                                     start=start, stages=stages)
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def hash_on_ray(ray: Any, items: Sequence[Item]) -> tuple[list[Item], list[SourceError]]:
+    """:func:`pipelines.sources.hash_items` on the cluster: the items in blocks of at most ``HASH_BLOCK``, each hashed
+    by a task on a worker; the same results (hashes, and ``unreadable`` errors) in the items' order."""
+    if not items:
+        return [], []
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    # at least two blocks a CPU once there are enough files to be worth a task each (HASH_BLOCK / 16)
+    blocks = max(math.ceil(len(items) / HASH_BLOCK), min(2 * cpus, math.ceil(len(items) * 16 / HASH_BLOCK)))
+    listing = ray.data.from_items([{"i": i, "path": os.fsencode(it.path)} for i, it in enumerate(items)],
+                                  override_num_blocks=blocks)
+    hashes: list[str | None] = [None] * len(items)
+    failed: dict[int, SourceError] = {}
+    for batch in listing.map_batches(_hash_block, batch_size=None, batch_format="pyarrow",
+                                     num_cpus=1).iter_batches(batch_size=None, batch_format="pyarrow"):
+        for row in batch.to_pylist():
+            if row["error"]:
+                failed[row["i"]] = SourceError(os.fsdecode(row["path"]), row["error"], row["message"])
+            else:
+                hashes[row["i"]] = row["hash"]
+    hashed = [dataclasses.replace(it, content_hash=h) for it, h in zip(items, hashes) if h is not None]
+    return hashed, [failed[i] for i in sorted(failed)]
+
+
+def _hash_block(block: Any) -> Any:
+    """A worker's hashing task: ``{i, path}`` rows -> ``{i, path, hash, error, message}`` (error empty when hashed)."""
+    import pyarrow as pa
+
+    rows = block.to_pylist()
+    # the row number rides in item_id: hash_items returns the hashed items and the errors apart
+    hashed, errors = hash_items([Item(Path(os.fsdecode(r["path"])), item_id=str(r["i"])) for r in rows],
+                                workers=HASH_THREADS)
+    digest = {int(it.item_id): it.content_hash for it in hashed}
+    why = {e.path: e for e in errors}
+    missing = SourceError("", "", "")
+    return pa.table({
+        "i": [r["i"] for r in rows], "path": [r["path"] for r in rows],
+        "hash": [digest.get(r["i"], "") for r in rows],
+        "error": [why.get(os.fsdecode(r["path"]), missing).error if r["i"] not in digest else "" for r in rows],
+        "message": [why.get(os.fsdecode(r["path"]), missing).message if r["i"] not in digest else "" for r in rows],
+    })
+
+
+class ExtractActor:
+    """One actor of the extraction pool: an extractor built once, and the feature table it commits its shards to.
+
+    A failure to build the extractor is kept and raised by the first batch: Ray reports a failed constructor only as
+    a dead actor, after retries, where a batch's error reaches the driver as itself.
     """
 
-    def start(self, name: str, config: dict[str, Any], device: str, store_root: str, key: str) -> str:
+    def __init__(self, name: str, config: dict[str, Any], device: str, store_root: str, key: str, batch_size: int,
+                 workers: int | None):
         """Build extractor ``name`` with the driver's exact ``config`` on ``device`` and open its table.
 
         Args:
@@ -62,105 +170,130 @@ class ExtractWorker:
             store_root: ``<workspace>/store``.
             key: the driver's extractor key; an actor whose extractor comes out with another key (other weights or
                 library on that node) refuses to write rather than fill the table with features that do not belong.
-
-        Returns:
-            The node's name.
+            batch_size, workers: items per model call, decoding threads.
         """
-        self.extractor = create_extractor(name, device=device, **config)
-        node = os.uname().nodename
-        if self.extractor.key != key:
-            raise ConfigError(f"a Ray worker on {node} built {name} with key {self.extractor.key}, the driver's is "
-                              f"{key}", hint="install the same weights and library versions on every node")
-        self.table = FeatureStore(store_root).open(self.extractor.describe())
-        return node
+        from extractors import create_extractor
+        from extractors.store import FeatureStore
 
-    def run(self, items: Sequence[Item], batch_size: int,
-            workers: int | None) -> tuple[int, list[tuple[SourceError, str]]]:
-        """Extract ``items`` and commit the good rows as one shard; return (rows written, [(error, content hash)])."""
-        good, errors = [], []
+        self.batch_size, self.workers = batch_size, workers
+        self.failure: Exception | None = None
+        try:
+            self.extractor = create_extractor(name, device=device, **config)
+            if self.extractor.key != key:
+                raise ConfigError(f"a Ray worker on {os.uname().nodename} built {name} with key {self.extractor.key}, "
+                                  f"the driver's is {key}",
+                                  hint="install the same weights and library versions on every node")
+            self.table = FeatureStore(store_root).open(self.extractor.describe())
+        except Exception as exc:  # noqa: BLE001  raised by __call__, where Ray passes it on as itself
+            self.failure = exc
+
+    def __call__(self, block: Any) -> Any:
+        """Extract a batch (``i, path, item_id, labels, split, content_hash`` rows), commit its good rows as one shard;
+        return ``{i, error, message}`` per item (error empty for a row written)."""
+        import pyarrow as pa
+
+        from pipelines.extract import _commit, extract_items
+
+        if self.failure is not None:
+            raise self.failure
+        rows = block.to_pylist()
+        items = [Item(Path(os.fsdecode(r["path"])), tuple(json.loads(r["labels"])), r["split"], r["item_id"],
+                      r["content_hash"]) for r in rows]
+        good, errors = [], {}
         # threads: a Ray worker holds gRPC threads that a forked child must not inherit half-way
-        for item, result in extract_items(self.extractor, items, batch_size=batch_size, workers=workers,
-                                          decode="threads"):
+        for n, (item, result) in enumerate(extract_items(self.extractor, items, batch_size=self.batch_size,
+                                                         workers=self.workers, decode="threads")):
             if isinstance(result, SourceError):
-                errors.append((result, item.content_hash or ""))
+                errors[n] = result
             else:
                 good.append((item, result))
-        return (_commit(self.table, good) if good else 0), errors
+        if good:
+            _commit(self.table, good)
+        return pa.table({"i": [r["i"] for r in rows],
+                         "error": [errors[n].error if n in errors else "" for n in range(len(rows))],
+                         "message": [errors[n].message if n in errors else "" for n in range(len(rows))]})
 
 
-def run_extract_ray(workspace: str | os.PathLike, modality: str, paths: Sequence[str | os.PathLike], *,
-                    address: str = "auto", extractor: str | None = None, labels_from: str = "folders",
-                    batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None, device: str = "auto",
-                    overrides: Iterable[str] | dict[str, Any] | None = None, progress: bool = True,
-                    shard_size: int = DEFAULT_SHARD_SIZE, actors: int | None = None) -> ExtractSummary:
-    """Extract the files under ``paths`` into ``<workspace>/store`` with a pool of Ray actors.
+def _run_plan_ray(ray: Any, plan: ExtractPlan, workspace: str | os.PathLike, paths: Sequence[str | os.PathLike],
+                  options: ExtractOptions, *, address: str, actors: int | None, start: float,
+                  stages: dict[str, float]) -> ExtractSummary:
+    from pipelines.extract import _progress, _write_error, commit_duplicates, finish_run
 
-    Args:
-        workspace, modality, paths, extractor, labels_from, batch_size, device, overrides, progress: as in
-            :func:`pipelines.extract.run_extract`. ``device="auto"`` gives GPU actors (one GPU each) when the cluster
-            has GPUs; ``"cpu"`` keeps every actor on CPU.
-        address: ``"auto"`` joins the Ray runtime this process already started, else the cluster in ``RAY_ADDRESS`` or
-            the latest one started on this machine (``ray start``), else starts a local one for the run; any other
-            value is a cluster address (``HOST:PORT`` or ``ray://HOST:10001``).
-        workers: decoding threads inside each actor (None: by extractor, see pipelines.extract.decode_workers;
-            actors decode in threads and keep one model).
-        shard_size: items per task, hence rows per shard at most (tasks are made smaller so that every actor gets
-            about four).
-        actors: how many actors; default one per GPU (GPU actors) or per CPU of the cluster.
-
-    Returns:
-        :class:`pipelines.extract.ExtractSummary`, with the run's ``errors.jsonl`` in ``<workspace>/runs/<id>/``.
-
-    Raises:
-        MissingDependencyError: ray is not installed.
-        ConfigError: bad sizes, or a worker whose extractor key differs from the driver's.
-    """
-    from extractors.base import require
-
-    ray = require("ray", extractor="--ray", extra="ray")
-    if batch_size < 1 or shard_size < 1 or (workers or 0) < 0 or (actors is not None and actors < 1):
-        raise ConfigError(f"batch size {batch_size}, shard size {shard_size}, workers {workers} and actors {actors} "
-                          "must be positive")
-    start = time.perf_counter()
-    plan = plan_extract(workspace, modality, paths, extractor=extractor, labels_from=labels_from, workers=workers,
-                        device="cpu", overrides=overrides, verbose=progress)
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}-ray"
     run_dir = Path(workspace) / "runs" / run_id
     run_dir.mkdir(parents=True)
-    errors_file = run_dir / "errors.jsonl"
-    extracted = failed = unsupported = 0
+    extracted = failed = 0
     seconds = 0.0
-    started_ray = _connect(ray, address)
-    pool: list[Any] = []
-    duplicates = lost = 0
-    try:
-        with (disk_full_names(workspace, plan), open(errors_file, "w") as errors_out,
-              _progress(len(plan.todo), plan.extractor.name, progress) as bar):
-            for err in plan.errors:
-                _write_error(errors_out, err, None)
-            unsupported = sum(err.error == "unsupported" for err in plan.errors)
-            failed += len(plan.errors) - unsupported
-            if plan.todo:
-                t_extract = time.perf_counter()
-                pool = _start_actors(ray, plan.extractor, workspace, device=device, actors=actors)
-                tasks = _tasks(plan.todo, shard_size=shard_size, actors=len(pool))
-                for written, errors in _run_tasks(pool, tasks, batch_size=batch_size, workers=workers):
-                    extracted += written
-                    for err, content_hash in errors:
-                        _write_error(errors_out, err, content_hash)
-                    failed += len(errors)
-                    bar.update(written + len(errors))
-                seconds = time.perf_counter() - t_extract
-            duplicates, lost = commit_duplicates(plan, errors_out)
-    finally:
-        for actor in pool:
-            ray.kill(actor)
-        if started_ray:
-            ray.shutdown()
+    pool: dict[str, Any] = {}
+    with open(run_dir / "errors.jsonl", "w") as errors_out, \
+            _progress(len(plan.todo), plan.extractor.name, options.progress) as bar:
+        for err in plan.errors:
+            _write_error(errors_out, err, None)
+        unsupported = sum(err.error == "unsupported" for err in plan.errors)
+        failed += len(plan.errors) - unsupported
+        if plan.todo:
+            t_extract = time.perf_counter()
+            pool = _pool(ray, options.device, actors, len(plan.todo), options.shard_size)
+            if options.progress:
+                print(f"ray: {pool['why']}", file=sys.stderr)
+            for batch in _extract_dataset(ray, plan, workspace, options, pool).iter_batches(batch_size=None,
+                                                                                            batch_format="pyarrow"):
+                for row in batch.to_pylist():
+                    if row["error"]:
+                        item = plan.todo[row["i"]]
+                        _write_error(errors_out, SourceError(str(item.path), row["error"], row["message"]),
+                                     item.content_hash)
+                        failed += 1
+                    else:
+                        extracted += 1
+                bar.update(batch.num_rows)
+            seconds = time.perf_counter() - t_extract
+            stages["extract_seconds"] = round(seconds, 3)
+        duplicates, lost = commit_duplicates(plan, errors_out)
     return finish_run(plan, run_dir, run_id=run_id, extracted=extracted, failed=failed + lost, unsupported=unsupported,
                       started=start, extract_seconds=seconds, duplicates=duplicates,
-                      record={"paths": [str(p) for p in paths], "labels_from": labels_from, "batch_size": batch_size,
-                              "ray": {"address": address, "shard_size": shard_size}})
+                      record={"paths": [str(p) for p in paths], "labels_from": options.labels_from,
+                              "batch_size": options.batch_size,
+                              "ray": {"address": address, **{k: v for k, v in pool.items() if k != "remote"},
+                                      **stages}})
+
+
+def _pool(ray: Any, device: str, actors: int | None, todo: int, shard_size: int) -> dict[str, Any]:
+    """How the extraction runs: actors (count, GPU or CPU, and why) and items per batch."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0)) if device in ("auto", "cuda") else 0
+    if device == "cuda" and not gpus:
+        raise ConfigError("--device cuda, but the Ray cluster has no GPU", hint="use --device auto or cpu")
+    cpus = max(1, int(resources.get("CPU", 1)))
+    count = actors or gpus or cpus
+    batch = max(1, min(shard_size, math.ceil(todo / (4 * count))))
+    count = min(count, math.ceil(todo / batch))  # no actor without a batch to run
+    if gpus:
+        why = f"{count} GPU actors (one GPU each; the cluster has {gpus} GPUs)"
+    else:
+        why = (f"{count} CPU actors ({'as asked' if actors else f'one per CPU of {cpus}'}; "
+               f"{'--device cpu' if device == 'cpu' else 'the cluster has no GPU'})")
+    why += f", batches of up to {batch} items (one shard each)"
+    return {"actors": count, "gpu": bool(gpus), "batch": batch, "why": why,
+            "remote": {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}}
+
+
+def _extract_dataset(ray: Any, plan: ExtractPlan, workspace: str | os.PathLike, options: ExtractOptions,
+                     pool: dict[str, Any]) -> Any:
+    """The todo list as a Dataset in blocks of one batch each, mapped by the actor pool."""
+    extractor = plan.extractor
+    # labels as JSON text: a block of unlabelled items would make an Arrow list<null> column that other blocks'
+    # list<string> does not unify with
+    rows = [{"i": i, "path": os.fsencode(it.path), "item_id": it.item_id, "labels": json.dumps(it.labels),
+             "split": it.split, "content_hash": it.content_hash} for i, it in enumerate(plan.todo)]
+    config = {f.name: getattr(extractor.config, f.name) for f in dataclasses.fields(extractor.config)}
+    todo = ray.data.from_items(rows, override_num_blocks=math.ceil(len(rows) / pool["batch"]))
+    return todo.map_batches(
+        ExtractActor, batch_size=pool["batch"], batch_format="pyarrow",
+        fn_constructor_kwargs={"name": extractor.name, "config": config, "device": "cuda" if pool["gpu"] else "cpu",
+                               "store_root": str((Path(workspace) / "store").resolve()), "key": extractor.key,
+                               "batch_size": options.batch_size, "workers": options.workers},
+        compute=ray.data.ActorPoolStrategy(size=pool["actors"]), **pool["remote"])
 
 
 def _connect(ray: Any, address: str) -> bool:
@@ -179,47 +312,40 @@ def _connect(ray: Any, address: str) -> bool:
     return True
 
 
-def _start_actors(ray: Any, extractor: Extractor, workspace: str | os.PathLike, *, device: str,
-                  actors: int | None) -> list[Any]:
-    """Start the actors (one per GPU of the cluster when ``device`` allows CUDA and there are GPUs, else one per CPU)
-    and build their extractors; a worker's error is raised here, as itself."""
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0)) if device in ("auto", "cuda") else 0
-    if device == "cuda" and not gpus:
-        raise ConfigError("--device cuda, but the Ray cluster has no GPU", hint="use --device auto or cpu")
-    count = actors or max(1, gpus or int(resources.get("CPU", 1)))
-    remote = ray.remote(**({"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}))(ExtractWorker)
-    pool = [remote.remote() for _ in range(count)]
-    config = {f.name: getattr(extractor.config, f.name) for f in dataclasses.fields(extractor.config)}
-    store_root = str((Path(workspace) / "store").resolve())
-    on = "cuda" if gpus else "cpu"
-    starts = [a.start.remote(extractor.name, config, on, store_root, extractor.key) for a in pool]
-    _unwrapped(lambda: ray.get(starts))
-    return pool
+@contextlib.contextmanager
+def _data_context(ray: Any) -> Iterator[None]:
+    """Ray Data settings for this run, restored after it: no progress bars or execution logs of its own (the run has
+    its bar and summary), and a worker's error raised as itself (a MissingWeightsError, not a UserCodeException)."""
+    import ray.data  # noqa: F401  # registers ray.data on the module
 
-
-def _tasks(todo: Sequence[Item], *, shard_size: int, actors: int) -> list[list[Item]]:
-    """Cut ``todo`` into tasks of at most ``shard_size`` items, small enough that each actor gets about four."""
-    size = max(1, min(shard_size, math.ceil(len(todo) / (4 * actors))))
-    return [list(todo[i:i + size]) for i in range(0, len(todo), size)]
-
-
-def _run_tasks(pool: list[Any], tasks: list[list[Item]], *, batch_size: int, workers: int | None):
-    """Yield each task's ``(rows written, errors)`` as it completes, keeping every actor busy with one task."""
-    from ray.util.actor_pool import ActorPool
-
-    results = ActorPool(pool).map_unordered(lambda actor, task: actor.run.remote(task, batch_size, workers), tasks)
-    for _ in tasks:
-        yield _unwrapped(lambda: next(results))
-
-
-def _unwrapped(call: Callable[[], Any]) -> Any:
-    """``call()``, re-raising a Ray worker's own error (MissingWeightsError, ConfigError ...) as itself rather than
-    wrapped in Ray's traceback text."""
-    from ray.exceptions import RayTaskError
-
+    ctx = ray.data.DataContext.get_current()
+    wanted = {"enable_progress_bars": False, "enable_operator_progress_bars": False, "print_on_execution_start": False,
+              "enable_auto_log_stats": False, "raise_original_map_exception": True}
+    saved = {name: getattr(ctx, name) for name in wanted}
+    logger = logging.getLogger("ray.data")
+    level = logger.level
+    for name, value in wanted.items():
+        setattr(ctx, name, value)
+    logger.setLevel(logging.WARNING)
     try:
-        return call()
-    except RayTaskError as exc:
+        yield
+    except ray.exceptions.RayTaskError as exc:
         cause = getattr(exc, "cause", None)
         raise (cause if isinstance(cause, Exception) else exc) from None
+    finally:
+        for name, value in saved.items():
+            setattr(ctx, name, value)
+        logger.setLevel(level)
+
+
+def _timed(stages: dict[str, float], name: str, call: Callable[..., Any]) -> Callable[..., Any]:
+    """``call``, adding the seconds it takes to ``stages[name]``."""
+
+    def timed(*args: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return call(*args)
+        finally:
+            stages[name] = round(stages.get(name, 0.0) + time.perf_counter() - t, 3)
+
+    return timed

@@ -15,10 +15,12 @@ from _extract_media import write_shapes  # noqa: E402
 
 from extractors.store import FeatureStore  # noqa: E402
 from pipelines.distributed import run_extract_ray  # noqa: E402
-from pipelines.extract import run_extract  # noqa: E402
+from pipelines.extract import ExtractOptions, run_extract  # noqa: E402
 
 # hog-color at 32x32 costs ~1 ms an image: the test measures the plumbing, not the extractor.
 CHEAP = {"size": 32, "pixels_per_cell": 8}
+# batches (and shards) of 2 items, so that 2 actors share even 12 images
+TINY_SHARDS = ExtractOptions(extractor="hog-color", overrides=CHEAP, progress=False, workers=0, shard_size=2)
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +59,9 @@ def _errors(summary) -> list[dict]:
 
 
 def test_ray_extraction_gives_the_same_rows_as_a_single_process_run(cluster, photos, tmp_path):
-    local = run_extract(tmp_path / "local", "image", [photos], extractor="hog-color", overrides=CHEAP,
-                        progress=False, workers=0)
-    distributed = run_extract_ray(tmp_path / "ray", "image", [photos], extractor="hog-color", overrides=CHEAP,
-                                  progress=False, workers=0, shard_size=2)
+    local = run_extract(tmp_path / "local", "image", [photos],
+                        ExtractOptions(extractor="hog-color", overrides=CHEAP, progress=False, workers=0))
+    distributed = run_extract_ray(tmp_path / "ray", "image", [photos], TINY_SHARDS)
     expected, got = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
     assert local.extracted == distributed.extracted == 12
     assert sorted(got) == sorted(expected)
@@ -74,10 +75,9 @@ def test_ray_extraction_gives_the_same_rows_as_a_single_process_run(cluster, pho
 
 
 def test_ray_extraction_resumes_skipping_what_the_store_holds(cluster, photos, tmp_path):
-    first = run_extract_ray(tmp_path, "image", [photos / "circle", photos / "square"], extractor="hog-color",
-                            overrides=CHEAP, progress=False, workers=0, shard_size=2)
+    first = run_extract_ray(tmp_path, "image", [photos / "circle", photos / "square"], TINY_SHARDS)
     again = run_extract_ray(tmp_path, "image", [photos / "circle", photos / "square", photos / "triangle"],
-                            extractor="hog-color", overrides=CHEAP, progress=False, workers=0, shard_size=2)
+                            TINY_SHARDS)
     assert (first.extracted, again.extracted, again.skipped, again.duplicates) == (8, 4, 8, 0)
     assert len(_rows(tmp_path)) == 12
 
@@ -87,8 +87,7 @@ def test_ray_extraction_gives_items_with_the_same_bytes_their_own_rows_embedded_
     for shape in ("circle", "square"):
         (twins / shape).mkdir(parents=True)
         (twins / shape / "same.png").write_bytes((photos / "circle" / "0.png").read_bytes())
-    summary = run_extract_ray(tmp_path / "ws", "image", [twins], extractor="hog-color", overrides=CHEAP,
-                              progress=False, workers=0, shard_size=2)
+    summary = run_extract_ray(tmp_path / "ws", "image", [twins], TINY_SHARDS)
     assert (summary.extracted, summary.duplicates) == (1, 1)
     X, meta = FeatureStore(tmp_path / "ws" / "store").read("image")
     assert meta.column("item_id").to_pylist() == ["circle/same", "square/same"]
