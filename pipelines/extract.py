@@ -1,8 +1,9 @@
 """The extract step: raw files -> extractor -> feature store, resumable, with every failure recorded.
 
-Flow (STYLE.md §3.3): :func:`pipelines.sources.scan` -> sha256 of each file -> skip the items the store already holds
-for the extractor's key -> decode in worker processes (or threads), ahead of
-the model by a bounded window -> ``extractor(batch)`` -> ``FeatureTable.write_shard`` every ``shard_size`` rows (and at
+Flow (STYLE.md §3.3): :func:`pipelines.sources.scan` -> sha256 of each file (kept per path in the workspace: an
+unchanged file, by size, mtime, ctime and inode, is not read again; see pipelines/sources.py) -> skip the items the
+store already holds for the extractor's key -> decode in worker processes (or threads), ahead of the model by a bounded
+window -> ``extractor(batch)`` -> ``FeatureTable.write_shard`` every ``shard_size`` rows (and at
 least once a minute, so a killed run loses little) -> summary. A file that fails never costs the others: decoding
 errors are per file, and a batch the model rejects is retried item by item to isolate the culprit. Failures go to
 ``<workspace>/runs/<run id>/errors.jsonl`` as ``{path, hash, error, message}``.
@@ -53,7 +54,7 @@ from extractors.errors import (
 )
 from extractors.registry import get_extractor_class
 from extractors.store import FeatureStore, FeatureTable, StoreRow, item_key, printable
-from pipelines.sources import Item, Scan, SourceError, hash_items, scan
+from pipelines.sources import HASH_CACHE, HashCache, Hasher, Item, Scan, SourceError, hash_items, scan
 
 DEFAULT_BATCH_SIZE = 32
 # Decoding workers: one core is left to the model (on 2 cores, 1 decoding thread gave hog-color 277 items/s, 4 gave
@@ -67,7 +68,6 @@ DEFAULT_DECODE: Decode = "processes" if sys.platform == "linux" else "threads"  
 SHARD_SECONDS = 60.0  # a shard is also committed once this long has passed since the last one
 # Errors that concern the extractor itself, not one file: retrying item by item would only repeat them.
 _FATAL = (MissingWeightsError, MissingDependencyError, StoreError)
-Hasher = Callable[[Sequence[Item]], tuple[list[Item], list[SourceError]]]  # items -> (hashed items in order, errors)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +86,8 @@ class ExtractOptions:
         progress: show a tqdm bar (items/s) on stderr, and say what is prepared.
         shard_size: rows per committed shard (also committed every minute).
         decode: decode in ``"processes"`` or ``"threads"`` (None: processes on Linux).
+        rehash: read every file again, ignoring the hashes kept for unchanged files (pipelines/sources.py says what
+            "unchanged" trusts).
 
     Raises:
         ConfigError: a size or worker count that is not positive, or an unknown ``decode``.
@@ -100,6 +102,7 @@ class ExtractOptions:
     progress: bool = True
     shard_size: int = DEFAULT_SHARD_SIZE
     decode: Decode | None = None
+    rehash: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.overrides, str):
@@ -122,7 +125,8 @@ class ExtractSummary:
     ``failed``: files that could not be read, decoded or embedded; ``unsupported``: files of an extension the extractor
     does not read. Both of the last two are listed with their reasons in ``errors_file``. ``unlabelled``: found items
     that carry no label (train leaves them out). ``passed_over``: files of other modalities' extensions met in folder
-    walks (a shared tree of images, texts and sounds), by suffix: not items of this run, counted so none goes unsaid."""
+    walks (a shared tree of images, texts and sounds), by suffix: not items of this run, counted so none goes unsaid.
+    ``hashes_kept``: files not read to hash them, unchanged since their hash was kept (the others were read)."""
 
     run_id: str
     modality: str
@@ -143,6 +147,7 @@ class ExtractSummary:
     unlabelled_examples: list[str] = dataclasses.field(default_factory=list)
     passed_over: dict[str, int] = dataclasses.field(default_factory=dict)
     unsupported_reasons: dict[str, str] = dataclasses.field(default_factory=dict)
+    hashes_kept: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -163,13 +168,15 @@ class ExtractPlan:
     duplicates: list[Item] = dataclasses.field(default_factory=list)
     unlabelled: list[Item] = dataclasses.field(default_factory=list)
     passed_over: dict[str, int] = dataclasses.field(default_factory=dict)
+    hashes_kept: int = 0
 
 
 def plan_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[str | os.PathLike],
                  options: ExtractOptions = ExtractOptions(), *, hasher: Hasher | None = None) -> ExtractPlan:
     """Scan, hash, prepare the extractor and open its table; everything but the extraction itself. Of ``options``,
     it uses the extractor, labels_from, workers (hashing threads), device, overrides and progress (what is prepared
-    is said on stderr). ``hasher`` hashes the scanned items elsewhere (the Ray runner hashes on its workers), with
+    is said on stderr). The files unchanged since their hash was kept in the workspace (``options.rehash`` aside) are
+    not read; ``hasher`` hashes the others elsewhere (the Ray runner hashes on its workers), with
     :func:`pipelines.sources.hash_items`'s results; default: that function, in ``workers`` threads.
 
     Ray workers and :func:`run_extract` share it: the todo list can be split across workers, each calling
@@ -202,8 +209,9 @@ def plan_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[st
         # Weights are resolved (downloaded) only once there is something to read, and before any file is hashed:
         # a missing weights file stops the run early, a wrong path is said first.
         _ = ext.key
-    items, hash_errors = (hasher(found.items) if hasher is not None
-                          else hash_items(found.items, workers=DEFAULT_WORKERS if workers is None else workers))
+    cache = HashCache(Path(workspace) / HASH_CACHE, trust=not options.rehash)
+    items, hash_errors = hash_items(found.items, workers=DEFAULT_WORKERS if workers is None else workers, cache=cache,
+                                    hasher=hasher)
     errors = found.errors + hash_errors
     store = FeatureStore(Path(workspace) / "store")
     if prepare is not None:
@@ -230,7 +238,8 @@ def plan_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[st
             todo.append(item)
             embedded.add(item.content_hash or "")
     return ExtractPlan(ext, table, todo, skipped, errors, len(found.items) + len(found.errors), duplicates=duplicates,
-                       unlabelled=[it for it in found.items if not it.labels], passed_over=found.passed_over)
+                       unlabelled=[it for it in found.items if not it.labels], passed_over=found.passed_over,
+                       hashes_kept=cache.reused)
 
 
 def _with_reason(error: SourceError, unreadable: dict[str, str]) -> SourceError:
@@ -449,7 +458,7 @@ def finish_run(plan: ExtractPlan, run_dir: Path, *, run_id: str, extracted: int,
         items_per_second=round(extracted / extract_seconds, 2) if extracted and extract_seconds > 0 else 0.0,
         errors_file=str(run_dir / "errors.jsonl"), duplicates=duplicates, unlabelled=len(plan.unlabelled),
         unlabelled_examples=[printable(str(it.path)) for it in plan.unlabelled[:3]], passed_over=dict(plan.passed_over),
-        unsupported_reasons=unsupported_reasons(plan.errors, plan.extractor.unreadable),
+        unsupported_reasons=unsupported_reasons(plan.errors, plan.extractor.unreadable), hashes_kept=plan.hashes_kept,
     )
     (run_dir / "run.json").write_text(json.dumps({"summary": summary.to_dict(), **record,
                                                   "extractor": plan.extractor.describe()}, indent=2, default=str))

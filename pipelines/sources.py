@@ -14,16 +14,29 @@
 Nothing here raises for one bad path: missing files, symlink loops and unsupported extensions become
 :class:`SourceError` records that the extract step writes to ``errors.jsonl``. Hidden files and folders (names starting
 with ``.``) are not media and are passed over.
+
+**Content hashes are kept per path** (:class:`HashCache`, ``<workspace>/hashes.sqlite3``): a file whose size, mtime,
+ctime, inode and device are those it had when it was last hashed is not read again. This trusts what ``make`` and
+``git status`` trust: that a write changes the file's mtime (and ctime), and that a replaced file is a new inode.
+Copies that keep the mtime (``cp -p``, ``rsync -t``) make a new inode and are hashed; in-place edits that restore the
+mtime (``touch -r``, ``os.utime``) still change the ctime, which no user call can set. Not covered: a filesystem whose
+timestamps do not move on writes (some FUSE or network mounts, a clock set backwards between the write and the run),
+or a device number that changes between mounts (every file is then hashed once more). A file modified less than
+:data:`RACY_SECONDS` before it was hashed is not trusted (its next write could keep a coarse timestamp: git's "racily
+clean" case) and is hashed again on the next run. ``crossmodal extract --rehash`` ignores the kept hashes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,6 +44,10 @@ from crossmodal.errors import ConfigError, DatasetFormatError
 from extractors.base import file_sha256
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
+HASH_CACHE = "hashes.sqlite3"  # in the workspace: path -> (stat fields, sha256)
+# A file modified this little before it was hashed may be written again within its filesystem's timestamp granularity
+# (2 s on FAT, one kernel tick on ext4) without its mtime moving: such an entry is not trusted.
+RACY_SECONDS = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,21 +147,117 @@ def scan(paths: Sequence[str | os.PathLike], *, extensions: Iterable[str], label
     return Scan(items, errors, passed_over)
 
 
-def hash_items(items: Sequence[Item], *, workers: int = 4) -> tuple[list[Item], list[SourceError]]:
-    """Fill ``content_hash`` (sha256 of the bytes, streamed) in ``workers`` threads; unreadable files become errors."""
+#: Hashes items: ``(items with content_hash, unreadable files)``, as :func:`hash_items` (the Ray runner's hashes on
+#: its workers).
+Hasher = Callable[[Sequence[Item]], tuple[list[Item], list[SourceError]]]
 
+
+def hash_items(items: Sequence[Item], *, workers: int = 4, cache: HashCache | None = None,
+               hasher: Hasher | None = None) -> tuple[list[Item], list[SourceError]]:
+    """Fill ``content_hash`` (sha256 of the bytes, streamed) in ``workers`` threads; unreadable files become errors.
+
+    With ``cache``, a file unchanged since it was last hashed (see the module docstring) takes its kept hash and only
+    the others are read, by ``hasher`` when given; their hashes are kept for the next run. Items come back in input
+    order either way.
+    """
+    if cache is None:
+        return (hasher or _hash_all(workers))(items)
+    kept, stats = cache.lookup(items)
+    missing = [it for it in items if it.path not in kept]
+    hashed, errors = (hasher or _hash_all(workers))(missing)
+    cache.record([(it, stats[it.path]) for it in hashed if it.path in stats])
+    found = {**{it.path: it.content_hash for it in hashed}, **kept}  # a path listed twice (a manifest) has one hash
+    return [dataclasses.replace(it, content_hash=found[it.path]) for it in items if it.path in found], errors
+
+
+def _hash_all(workers: int) -> Hasher:
     def one(item: Item) -> Item | SourceError:
         try:
             return dataclasses.replace(item, content_hash=file_sha256(item.path))
         except OSError as exc:
             return SourceError(str(item.path), "unreadable", f"cannot read: {exc.strerror or exc}")
 
-    if workers > 1 and len(items) > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            results = list(pool.map(one, items))
-    else:
-        results = [one(it) for it in items]
-    return [r for r in results if isinstance(r, Item)], [r for r in results if isinstance(r, SourceError)]
+    def hash_all(items: Sequence[Item]) -> tuple[list[Item], list[SourceError]]:
+        if workers > 1 and len(items) > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                results = list(pool.map(one, items))
+        else:
+            results = [one(it) for it in items]
+        return [r for r in results if isinstance(r, Item)], [r for r in results if isinstance(r, SourceError)]
+
+    return hash_all
+
+
+Stat = tuple[int, int, int, int, int]  # size, mtime_ns, ctime_ns, inode, device
+
+
+class HashCache:
+    """The sha256 of each file as it was when last hashed, in a sqlite3 file keyed by absolute path (one row per path:
+    size, mtime_ns, ctime_ns, inode, device, sha256, and when it was hashed). Several processes may share it: sqlite
+    serialises their writes, and a row is only ever replaced by a newer hash of the same path.
+
+    Args:
+        path: the sqlite3 file (made on first use, with its folder).
+        trust: False ignores every kept hash (``--rehash``); what is hashed is still recorded.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, trust: bool = True) -> None:
+        self.path, self.trust = Path(path), trust
+        self.reused = 0  # files whose kept hash was used, over this object's lookups
+        self._looked_ns: int | None = None  # when the last lookup began: before any file it stat'ed was read
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=60)
+        db.execute("CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
+                   "ctime_ns INTEGER, inode INTEGER, device INTEGER, sha256 TEXT, hashed_ns INTEGER)")
+        return db
+
+    def lookup(self, items: Sequence[Item]) -> tuple[dict[Path, str], dict[Path, Stat]]:
+        """``({path: kept sha256} for the files unchanged since hashed, {path: stat now} for every file that could be
+        stat'ed)``; the stat is taken before any hashing, so a file written while it is hashed is hashed again next
+        time."""
+        stats: dict[Path, Stat] = {}
+        self._looked_ns = time.time_ns()
+        for item in items:
+            try:
+                st = os.stat(item.path)
+            except OSError:  # hash_items names it: the hash is not kept
+                continue
+            stats[item.path] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+        if not self.trust or not stats:
+            return {}, stats
+        kept: dict[Path, str] = {}
+        racy = int(RACY_SECONDS * 1e9)
+        with contextlib.closing(self._connect()) as db:
+            rows = {}
+            paths = [_key(p) for p in stats]
+            for i in range(0, len(paths), 500):  # sqlite's limit on bound parameters
+                chunk = paths[i:i + 500]
+                rows.update((r[0], r[1:]) for r in db.execute(
+                    f"SELECT path, size, mtime_ns, ctime_ns, inode, device, sha256, hashed_ns FROM hashes "
+                    f"WHERE path IN ({','.join('?' * len(chunk))})", chunk))
+        for path, stat in stats.items():
+            row = rows.get(_key(path))
+            if row is not None and tuple(row[:5]) == stat and row[1] < row[6] - racy:
+                kept[path] = row[5]
+        self.reused += len(kept)
+        return kept, stats
+
+    def record(self, hashed: Sequence[tuple[Item, Stat]]) -> None:
+        """Keep the hashes of ``hashed``, each with the stat its file had before it was read (by the last lookup)."""
+        if not hashed:
+            return
+        # the racy check compares a file's mtime with this time: that of the stat, not of the end of the hashing
+        now = self._looked_ns or time.time_ns()
+        with contextlib.closing(self._connect()) as db, db:
+            db.executemany("INSERT OR REPLACE INTO hashes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(_key(it.path), *stat, it.content_hash, now) for it, stat in hashed])
+
+
+def _key(path: Path) -> str:
+    """The absolute path, not resolved: two names of one file (a symlink) are two rows, each checked on its own."""
+    return os.fsdecode(os.path.abspath(path))
 
 
 def _label_rule(labels_from: str):

@@ -43,6 +43,9 @@ def extract(
     weights: Annotated[Path | None, typer.Option(help="Weights file (same as --set weights=PATH).")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Extractor option key=value.")] = None,
     ray: Annotated[str | None, typer.Option("--ray", help="Run on Ray: 'auto' or a cluster address.")] = None,
+    rehash: Annotated[bool, typer.Option(
+        "--rehash", help="Read every file to hash it, even those unchanged (size, mtime, ctime, inode) since their "
+                         "hash was kept in the workspace.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     from pipelines.extract import ExtractOptions, run_extract
@@ -52,7 +55,8 @@ def extract(
                           hint="drop --decode, or drop --ray")
     sets = (*(overrides or []), *([f"weights={weights}"] if weights else []))
     options = ExtractOptions(extractor=extractor, labels_from=labels_from, batch_size=batch_size, workers=workers,
-                             device=device, overrides=sets, decode=decode)  # type: ignore[arg-type]  # checked there
+                             device=device, overrides=sets, decode=decode,  # type: ignore[arg-type]  # checked there
+                             rehash=rehash)
     if ray:
         from pipelines.distributed import run_extract_ray
 
@@ -62,6 +66,9 @@ def extract(
     out = Output(as_json)
     out.json(s) if as_json else out.table([[s[c] for c in COLUMNS]], [HEADERS.get(c, c) for c in COLUMNS],
                                           title=f"extract {s['modality']}")
+    if s["hashes_kept"]:
+        out.info(f"{s['hashes_kept']} files unchanged since they were last hashed (same size, mtime, ctime and inode) "
+                 "were not read again: --rehash reads them")
     if s["duplicates"]:
         out.info(f"{_items(s['duplicates'])} the same bytes as another item (another name or class): each has its own "
                  "row with the shared features, embedded once")
