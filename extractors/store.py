@@ -39,6 +39,7 @@ import contextlib
 import dataclasses
 import errno
 import hashlib
+import io
 import json
 import os
 import re
@@ -125,6 +126,7 @@ class FeatureTable:
             raise StoreError(f"{self.path}: no shards folder", hint="a table is made by FeatureStore.open")
         self._hashes: set[str] = set()  # the content hashes of the shards in _hashes_seen (claims skip them)
         self._hashes_seen: set[Path] = set()
+        self.recovered: list[str] = []  # what opening the table did about a killed compaction, one line each
         self.clean_orphans()
 
     def __repr__(self) -> str:
@@ -241,6 +243,7 @@ class FeatureTable:
         with self._lock(".writers.lock", shared=False, wait=False) as acquired:
             if not acquired:
                 return removed
+            self.recovered += self._recover()
             for p in sorted(self.shards.iterdir()):
                 orphan = p.suffix in (".npy", SUMS) and not p.with_suffix(".parquet").exists()
                 if p.name.endswith(".incomplete") or orphan:
@@ -468,6 +471,133 @@ class FeatureTable:
 
     def __len__(self) -> int:
         return len(self.known_items())
+
+    # ---- compaction
+    def compact(self, target_rows: int | None = None) -> list[Merge]:
+        """Merge runs of consecutive small shards into shards of at most ``target_rows`` rows, keeping every row and
+        the commit order, so that reads open fewer files.
+
+        Each merge is atomic and survives a kill at any point: the merged shard is written as ``.incomplete`` files
+        (npy, parquet, checksums), then a journal ``compact-<stem>.journal`` names it and the shards it replaces, then
+        its npy and checksums are renamed in and its parquet last (the commit point: from here a listing shows the
+        merged shard and hides the replaced ones), then the replaced shards are removed and the journal last. The
+        next open (:meth:`clean_orphans`) finishes a merge killed after its commit point and removes one killed
+        before it. Runs under the table's exclusive locks: writers and readers wait for each merge.
+
+        Args:
+            target_rows: the most rows of a merged shard; default ``COMPACT_BYTES`` of features (256 MB).
+
+        Returns:
+            One :class:`Merge` per merged shard.
+
+        Raises:
+            StoreError: an input shard fails its checks (it is left as it is; ``crossmodal store repair``).
+            StoreFullError: the disk is full; the merge's files are removed, the table is as it was.
+        """
+        target = target_rows if target_rows is not None else self.default_target_rows()
+        if target < 2:
+            raise StoreError(f"compact: target_rows must be at least 2, got {target}")
+        merges: list[Merge] = []
+        while True:  # one merge per pass, the locks released in between so that waiting writers get a turn
+            with self._lock(".compact.lock", shared=False), self._lock(".writers.lock", shared=False):
+                self._recover()
+                group = next(iter(self._plan(target)), None)
+                if group is None:
+                    return merges
+                merges.append(self._merge(group))
+
+    def default_target_rows(self) -> int:
+        """The rows of ``COMPACT_BYTES`` of this table's features: the default size of a merged shard."""
+        return max(2, COMPACT_BYTES // (4 * self.dim))
+
+    def _plan(self, target: int) -> list[list[tuple[Path, int]]]:
+        """Runs of two or more consecutive shards, each run's rows at most ``target``."""
+        groups: list[list[tuple[Path, int]]] = [[]]
+        for parquet in self._listing():
+            rows = self._check_meta(parquet)
+            if sum(n for _, n in groups[-1]) + rows > target:
+                groups.append([])
+            if rows < target:
+                groups[-1].append((parquet, rows))
+        return [g for g in groups if len(g) > 1]
+
+    def _merge(self, group: list[tuple[Path, int]]) -> Merge:
+        """One merge (see :meth:`compact`), under both exclusive locks."""
+        first = _SHARD.match(group[0][0].name)
+        assert first is not None  # listed shards match _SHARD
+        stem = f"part-{first.group(1)}-{uuid.uuid4().hex[:8]}"  # the first input's place in the commit order
+        npy, parquet, sums = (self.shards / f"{stem}{suffix}" for suffix in (".npy", ".parquet", SUMS))
+        temporary = [Path(f"{path}.incomplete") for path in (npy, parquet, sums)]
+        journal = self.shards / f"compact-{stem}{JOURNAL}"
+        rows = sum(n for _, n in group)
+        old = [p.stem for p, _ in group]
+        try:
+            inputs = [self._load_npy(p, n) for p, n in group]  # each input checked (once per process) before copying
+            digest = hashlib.sha256()
+            with open(temporary[0], "xb") as f:
+                header = io.BytesIO()
+                np.lib.format.write_array_header_1_0(
+                    header, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                             "shape": (rows, self.dim)})
+                f.write(header.getvalue())
+                digest.update(header.getvalue())
+                for X in inputs:
+                    for block in _blocks(X.filename, int(X.offset)):
+                        f.write(block)
+                        digest.update(block)
+                del inputs
+                _flush(f)
+            with open(temporary[1], "xb") as f:
+                with pq.ParquetWriter(f, SCHEMA) as writer:  # one input's rows in memory at a time
+                    for p, _ in group:
+                        writer.write_table(self._read_meta(p))
+                _flush(f)
+            record = {"npy": digest.hexdigest(), "parquet": file_sha256(temporary[1]), "rows": rows}
+            with open(temporary[2], "x") as f:
+                f.write(json.dumps(record))
+                _flush(f)
+            atomic_write(journal, json.dumps({"new": stem, "old": old}))
+            os.replace(temporary[0], npy)
+            os.replace(temporary[2], sums)
+            fsync_path(self.shards)
+            os.replace(temporary[1], parquet)  # the commit point: listings show the merged shard, not its inputs
+            fsync_path(self.shards)
+        except BaseException as exc:
+            if not parquet.exists():
+                for path in (*temporary, npy, sums, journal):
+                    path.unlink(missing_ok=True)
+                if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise self._full(rows * self.dim * 4) from exc
+            raise
+        self._finish({"new": stem, "old": old, "path": journal})
+        return Merge(parquet, len(group), rows)
+
+    def _finish(self, journal: dict[str, Any]) -> None:
+        """Remove the shards a committed merge replaced (parquets first: each stops existing), then its journal."""
+        for stem in journal["old"]:
+            (self.shards / f"{stem}.parquet").unlink(missing_ok=True)
+        fsync_path(self.shards)
+        for stem in journal["old"]:
+            for suffix in (".npy", SUMS):
+                (self.shards / f"{stem}{suffix}").unlink(missing_ok=True)
+        journal["path"].unlink(missing_ok=True)
+        fsync_path(self.shards)
+
+    def _recover(self) -> list[str]:
+        """Finish the merges killed after their commit point, undo those killed before it (under the exclusive
+        writers lock). Returns what was done, one line per journal."""
+        done = []
+        for journal in _journals(self.shards):
+            new = self.shards / f"{journal['new']}.parquet"
+            if new.exists():
+                self._finish(journal)
+                done.append(f"finished the merge into {new.name} (its inputs removed)")
+            else:
+                for suffix in (".npy", SUMS, ".npy.incomplete", ".parquet.incomplete", f"{SUMS}.incomplete"):
+                    (self.shards / f"{journal['new']}{suffix}").unlink(missing_ok=True)
+                journal["path"].unlink(missing_ok=True)
+                done.append(f"undid the uncommitted merge into {new.name} (its inputs kept)")
+        return done
 
     # ---- claims: concurrent extractions on one table split the work
     def claim(self, hashes: Iterable[str], *, owner: str) -> list[str]:
@@ -785,6 +915,15 @@ class ShardProblem:
 
 
 @dataclasses.dataclass(frozen=True)
+class Merge:
+    """One merge of :meth:`FeatureTable.compact`: the merged shard's parquet, how many shards it replaced, its rows."""
+
+    parquet: Path
+    shards: int
+    rows: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Claim:
     """A run's claim on items of a table (:meth:`FeatureTable.claim`): who, where, since when, how many, and whether
     its process is still alive (a stale claim is taken over by the next ``claim``)."""
@@ -925,6 +1064,7 @@ def _arrow_rows(rows: Sequence[StoreRow]) -> pa.Table:
 _VERIFIED: set[tuple[str, int, int, int]] = set()
 SUMS = ".sha256"
 JOURNAL = ".journal"
+COMPACT_BYTES = 256 << 20  # features per merged shard by default: a reader maps a few of these at once
 CLAIM_TTL = 3600.0  # seconds a claim of another host lives without being renewed (its process cannot be checked)
 SCAN_BLOCK = 8 << 20  # bytes of an .npy checked at a time
 
@@ -979,6 +1119,14 @@ def _process_start(pid: int) -> int | None:
     except OSError:
         return None
     return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _blocks(npy: str, offset: int) -> Iterator[bytes]:
+    """An ``.npy``'s data after its header, ``SCAN_BLOCK`` bytes at a time."""
+    with open(npy, "rb") as f:
+        f.seek(offset)
+        while block := f.read(SCAN_BLOCK):
+            yield block
 
 
 def _local(rows: np.ndarray, start: int, stop: int) -> np.ndarray:

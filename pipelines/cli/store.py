@@ -1,4 +1,5 @@
-"""``crossmodal store verify`` and ``crossmodal store repair``: check the feature store's shards, drop the bad ones."""
+"""``crossmodal store verify``, ``repair`` and ``compact``: check the feature store's shards, drop the bad ones, merge
+the small ones."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pipelines.cli._app import app, examples
 from pipelines.cli._options import DEFAULT_WORKSPACE, DeviceOpt, JsonOpt, WorkspaceOpt
 from pipelines.cli._output import Output
 
-store_app = typer.Typer(help="Check the feature store (checksums, shapes, finite values) and repair it.",
+store_app = typer.Typer(help="Check the feature store (checksums, shapes, finite values), repair it, compact it.",
                         no_args_is_help=True)
 app.add_typer(store_app, name="store")
 
@@ -49,6 +50,48 @@ def repair(
         again = sum(b["reextracted"] for b in result["bad"])
         out.info(f"dropped {len(result['bad'])} bad shards; {again} rows re-extracted from their files, "
                  f"{result['dropped']} rows removed: run crossmodal extract on the same folders to extract them again")
+
+
+@store_app.command("compact", help="Merge runs of small shards into larger ones (every row kept, in order), so that "
+                   "reads open fewer files. Each merge is atomic: a kill leaves the old shards or the merged one; the "
+                   "next command finishes or undoes it. Extractions and reads of the table wait for each merge."
+                   + examples("crossmodal store compact --workspace ws",
+                              "crossmodal store compact --modality image --target-rows 1000000"))
+def compact(
+    workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
+    modality: Annotated[str | None, typer.Option("--modality", "-m", help="Only this modality's tables.")] = None,
+    target_rows: Annotated[int | None, typer.Option(
+        "--target-rows", min=2, help="The most rows of a merged shard (default: 256 MB of features).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    from extractors.store import COMPACT_BYTES, FeatureTable
+    from pipelines.extract import _existing_store
+
+    store = _existing_store(workspace)
+    out = Output(as_json)
+    tables = [(m, k) for m, k in store.tables() if modality is None or m == modality]
+    if not tables:
+        raise StoreError(f"{store.root}: no feature table{f' for {modality}' if modality else ''} to compact",
+                         hint=f"tables: {', '.join(f'{m}/{k}' for m, k in store.tables()) or 'none'}")
+    results = []
+    for m, key in tables:
+        table = FeatureTable(store.root / m / key)
+        for line in table.recovered:
+            out.info(f"{m}/{key}: {line}")
+        target = target_rows or table.default_target_rows()
+        why = "--target-rows" if target_rows else f"{COMPACT_BYTES >> 20} MB of {table.dim}-d float32 rows, the default"
+        out.info(f"{m}/{key}: merging runs of small shards into shards of at most {target:,} rows ({why})")
+        before = len(table.shard_paths())
+        merges = table.compact(target)
+        results.append({"modality": m, "key": key, "target_rows": target, "shards_before": before,
+                        "shards_after": len(table.shard_paths()), "recovered": table.recovered,
+                        "merges": [{"shard": x.parquet.stem, "shards": x.shards, "rows": x.rows} for x in merges]})
+    if as_json:
+        return out.json({"workspace": str(workspace), "tables": results})
+    out.table([[r["modality"], r["key"], r["shards_before"], r["shards_after"], len(r["merges"]),
+                sum(x["rows"] for x in r["merges"])] for r in results],
+              ["modality", "key", "shards before", "shards after", "merged shards", "rows moved"],
+              title=f"compacted {workspace}/store")
 
 
 def _show(out: Output, result: dict[str, Any], *, title: str) -> None:
