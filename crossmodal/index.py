@@ -45,7 +45,7 @@ import struct
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -656,7 +656,7 @@ class Built:
 
 def build_from_batches(spec: str, dim: int, batches: Batches, directory: str | os.PathLike[str], *,
                        metric: Metric = "cosine", size: int | None = None, memory_budget: int | None = None,
-                       search_params: str = "", train_sample: np.ndarray | None = None,
+                       search_params: str = "", train_sample: np.ndarray | Callable[[int], np.ndarray] | None = None,
                        extra: dict[str, Any] | None = None) -> Built:
     """Build an index from a stream of batches straight into ``directory``, never holding the whole gallery.
 
@@ -673,8 +673,10 @@ def build_from_batches(spec: str, dim: int, batches: Batches, directory: str | o
         size: the number of vectors the stream holds, when known (what ``auto`` chooses by).
         memory_budget: bytes (``auto``); None: half the memory available.
         search_params: FAISS search parameters.
-        train_sample: float (m, dim) vectors to train an IVF/PQ index on (a random sample of the gallery); without
-            it, the stream's first ``train_size()`` vectors are used (biased when the stream is ordered by class).
+        train_sample: float (m, dim) vectors to train an IVF/PQ index on (a random sample of the gallery), or a
+            function of the number of vectors the chosen index wants that returns them (called only when it needs
+            training); without it, the stream's first ``train_size()`` vectors are used (biased when the stream is
+            ordered by class).
         extra: JSON saved in ``index.json``.
 
     Returns:
@@ -714,13 +716,14 @@ def _checked(index: Index, batches: Batches, ids_out: _IdWriter) -> Iterator[np.
         yield X
 
 
-def _trained(index: Index, vectors: Iterator[np.ndarray], sample: np.ndarray | None) -> Iterator[np.ndarray]:
+def _trained(index: Index, vectors: Iterator[np.ndarray],
+             sample: np.ndarray | Callable[[int], np.ndarray] | None) -> Iterator[np.ndarray]:
     """Train ``index`` on ``sample``, or on the stream's first ``train_size()`` vectors (then yielded first)."""
     needed = index.train_size()
     if needed == 0:
         return vectors
     if sample is not None:
-        index.train(sample)
+        index.train(sample(needed) if callable(sample) else sample)
         return vectors
     head: list[np.ndarray] = []
     for X in vectors:
@@ -980,14 +983,12 @@ class _IdWriter:
 
 @contextlib.contextmanager
 def _quiet_stdout() -> Iterator[None]:
-    """Send what C code prints to stdout (faiss's on-disk messages) to /dev/null for the duration."""
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # a captured stdout (pytest, notebooks): C output goes elsewhere
-        yield
-        return
-    sys.stdout.flush()
+    """Send what C code prints to file descriptor 1 (faiss's on-disk messages) to /dev/null for the duration."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        sys.stdout.flush()  # what Python printed before goes out first
     libc = ctypes.CDLL(None)
+    libc.fflush(None)
+    fd = 1
     saved = os.dup(fd)
     try:
         with open(os.devnull, "wb") as devnull:

@@ -354,3 +354,38 @@ def test_the_summary_says_what_was_built_and_why(tmp_path, clustered):
     built = build_from_batches("auto", 16, batches_of(X, ids), tmp_path / "i", size=len(X), memory_budget=100_000)
     assert built.summary.startswith("built ivf-ondisk (IVF64_HNSW32,Flat; nlist=64, nprobe=64) of 4,000 vectors in ")
     assert "because auto: 256 kB of vectors (4,000 x 16 float32) exceed the memory budget, 100 kB" in built.summary
+
+
+@needs_faiss
+def test_cli_index_auto_reaches_the_chooser_and_prints_what_it_built_and_why(tiny_model_workspace, capsys):
+    from pipelines.cli import main
+
+    code = main(["index", "--model", "m", "--workspace", str(tiny_model_workspace), "--backend", "auto",
+                 "--memory-budget", "100", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "image: built ivf-ondisk (IVF1_HNSW32,Flat; nlist=1, nprobe=1) of 20 vectors in" in printed
+    assert "because auto: 320 B of vectors (20 x 4 float32) exceed the memory budget, 100 B" in " ".join(printed.split())
+    assert load_index(tiny_model_workspace / "index" / "m" / "text").spec == "ivf-ondisk:IVF1_HNSW32,Flat"
+
+
+def test_a_bad_memory_budget_is_refused_with_the_fix(tiny_model_workspace, capsys):
+    from pipelines.cli import main
+
+    assert main(["index", "--model", "m", "--workspace", str(tiny_model_workspace), "--memory-budget", "lots"]) != 0
+    assert "fix: e.g. 2GB" in capsys.readouterr().err
+
+
+def test_two_builds_of_one_model_at_once_do_not_collide(tiny_model_workspace):
+    """Each build stages in a folder of its own and swaps it in under a lock: both finish, one whole index stays."""
+    import subprocess
+
+    script = ("import sys; from pipelines.index import build_index; "
+              f"build_index({str(tiny_model_workspace)!r}, model='m', backend=sys.argv[1], device='cpu')")
+    runs = [subprocess.Popen([sys.executable, "-c", script, "exact"], stderr=subprocess.PIPE, text=True)
+            for _ in range(3)]
+    errors = [run.communicate()[1] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], errors
+    index_dir = tiny_model_workspace / "index"
+    assert sorted(p.name for p in index_dir.iterdir() if not p.name.endswith(".lock")) == ["m"]
+    assert len(load_index(index_dir / "m" / "image")) == 20

@@ -12,6 +12,7 @@ from pipelines.cli._output import Output
 
 EXAMPLES = examples(
     "crossmodal index                                  # model 'default', exact search over every stored item",
+    "crossmodal index --backend auto --memory-budget 2GB  # exact, in-memory FAISS, or IVF on disk above 2 GB",
     "crossmodal index --model photos --backend faiss:HNSW32",
     "crossmodal index --backend faiss:IVF1024,PQ64 --gallery test --json",
 )
@@ -21,15 +22,23 @@ EXAMPLES = examples(
              + EXAMPLES)
 def index(
     model: ModelNameOpt = "default",
-    backend: Annotated[str, typer.Option(help="exact, faiss:<index_factory string> or auto.")] = "exact",
+    backend: Annotated[str, typer.Option(
+        help="exact, faiss:<index_factory string>, ivf-ondisk:<IVF factory string> (lists on disk) or auto (by the"
+             " gallery's size and --memory-budget).")] = "exact",
     gallery: Annotated[str, typer.Option(help="all (every stored item) or test (the test split).")] = "all",
+    memory_budget: Annotated[str | None, typer.Option(
+        help="memory the float32 embeddings may take (e.g. 2GB, 512MiB); --backend auto builds an IVF index on"
+             " disk above it. Default: half the memory available.")] = None,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
+    from crossmodal.index import parse_bytes
     from pipelines.index import build_index
 
-    result = build_index(workspace, model=model, backend=backend, gallery=gallery, device=device)  # type: ignore[arg-type]
+    budget = parse_bytes(memory_budget) if memory_budget is not None else None
+    result = build_index(workspace, model=model, backend=backend, gallery=gallery,  # type: ignore[arg-type]
+                         device=device, memory_budget=budget)
     out = Output(as_json)
     if as_json:
         return out.json(result)
@@ -37,3 +46,5 @@ def index(
             for r in result["indexes"]]
     out.table(rows, ["gallery", "for queries of", "items", "dim", "index", "why", "path"],
               title=f"index of model {model} (--backend {result['backend']}, {result['gallery']} items)")
+    for r in result["indexes"]:
+        out.line(f"{r['modality']}" + (f" (for {r['against']} queries)" if r["against"] else "") + f": {r['summary']}")
