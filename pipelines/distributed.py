@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -349,3 +350,170 @@ def _timed(stages: dict[str, float], name: str, call: Callable[..., Any]) -> Cal
             stages[name] = round(stages.get(name, 0.0) + time.perf_counter() - t, 3)
 
     return timed
+
+
+INDEX_PART_ROWS = 1 << 20  # gallery rows per index task at most: its IVF shard's codes stay within a worker's memory
+
+
+def run_index_ray(workspace: str | os.PathLike, *, model: str = "default", backend: str = "auto",
+                  gallery: str = "all", address: str = "auto", device: str = "cpu",
+                  parts: int | None = None) -> dict[str, Any]:
+    """``crossmodal index`` on a Ray cluster: the same index folders as :func:`pipelines.index.build_index`, built
+    by tasks on the workers from the store's shards and merged by list on the driver.
+
+    Per gallery (modality, and query modality for per-pair models), the driver trains the IVF coarse quantiser once
+    (:func:`crossmodal.index.train_ivf`, on the random sample of embedded gallery rows a local build trains on); each
+    task embeds a contiguous part of the gallery, gathered from the shards' memory maps, and fills that part's inverted
+    lists (:func:`crossmodal.index.build_ivf_shard`); the driver merges the parts in gallery order
+    (:func:`crossmodal.index.merge_ivf_shards`), writes ``gallery.parquet`` and ``gallery.json``, and swaps the
+    model's index folder in. A Ray-built index therefore answers like a local build with the same ``backend``.
+
+    Args:
+        workspace, model, gallery: as in :func:`pipelines.index.build_index`.
+        backend: ``"auto"`` (an on-disk IVF sized as ``auto`` sizes it for the gallery) or
+            ``"ivf-ondisk:<IVF factory string>"``: a build merged by list is an IVF.
+        address: as in :func:`run_extract_ray`.
+        device: where the tasks run the encoders: ``"cpu"``, or ``"cuda"`` (a GPU per task).
+        parts: tasks per gallery; default one per CPU of the cluster, more when a part would exceed
+            ``INDEX_PART_ROWS`` rows.
+
+    Returns:
+        ``build_index``'s dict, each index with ``parts`` and the seconds of its stages (``train_seconds``,
+        ``parts_seconds``, ``merge_seconds``).
+
+    Raises:
+        ConfigError: a backend that is not an IVF, ``parts`` below 1, ``device`` not cpu or cuda.
+        NotTrainedError, FeatureMismatchError: as ``build_index``.
+    """
+    import tempfile
+
+    from crossmodal.errors import FeatureMismatchError
+    from crossmodal.index import choose_spec, create_index, merge_ivf_shards, train_ivf
+    from crossmodal.model import CrossModalModel, file_sha256
+    from crossmodal.types import MODALITIES
+    from extractors.base import require
+    from pipelines.index import (
+        GALLERY_META,
+        GALLERY_ROWS,
+        _embedded_sample,
+        _gallery_rows,
+        _GalleryWriter,
+        _swap_in,
+        query_partners,
+        require_model,
+    )
+    from pipelines.workspace import Workspace
+
+    ray = require("ray", extractor="--ray", extra="ray")
+    if not (backend == "auto" or backend.startswith("ivf-ondisk:")):
+        raise ConfigError(f"--backend {backend} with --ray: a Ray build merges IVF lists built apart",
+                          hint="use --backend auto or ivf-ondisk:IVF<lists>,Flat (or drop --ray)")
+    if gallery not in ("all", "test"):
+        raise ConfigError(f"unknown gallery {gallery!r}", hint="use all or test")
+    if device not in ("cpu", "cuda") or (parts is not None and parts < 1):
+        raise ConfigError(f"device {device!r} and parts {parts}: the device is cpu or cuda, parts at least 1")
+    started = time.perf_counter()
+    ws = Workspace(workspace)
+    model_dir = require_model(ws, model)
+    net = CrossModalModel.load(model_dir, device="cpu")
+    card_sha = file_sha256(model_dir / "card.json")
+    out = ws.index_dir / model
+    ws.index_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{model}.", suffix=".incomplete", dir=ws.index_dir))
+    built = []
+    started_ray = _connect(ray, address)
+    try:
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        task = ray.remote(num_cpus=1, num_gpus=1 if device == "cuda" else 0)(_index_part)
+        for modality in [m for m in MODALITIES if m in net.features]:
+            key = net.features[modality].extractor_key
+            if key not in ws.store.keys(modality):
+                raise FeatureMismatchError(f"{ws.store_dir}: no {modality} features of extractor {key}, which model "
+                                           f"{model!r} was trained on", hint="re-extract with that extractor")
+            table = ws.store.table(modality, key)
+            wanted = None
+            if gallery == "test":
+                splits = ws.splits(int(net.extra["data_source"]["split_seed"]))
+                wanted = {h for h, split in splits.items() if split == "test"}
+            rows = _gallery_rows(table, wanted)
+            with table.rows_view() as view:
+                meta = view.metadata(["content_hash", "item_id", "source_path", "labels"]).take(rows)
+                total = len(view)
+            for partner in query_partners(net, modality):
+                folder = staging / modality / partner if partner else staging / modality
+                folder.mkdir(parents=True)
+                dim = net.embedding_dim(modality, partner)
+                # a memory budget of one byte: auto's on-disk IVF, with the lists auto gives this many items
+                spec, why = choose_spec(backend, dim=dim, size=len(rows), memory_budget=1)
+                if backend == "auto":
+                    why = f"auto with --ray: an on-disk IVF ({spec}) sized for {len(rows):,} items"
+                options = spec.split(":", 1)[1]
+                t = time.perf_counter()
+                sample = _embedded_sample(net, modality, partner, table, rows,
+                                          create_index(spec, dim).train_size())
+                trained = train_ivf(options, dim, sample, folder / "trained.faiss")
+                train_seconds = time.perf_counter() - t
+                with _GalleryWriter(folder / GALLERY_ROWS) as gallery_rows:
+                    ids = gallery_rows.write(meta)
+                count = parts or max(cpus, math.ceil(len(rows) / INDEX_PART_ROWS))
+                bounds = [len(rows) * p // count for p in range(count + 1)]
+                shards = [folder / f"part-{p:05d}.faiss" for p in range(count) if bounds[p + 1] > bounds[p]]
+                t = time.perf_counter()
+                pending = [task.remote(str(ws.root), str(model_dir), modality, partner, key, rows[a:b], ids[a:b],
+                                       str(trained), str(shard), device, total)
+                           for (a, b), shard in zip(((bounds[p], bounds[p + 1]) for p in range(count)
+                                                     if bounds[p + 1] > bounds[p]), shards)]
+                with _data_context(ray):  # a task's StoreError or FeatureMismatchError raised as itself
+                    filled = sum(ray.get(pending))
+                parts_seconds = time.perf_counter() - t
+                t = time.perf_counter()
+                index = merge_ivf_shards(shards, folder)
+                merge_seconds = time.perf_counter() - t
+                for shard in [trained, *shards]:
+                    for path in shard.parent.glob(shard.name + "*"):
+                        path.unlink()
+                    shard.with_suffix(".ids.parquet").unlink(missing_ok=True)
+                if filled != len(rows) or len(index) != len(rows):
+                    raise ConfigError(f"{modality}: {len(rows)} gallery rows, but the parts held {filled} and the "
+                                      f"merged index {len(index)}", hint="build again (the store changed?)")
+                why += f"; built on Ray in {len(shards)} parts merged by list"
+                meta_json = {"model": model, "card_sha256": card_sha, "backend": spec, "requested": backend,
+                             "why": why, "gallery": gallery, "modality": modality, "against": partner,
+                             "extractor_key": key, "items": len(rows), "dim": dim}
+                (folder / GALLERY_META).write_text(json.dumps(meta_json, indent=2))
+                built.append({"modality": modality, "against": partner, "items": len(rows), "dim": dim,
+                              "backend": spec, "why": why, "parts": len(shards),
+                              "train_seconds": round(train_seconds, 3), "parts_seconds": round(parts_seconds, 3),
+                              "merge_seconds": round(merge_seconds, 3),
+                              "path": str(out / folder.relative_to(staging))})
+        _swap_in(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if started_ray:
+            ray.shutdown()
+    return {"model": model, "backend": backend, "gallery": gallery, "path": str(out), "indexes": built,
+            "seconds": round(time.perf_counter() - started, 2)}
+
+
+def _index_part(workspace: str, model_dir: str, modality: str, partner: str | None, key: str, rows: Any,
+                ids: list[str], trained: str, out: str, device: str, total: int) -> int:
+    """A worker's index task: embed gallery ``rows`` (positions among the table's unique rows) and fill their IVF
+    shard ``out`` with ``ids``; return its row count."""
+    from crossmodal.index import build_ivf_shard
+    from crossmodal.model import CrossModalModel
+    from extractors.errors import StoreError
+    from pipelines.index import BATCH_ROWS
+    from pipelines.workspace import Workspace
+
+    net = CrossModalModel.load(model_dir, device=device)
+    table = Workspace(workspace).store.table(modality, key)
+    with table.rows_view() as view:
+        if len(view) != total:
+            raise StoreError(f"{table.path}: {len(view)} rows now, {total} when the index build began (another run "
+                             "wrote or compacted the table)", hint="build the index again once it is done")
+
+        def batches() -> Iterator[tuple[Any, list[str]]]:
+            for lo in range(0, len(rows), BATCH_ROWS):
+                yield net.encode(modality, view[rows[lo:lo + BATCH_ROWS]], against=partner), ids[lo:lo + BATCH_ROWS]
+
+        return build_ivf_shard(trained, batches(), out)
