@@ -385,21 +385,34 @@ class FeatureTable:
 
         Raises:
             StoreError: a shard fails its checks (checksums, shape, finite values; each shard once per process).
+
+        The view holds the table's shared reader lock until :meth:`ShardedRows.close`: a compaction waits for it.
         """
-        with self._reader_lock():
+        lock = self._hold_reader_lock()
+        try:
             parquets = self._listing()
-            counts, offsets, npys, metas = [], [], [], []
+            counts, offsets = [], []
             for parquet in parquets:
                 rows = self._check_meta(parquet)
                 X = self._load_npy(parquet, rows)
                 offsets.append(int(X.offset))
                 counts.append(rows)
                 del X
-                # Open now, under the lock: a compaction after this cannot take a shard from the view.
-                npys.append(open(parquet.with_suffix(".npy"), "rb"))  # noqa: SIM115 (closed by ShardedRows.close)
-                metas.append(open(parquet, "rb"))  # noqa: SIM115
             keep = self._first_rows(parquets) if unique else None
-        return ShardedRows(self, parquets, npys, metas, offsets, counts, keep, max_open=max_open)
+        except BaseException:
+            if lock is not None:
+                lock.close()
+            raise
+        return ShardedRows(self, parquets, offsets, counts, keep, lock, max_open=max_open)
+
+    def _hold_reader_lock(self) -> BinaryIO | None:
+        """The shared reader lock of :meth:`_reader_lock`, held until the returned file is closed (None: a store that
+        cannot be written, which nothing compacts)."""
+        if fcntl is None or not os.access(self.shards, os.W_OK):
+            return None
+        f = open(self.shards / ".compact.lock", "ab")  # noqa: SIM115 (closed by ShardedRows.close: the lock's life)
+        fcntl.flock(f.fileno(), fcntl.LOCK_SH)
+        return f
 
     def _first_rows(self, parquets: list[Path]) -> np.ndarray | None:
         """The global indices of the rows :meth:`read` keeps (the first of each item), or None when every row is its
@@ -814,20 +827,21 @@ class ShardedRows:
     ``view[a:b]`` or ``view[int array]`` (a new float32 ndarray gathered from the per-shard memory maps), and
     ``np.asarray(view)`` (the whole table: the small-table path).
 
-    Built by :meth:`FeatureTable.rows_view`, which opened every shard's files: the view stays whole if a compaction
-    replaces the shards later. At most ``max_open`` shards are mapped at once. :meth:`close` (or ``with``) releases
-    the files.
+    Built by :meth:`FeatureTable.rows_view`, after every shard passed its checks. At most ``max_open`` shards are
+    mapped at once. The view holds the table's shared reader lock, so no compaction replaces its shards while it is
+    open: :meth:`close` it (or use ``with``) when done.
     """
 
-    def __init__(self, table: FeatureTable, parquets: list[Path], npys: list[BinaryIO], metas: list[BinaryIO],
-                 offsets: list[int], counts: list[int], keep: np.ndarray | None, *, max_open: int):
+    def __init__(self, table: FeatureTable, parquets: list[Path], offsets: list[int], counts: list[int],
+                 keep: np.ndarray | None, lock: BinaryIO | None, *, max_open: int):
         self.table = table
         self.parquets = parquets
-        self._npys, self._metas, self._offsets, self._counts = npys, metas, offsets, counts
+        self._offsets, self._counts, self._lock = offsets, counts, lock
         self._starts = np.cumsum([0, *counts], dtype=np.int64)  # raw row where each shard starts, then the total
         self._keep = keep
         self._maps: OrderedDict[int, np.memmap] = OrderedDict()
         self.max_open = max(1, max_open)
+        self.closed = False
         self.dtype = np.dtype(np.float32)
         self.ndim = 2
         self.shape = (int(len(keep)) if keep is not None else int(self._starts[-1]), table.dim)
@@ -845,10 +859,11 @@ class ShardedRows:
         self.close()
 
     def close(self) -> None:
-        """Unmap the shards and close their files."""
+        """Unmap the shards and release the reader lock."""
         self._maps.clear()
-        for f in (*self._npys, *self._metas):
-            f.close()
+        self.closed = True
+        if self._lock is not None:
+            self._lock.close()
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         X = self[np.arange(len(self))]
@@ -888,8 +903,11 @@ class ShardedRows:
     def _map(self, s: int) -> np.memmap:
         X = self._maps.pop(s, None)
         if X is None:
-            X = np.memmap(self._npys[s], dtype=np.float32, mode="r", offset=self._offsets[s],
-                          shape=(self._counts[s], self.shape[1]))
+            if self.closed:
+                raise StoreError(f"{self.table.path}: this view of the table was closed",
+                                 hint="take a new one with FeatureTable.rows_view()")
+            X = np.memmap(self.parquets[s].with_suffix(".npy"), dtype=np.float32, mode="r",
+                          offset=self._offsets[s], shape=(self._counts[s], self.shape[1]))
             while len(self._maps) >= self.max_open:
                 self._maps.popitem(last=False)  # the least recently used shard's pages leave the process
         self._maps[s] = X
@@ -897,10 +915,7 @@ class ShardedRows:
 
     def metadata(self, columns: list[str] | None = None) -> pa.Table:
         """The metadata rows of the view (``columns`` of :data:`SCHEMA`, default all), row-aligned with it."""
-        parts = []
-        for f in self._metas:
-            f.seek(0)
-            parts.append(pq.read_table(f, columns=columns, schema=SCHEMA))
+        parts = [self.table._read_meta(p, columns) for p in self.parquets]
         meta = pa.concat_tables(parts) if parts else SCHEMA.empty_table().select(columns or SCHEMA.names)
         return meta if self._keep is None else meta.take(pa.array(self._keep))
 

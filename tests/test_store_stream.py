@@ -3,6 +3,9 @@ columnar metadata view, and checks that read a shard in blocks."""
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -100,13 +103,22 @@ def test_the_view_maps_at_most_max_open_shards_at_once(table):
             assert len(view._maps) == 1
 
 
-def test_the_view_keeps_reading_a_shard_that_was_removed_after_it_was_opened(table):
+def test_a_compaction_waits_for_an_open_view_and_a_closed_view_says_so(table):
     X = three_shards(table)
-    with table.rows_view() as view:
-        table.drop_shard(table.shard_paths()[0])
-        np.testing.assert_array_equal(view[np.arange(12)], X)
-        assert view.metadata(["content_hash"]).num_rows == 12
-    assert len(table.rows_view()) == 7
+    view = table.rows_view()
+    merged = threading.Thread(target=table.compact, kwargs={"target_rows": 100})
+    merged.start()
+    time.sleep(0.5)
+    assert merged.is_alive() and len(table.shard_paths()) == 3  # the view's shards stay as they were
+    np.testing.assert_array_equal(view[np.arange(12)], X)
+    assert view.metadata(["content_hash"]).column(0).to_pylist() == [f"h{i}" for i in range(12)]
+    view.close()
+    merged.join(timeout=60)
+    assert len(table.shard_paths()) == 1
+    with pytest.raises(StoreError, match="this view of the table was closed"):
+        view[0]
+    with table.rows_view() as again:
+        np.testing.assert_array_equal(again[np.arange(12)], X)
 
 
 def test_the_dataset_view_reads_the_metadata_of_every_shard_in_commit_order(table):
