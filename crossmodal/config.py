@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from crossmodal.common.config import coerce_field, parse_overrides, with_overrides
 from crossmodal.errors import ConfigError
@@ -14,18 +14,27 @@ from crossmodal.errors import ConfigError
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable  # Python 3.11+; only annotations name it
 
-__all__ = ["MethodConfig", "coerce_field", "load_preset", "parse_overrides", "with_overrides"]
+__all__ = ["LastBatch", "MethodConfig", "coerce_field", "load_preset", "parse_overrides", "with_overrides"]
 
 C = TypeVar("C")
+
+LastBatch = Literal["spread", "drop", "keep"]  # crossmodal.methods.base.batch_sizes
 
 
 @dataclasses.dataclass(frozen=True)
 class MethodConfig:
     """Base of every method config. Subclasses add fields with the paper's defaults, one comment each."""
 
-    seed: int = 1  # global seed of the run
+    seed: int = 1  # seed of the run: every random stream is derived from it (crossmodal.methods.base, seeding)
     epochs: int = 200
     batch_size: int = 1024
+    last_batch: LastBatch = "drop"  # the N mod B leftover items of an epoch: drop, keep (a smaller batch) or spread
+    patience: int | None = None  # stop after this many epochs without a better validation score (None: all epochs)
+
+    def __post_init__(self) -> None:
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"patience must be >= 1 or null, got {self.patience}",
+                              hint="use --set patience=5, or patience=null to run every epoch")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,5 +1,5 @@
 """Every registered method on a tiny synthetic set (parametrized over the registry), plus the shared pairing and the
-method-specific options (prior transfer, SEDEL's modules, MCCA's closed form)."""
+method-specific options (prior transfer, SEDEL's modules on any two-branch method, MCCA's closed form)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 import torch
 
+from crossmodal.config import with_overrides
 from crossmodal.errors import ConfigError, DatasetFormatError, ModelFileError
 from crossmodal.evaluation import evaluate
 from crossmodal.featureset import FeatureSet
 from crossmodal.methods import Checkpoint, get_method, list_methods
 from crossmodal.methods.mcca import MCCA, MCCAConfig
-from crossmodal.methods.paired import index_batches, sample_pairs
+from crossmodal.methods.paired import sample_pairs
 from crossmodal.methods.sdml import SDML
-from crossmodal.methods.sedel import SEDELModules, SetEncoder, erase_low_attention, erased_view
+from crossmodal.methods.sedel_modules import SEDELModules, SEDELOptions
 from crossmodal.model import CrossModalModel
 from crossmodal.synthetic import make_synthetic
 
@@ -26,7 +27,7 @@ CPU = torch.device("cpu")
 # Tiny widths and a large learning rate so that a few epochs on ~100 items train every method; each override applies
 # to the methods whose config has that field.
 TINY = {"epochs": 10, "batch_size": 32, "hidden": (32,), "dim": 16, "siamese": (32, 16), "warmup_epochs": 2,
-        "sedel_queue": 32, "lr": 1e-2, "lr_others": 1e-2, "lr_spl": 1e-2, "lr_image": 1e-2, "lr_text": 1e-2,
+        "lr": 1e-2, "lr_others": 1e-2, "lr_spl": 1e-2, "lr_image": 1e-2, "lr_text": 1e-2,
         "lr_audio": 1e-2, "lr_mesh": 1e-2, "lr_video": 1e-2, "lr_other": 1e-2,
         # SCCMR's code smooths with 0.9, which leaves a tenth of the gradient on the true class: too slow for 10 epochs
         "epsilon": 0.1}
@@ -35,7 +36,8 @@ TINY = {"epochs": 10, "batch_size": 32, "hidden": (32,), "dim": 16, "siamese": (
 def tiny(name: str, **overrides):
     cls = get_method(name).Config
     fields = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in {**TINY, **overrides}.items() if k in fields})
+    sedel = {"sedel": SEDELOptions(queue=32)} if name == "sedel" else {}  # a bank the tiny set can fill
+    return cls(**{k: v for k, v in {**TINY, **sedel, **overrides}.items() if k in fields})
 
 
 @pytest.fixture(scope="module")
@@ -94,12 +96,6 @@ def test_same_class_sampling_pairs_every_labelled_item_with_an_item_of_its_class
     assert len(rows_a) == 30 + 18
 
 
-def test_index_batches_drop_the_last_partial_batch_but_keep_a_small_set_whole():
-    rng = np.random.default_rng(0)
-    assert [len(b) for b in index_batches(70, 32, rng)] == [32, 32]
-    assert [len(b) for b in index_batches(20, 32, rng)] == [20]
-
-
 def test_two_modality_mcca_is_cca_by_whitening_and_svd():
     rng = np.random.default_rng(0)
     z = rng.normal(size=(400, 2))
@@ -136,24 +132,41 @@ def test_prior_from_with_another_common_dimension_is_a_config_error(data, fitted
         get_method("mars")().fit(data.train, data.val, config=config, device=CPU)
 
 
-@pytest.mark.parametrize("name", ["dscmr", "sccmr", "hcmsl", "rcar", "sedel"])
-def test_sedel_erasing_on_global_vector_features_is_refused(name, data):
-    with pytest.raises(ConfigError, match="nothing to erase"):
-        get_method(name)().fit(data.train, None, config=tiny(name, epochs=1, sedel_erasing=True), device=CPU)
+@pytest.mark.parametrize("name", ["dscmr", "sccmr", "hcmsl", "rcar"])
+def test_sedel_s_modules_join_any_two_branch_method_through_its_sedel_option(name, data):
+    class Logs:
+        def __init__(self):
+            self.keys: set[str] = set()
+
+        def on_epoch_end(self, stage, epoch, epochs, logs):
+            self.keys |= set(logs)
+
+    plain, with_sedel = Logs(), Logs()
+    get_method(name)().fit(data.train, None, config=tiny(name, epochs=1), device=CPU, callbacks=[plain])
+    config = with_overrides(tiny(name, epochs=1), ['sedel={"queue": 32, "weighting": "focal"}'])
+    assert config.sedel == SEDELOptions(queue=32, weighting="focal")
+    get_method(name)().fit(data.train, None, config=config, device=CPU, callbacks=[with_sedel])
+    assert with_sedel.keys - plain.keys == {"sedel_loss"}
 
 
-def test_erasing_keeps_only_the_most_attended_parts_of_set_valued_features():
-    torch.manual_seed(0)
-    encoder = SetEncoder(part_dim=6, hidden=(8,), dim=4)
-    parts = torch.randn(3, 5, 6)  # (n, parts, d)
-    attention = encoder.attention(parts)
-    keep = erase_low_attention(attention, 0.4)  # ceil(0.4 * 5) = 2 parts kept
-    assert keep.sum(1).tolist() == [2, 2, 2]
-    assert torch.equal(attention.masked_fill(~keep, -1).max(1).values, attention.max(1).values)
-    h = encoder.part(parts)
-    weights = torch.where(keep, attention, torch.zeros_like(attention))
-    expected = ((weights / weights.sum(1, keepdim=True)).unsqueeze(-1) * h).sum(1)
-    assert torch.allclose(erased_view(encoder, parts, 0.4), expected, atol=1e-6)
+def test_the_sedel_method_without_its_modules_is_refused(data):
+    with pytest.raises(ConfigError, match="sedel must be set"):
+        get_method("sedel")().fit(data.train, None, config=tiny("sedel", sedel=None), device=CPU)
+
+
+@pytest.mark.parametrize(("method", "weight", "expected"), [
+    ("dscmr", 0.0, None), ("sedel", 1.0, SEDELOptions(queue=4096)), ("rcar", 0.5, SEDELOptions(weight=0.5))])
+def test_a_card_written_with_the_ten_sedel_fields_loads_into_the_sedel_option(method, weight, expected):
+    old = {"sedel_weight": weight, "sedel_weighting": "hardness", "sedel_beta": 1.0, "sedel_gamma": 2.0,
+           "sedel_temperature": 0.07, "sedel_queue": 4096 if method == "sedel" else 0, "sedel_momentum": 0.99,
+           "sedel_mask_same_class": False, "sedel_erasing": False, "sedel_keep_ratio": 0.5, "epochs": 3}
+    config = get_method(method).Config.from_dict(old)
+    assert config.sedel == expected and config.epochs == 3
+
+
+def test_a_mistyped_sedel_option_is_named():
+    with pytest.raises(ConfigError, match="wieght"):
+        with_overrides(tiny("dscmr"), ['sedel={"wieght": 1}'])
 
 
 def test_memory_bank_keeps_the_newest_keys_up_to_its_size():
@@ -162,8 +175,7 @@ def test_memory_bank_keeps_the_newest_keys_up_to_its_size():
             super().__init__()
             self.encoder_a, self.encoder_b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
 
-    config = tiny("sedel", sedel_queue=5, batch_size=2)
-    modules = SEDELModules(config, Branches(), num_pairs=100)
+    modules = SEDELModules(SEDELOptions(queue=5), Branches(), num_pairs=100, batch_size=2)
     rows = [torch.tensor([i, i + 1]) for i in (0, 2, 4, 6)]
     for r in rows:
         modules._enqueue("b", torch.randn(2, 2), torch.zeros(2, 1), r)
@@ -221,7 +233,7 @@ def test_a_checkpoint_holding_a_pickled_object_is_refused_on_resume_and_its_code
     saved = tmp_path / "image__text" / "train.pt"
     assert saved.is_file()
     marker = tmp_path / "pwned"
-    hostile = {"format": 1, "epoch": 1, "history": [], "modules": {}, "optimizer": None, "tensors": {},
+    hostile = {"format": Checkpoint.FORMAT, "epoch": 1, "history": [], "modules": {}, "optimizer": None, "tensors": {},
                "extra": {"x": _Payload(marker)}}
     if writer == "torch.save":
         torch.save(hostile, saved)
@@ -279,14 +291,32 @@ def test_a_kill_while_a_checkpoint_is_written_leaves_the_previous_one_whole(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stage.pt"]
 
 
-@pytest.mark.parametrize("name", ["dscmr", "sdml"])
+class _KillAt:
+    """A callback that kills the run (KeyboardInterrupt) at the end of ``epoch``, after that epoch is logged."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_epoch_end(self, stage, epoch, epochs, logs):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt("killed")
+
+
+@pytest.mark.parametrize("name", ["dscmr", "sdml", "mars"])
 def test_a_resumed_run_still_returns_the_best_validation_epoch(name, data, tmp_path: Path):
-    """Kill after 2 of 4 epochs (simulated by a 2-epoch run), resume to 4: same encoders as one 4-epoch run."""
-    whole = get_method(name)().fit(data.train, data.val, config=tiny(name, epochs=4), device=CPU,
-                                   checkpoint_dir=tmp_path / "whole")
-    get_method(name)().fit(data.train, data.val, config=tiny(name, epochs=2), device=CPU,
-                           checkpoint_dir=tmp_path / "killed")
-    resumed = get_method(name)().fit(data.train, data.val, config=tiny(name, epochs=4), device=CPU,
-                                     checkpoint_dir=tmp_path / "killed")
+    """Killed at the end of epoch 3 of 4 (its checkpoint not yet written), resumed: the encoders of one whole run."""
+    config = tiny(name, epochs=4)
+    whole = get_method(name)().fit(data.train, data.val, config=config, device=CPU)
+    with pytest.raises(KeyboardInterrupt):
+        get_method(name)().fit(data.train, data.val, config=config, device=CPU, checkpoint_dir=tmp_path,
+                               callbacks=[_KillAt(3)])
+    resumed = get_method(name)().fit(data.train, data.val, config=config, device=CPU, checkpoint_dir=tmp_path)
     for m, fs in data.test.items():
-        assert np.allclose(resumed.encode(m, fs.X), whole.encode(m, fs.X), atol=1e-6)
+        assert np.array_equal(resumed.encode(m, fs.X), whole.encode(m, fs.X))
+
+
+def test_a_checkpoint_folder_of_another_config_is_refused_by_every_trained_method(data, tmp_path: Path):
+    get_method("dscmr")().fit(data.train, None, config=tiny("dscmr", epochs=1), device=CPU, checkpoint_dir=tmp_path)
+    with pytest.raises(ConfigError, match="epochs"):
+        get_method("dscmr")().fit(data.train, None, config=tiny("dscmr", epochs=2), device=CPU,
+                                  checkpoint_dir=tmp_path)

@@ -108,6 +108,11 @@ def coerce_field(tp: Any, value: Any, key: str) -> Any:
             return tuple(coerce_field(inner, v, key) for v in value)
         if origin is typing.Literal and value in typing.get_args(tp):
             return value
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a composed option: a JSON object of its fields
+            if isinstance(value, tp):
+                return value
+            if isinstance(value, Mapping):
+                return tp(**parse_overrides(tp, value, owner=f"{key} ({tp.__name__})"))
         if origin in (typing.Union, types.UnionType):
             for arg in typing.get_args(tp):
                 if arg is type(None) and value is None:
@@ -117,6 +122,8 @@ def coerce_field(tp: Any, value: Any, key: str) -> Any:
                 try:
                     return coerce_field(arg, value, key)
                 except ConfigError:
+                    if isinstance(value, Mapping) and dataclasses.is_dataclass(arg):
+                        raise  # the composed option's own message (its unknown or mistyped field)
                     continue
         if tp is Any:
             return value

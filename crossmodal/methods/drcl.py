@@ -39,15 +39,18 @@ The ablations of the paper's Table V are options: ``prior="random"``, ``use_labe
 Choices where the paper is silent: W0 is the orthonormalised (QR) D x C Gaussian, distributed as the first C columns of
 ``orthogonal_`` on D x D; each stage and modality is seeded from (``seed``, stage, modality), so the result
 of a modality does not depend on which other modalities are trained; unlabelled rows are left out of training.
+``patience`` (not in the paper; off by default) stops an RSC stage after that many epochs without a better validation
+score (``select_by``); SPL's score is a training-set fit, so SPL runs every epoch.
+
+The training machinery (seeded streams, batching, best-epoch snapshots, early stopping, checkpoints and resume) is the
+toolkit's, crossmodal/methods/base.py; this file holds the method.
 """
 
 from __future__ import annotations
 
 import math
-import time
-import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,19 +58,33 @@ import numpy as np
 import torch
 from torch import nn
 
-from crossmodal.config import MethodConfig
+from crossmodal.config import LastBatch, MethodConfig
 from crossmodal.device import autocast, resolve_device
 from crossmodal.encoders import mlp_encoder
 from crossmodal.errors import ConfigError, DatasetFormatError
 from crossmodal.featureset import FeatureSet
 from crossmodal.losses.drcl import discrimination_terms, feature_augmentation, jmse_loss, quality_score, recast
 from crossmodal.losses.gce import gce_loss
-from crossmodal.methods.base import Callback, Checkpoint, default_features, fit_loop, register_method
+from crossmodal.methods import base
+from crossmodal.methods.base import (
+    BestSnapshot,
+    Callback,
+    Checkpoint,
+    checkpoint_folder,
+    default_features,
+    embed_rows,
+    fit_loop,
+    index_batches,
+    load_result,
+    register_method,
+    save_result,
+    seeded,
+    torch_rng,
+)
 from crossmodal.model import CrossModalModel, FeatureIdentity
 from crossmodal.types import MODALITIES
 
 CHECKPOINT_SECONDS = 60.0  # a stage in progress is saved at most this often (an image encoder's state is ~0.5 GB)
-EVAL_CHUNK = 4096  # rows per no-grad forward pass
 
 
 @dataclass(frozen=True)
@@ -104,7 +121,7 @@ class DRCLConfig(MethodConfig):
     quality_split: Literal["train", "val"] = "train"  # §9.5: split the quality score is measured on
     quality_pass: Literal["accumulate", "full"] = "accumulate"  # §3.3: score from the epoch's passes, or a new pass
     select_by: Literal["val_loss", "val_map", "last"] = "val_loss"  # §9.6: RSC epoch kept per modality
-    last_batch: Literal["spread", "drop", "keep"] = "spread"  # §9.10: the N mod B leftover items (see batch_sizes)
+    last_batch: LastBatch = "spread"  # §9.10: the N mod B leftover items (see batch_sizes)
     cosine_scale: float = 2.0  # §9.7: the code scales every cosine of J_D by 2
     use_label_loss: bool = True  # Table V: J_L
     use_jd: bool = True  # Table V: J_D
@@ -142,62 +159,6 @@ class _Data:
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
-
-
-@dataclass
-class _Best:
-    """The best epoch of a stage so far: what a kill must not lose besides the module and optimizer state."""
-
-    higher_is_better: bool
-    value: float = math.nan
-    epoch: int = 0
-    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def offer(self, value: float, epoch: int, tensors: Mapping[str, torch.Tensor]) -> None:
-        """Keep a copy of ``tensors`` if ``value`` is the best so far (copied into the previous snapshot's memory)."""
-        better = value > self.value if self.higher_is_better else value < self.value
-        if not (math.isnan(self.value) or better):
-            return
-        self.value, self.epoch = value, epoch
-        if self.tensors.keys() == tensors.keys():
-            with torch.no_grad():
-                for k, v in tensors.items():
-                    self.tensors[k].copy_(v)
-        else:
-            self.tensors = {k: v.detach().clone() for k, v in tensors.items()}
-
-    def meta(self) -> dict[str, Any]:
-        return {"best_value": None if math.isnan(self.value) else self.value, "best_epoch": self.epoch}
-
-    def load(self, meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], device: torch.device) -> None:
-        value = meta.get("best_value")
-        self.value = math.nan if value is None else float(value)
-        self.epoch = int(meta.get("best_epoch", 0))
-        self.tensors = {k: v.to(device) for k, v in tensors.items()}
-
-
-class _StageCheckpoint(Checkpoint):
-    """A ``Checkpoint`` that also carries the stage's best snapshot, and saves at most every CHECKPOINT_SECONDS."""
-
-    def __init__(self, directory: Path, stage: str, best: _Best, device: torch.device):
-        super().__init__(directory, stage)
-        self.best, self.device = best, device
-        self._saved_at = time.monotonic()
-
-    def save(self, epoch: int, history: list[dict[str, float]], modules: Mapping[str, nn.Module],
-             optimizer: torch.optim.Optimizer | None, extra: Mapping[str, torch.Tensor] | None = None,
-             extra_json: Mapping[str, Any] | None = None) -> None:
-        if time.monotonic() - self._saved_at < CHECKPOINT_SECONDS:
-            return
-        super().save(epoch, history, modules, optimizer, self.best.tensors, self.best.meta())
-        self._saved_at = time.monotonic()
-
-    def restore(self, modules: Mapping[str, nn.Module], optimizer: torch.optim.Optimizer | None
-                ) -> dict[str, Any] | None:
-        meta = super().restore(modules, optimizer)
-        if meta is not None:
-            self.best.load(meta["extra"], meta["tensors"], self.device)
-        return meta
 
 
 class _Prior(nn.Module):
@@ -258,7 +219,7 @@ class DRCL:
         device = resolve_device(device)
         num_classes = _num_classes(train)
         features = {**default_features(train), **(features or {})}
-        ckpt = _checkpoint_dir(checkpoint_dir, config)
+        ckpt = checkpoint_folder(checkpoint_dir, config)
         data = {m: _to_device(fs, device, f"{m} training split") for m, fs in train.items()}
         val_data = {m: _to_device(val[m], device, f"{m} validation split", allow_empty=True)
                     for m in train if val is not None and m in val}
@@ -314,7 +275,7 @@ class DRCL:
         data = _to_device(train, device, f"{modality} training split")
         val_data = _to_device(val, device, f"{modality} validation split", allow_empty=True) if val else None
         encoder, summary = self._rsc(modality, data, val_data, prior, config, device, callbacks,
-                                     _checkpoint_dir(checkpoint_dir, config))
+                                     checkpoint_folder(checkpoint_dir, config))
         encoders = {**dict(model.encoders.items()), modality: encoder}
         features = {**model.features, modality: feature or default_features({modality: train})[modality]}
         extra = {**model.extra, "rsc": {**model.extra.get("rsc", {}), modality: summary}}
@@ -341,7 +302,7 @@ class DRCL:
              ) -> tuple[torch.Tensor, float, int]:
         """Train (F_k, W_k) with GCE (Eq. 1); return W_k, its peak quality score (Eq. 2) and that score's epoch."""
         stage = f"spl-{modality}"
-        done = _finished(ckpt, stage)
+        done = load_result(ckpt, stage)
         if done is not None:
             meta, tensors = done
             return tensors["W"].to(device), float(meta["score"]), int(meta["best_epoch"])
@@ -349,7 +310,8 @@ class DRCL:
         if quality_data is None or len(quality_data) == 0:
             raise DatasetFormatError(f"quality_split='val' but {modality} has no validation items",
                                      hint="use --set quality_split=train or give a validation split")
-        encoder = _seeded(lambda: _encoder(config, data.X.shape[1]), config.seed, stage).to(device)
+        with seeded(config.seed, stage):
+            encoder = _encoder(config, data.X.shape[1]).to(device)
         clf = _Prior(W0)
         optimizer = _adam([*encoder.parameters(), clf.W], config.lr_spl, config.betas, device)
         accumulate = config.quality_pass == "accumulate" and config.quality_split == "train"
@@ -373,27 +335,23 @@ class DRCL:
                 loss = loss * 0.0
             return {"spl_loss": loss}
 
-        best = _Best(higher_is_better=True)
-
         def on_epoch_end(epoch: int) -> dict[str, float]:
             if accumulate:
                 score = float(running[0] / running[1].clamp_min(1))
                 running.zero_()
             else:
-                logits = _map_rows(encoder, quality_data.X, lambda z: z @ clf.W)
+                logits = embed_rows(encoder, quality_data.X, lambda z: z @ clf.W, mixed_precision=True)
                 score = float(quality_score(logits, quality_data.Y))
-            best.offer(score, epoch, {"W": clf.W.detach()})
-            logs = {"quality": score, "q": q_of(epoch), "best_epoch": float(best.epoch)}
+            logs = {"quality": score, "q": q_of(epoch)}
             if frozen(epoch):
                 logs.update(spl_loss=math.nan, loss=math.nan)  # what the code reports for that epoch
             return logs
 
-        history = self._loop(stage, step, data, config, optimizer, {"encoder": encoder, "prior": clf}, on_epoch_end,
-                             best, device, callbacks, ckpt)
+        best = BestSnapshot(clf, "quality", higher_is_better=True)  # the W_k of the best-scoring epoch
+        self._train(stage, step, data, config, optimizer, {"encoder": encoder, "prior": clf}, on_epoch_end, best,
+                    None, callbacks, ckpt)
         W = best.tensors["W"] if config.prior_epoch == "best" else clf.W.detach().clone()
-        if ckpt is not None:
-            Checkpoint(ckpt, f"{stage}-result").save(config.epochs, history, {}, None, {"W": W},
-                                                     {"score": best.value, "best_epoch": best.epoch})
+        save_result(ckpt, stage, tensors={"W": W}, meta={"score": best.value, "best_epoch": best.epoch})
         return W, best.value, best.epoch
 
     # ------------------------------------------------------------------------------------------------------- RSC
@@ -401,8 +359,9 @@ class DRCL:
              device: torch.device, callbacks: Sequence[Callback], ckpt: Path | None) -> tuple[nn.Module, dict]:
         """Train F_k against the frozen prior with J (Eq. 8); keep the epoch chosen by ``select_by``."""
         stage = f"rsc-{modality}"
-        encoder = _seeded(lambda: _encoder(config, data.X.shape[1]), config.seed, stage).to(device)
-        done = _finished(ckpt, stage)
+        with seeded(config.seed, stage):
+            encoder = _encoder(config, data.X.shape[1]).to(device)
+        done = load_result(ckpt, stage)
         if done is not None:
             encoder.load_state_dict({k[len("encoder."):]: v for k, v in done[1].items()})
             return encoder.eval(), done[0]["summary"]
@@ -436,49 +395,43 @@ class DRCL:
         if val is not None and len(val) == 0:
             val = None
         by = config.select_by if val is not None else "last"
-        best = _Best(higher_is_better=by == "val_map")
 
         def on_epoch_end(epoch: int) -> dict[str, float]:
             logs: dict[str, float] = {"q": _q(config, epoch)}
             if val is not None:
                 with torch.inference_mode():
-                    z = _map_rows(encoder, val.X, lambda z: z)
+                    z = embed_rows(encoder, val.X, mixed_precision=True)
                     parts = terms(z, val.Y, _q(config, epoch))
                 logs["val_loss"] = float(sum(v for k, v in parts.items() if k.endswith("_loss")))
                 if by == "val_map":
                     logs["val_map"] = _recast_map(z, val, W_pinv)
-            if by != "last":
-                best.offer(logs[by], epoch, encoder.state_dict())
-                logs["best_epoch"] = float(best.epoch)
             return logs
 
-        history = self._loop(stage, step, data, config, optimizer, {"encoder": encoder}, on_epoch_end, best, device,
-                             callbacks, ckpt)
-        if by == "last":
-            best.epoch = config.epochs
-        else:
-            encoder.load_state_dict(best.tensors)
-        summary = {"select_by": by, "best_epoch": best.epoch, "best_value": best.meta()["best_value"],
+        best = BestSnapshot(encoder, by, higher_is_better=by == "val_map") if by != "last" else None
+        history = self._train(stage, step, data, config, optimizer, {"encoder": encoder}, on_epoch_end, best,
+                              config.patience, callbacks, ckpt)
+        if best is not None:
+            best.restore()
+        summary = {"select_by": by, "best_epoch": best.epoch if best is not None else config.epochs,
+                   "best_value": best.meta()["best_value"] if best is not None else None,
                    "lr": config.lr_for(modality), "epochs": config.epochs, "train_items": len(data),
                    "final_loss": history[-1].get("loss") if history else None}
-        if ckpt is not None:
-            Checkpoint(ckpt, f"{stage}-result").save(config.epochs, history, {"encoder": encoder}, None,
-                                                     extra_json={"summary": summary})
+        if len(history) < config.epochs:
+            summary["stopped_at"] = len(history)  # early stopping (patience)
+        save_result(ckpt, stage, modules={"encoder": encoder}, meta={"summary": summary})
         return encoder.eval(), summary
 
-    # ------------------------------------------------------------------------------------------ the shared loop
-    def _loop(self, stage: str, step: Callable, data: _Data, config: DRCLConfig, optimizer: torch.optim.Optimizer,
-              modules: Mapping[str, nn.Module], on_epoch_end: Callable, best: _Best, device: torch.device,
-              callbacks: Sequence[Callback], ckpt: Path | None) -> list[dict[str, float]]:
-        checkpoint = _StageCheckpoint(ckpt, stage, best, device) if ckpt is not None else None
+    # --------------------------------------------------------------------------------------------------- a stage
+    def _train(self, stage: str, step: Callable, data: _Data, config: DRCLConfig, optimizer: torch.optim.Optimizer,
+               modules: Mapping[str, nn.Module], on_epoch_end: Callable, best: BestSnapshot | None,
+               patience: int | None, callbacks: Sequence[Callback], ckpt: Path | None) -> list[dict[str, float]]:
+        """The toolkit's loop over this stage's shuffled batches, checkpointed at most every CHECKPOINT_SECONDS."""
+        checkpoint = Checkpoint(ckpt, stage, every_seconds=CHECKPOINT_SECONDS) if ckpt is not None else None
         for module in modules.values():
             module.train()
-        history = fit_loop(step, lambda epoch: _batches(data, config, stage, epoch), epochs=config.epochs,
-                           optimizer=optimizer, modules=modules, on_epoch_end=on_epoch_end, callbacks=callbacks,
-                           stage=stage.replace("-", ":", 1), checkpoint=checkpoint)
-        if checkpoint is not None:
-            checkpoint.remove()  # the stage's result is written next; the half-way state is no longer needed
-        return history
+        return fit_loop(step, lambda epoch: _batches(data, config, stage, epoch), epochs=config.epochs,
+                        optimizer=optimizer, modules=modules, on_epoch_end=on_epoch_end, callbacks=callbacks,
+                        stage=stage.replace("-", ":", 1), checkpoint=checkpoint, best=best, patience=patience)
 
 
 # ------------------------------------------------------------------------------------------------------- helpers
@@ -520,68 +473,38 @@ def _assemble(config: DRCLConfig, features: Mapping[str, FeatureIdentity], num_c
     return model.eval()
 
 
-def _seeded(build: Callable[[], nn.Module], seed: int, stage: str) -> nn.Module:
-    """Build under a seed derived from (seed, stage), without touching the caller's global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_derive_seed(seed, stage))
-        return build()
-
-
-def _derive_seed(seed: int, *parts: object) -> int:
-    return zlib.crc32("/".join(map(str, (seed, *parts))).encode())
-
-
 def _adam(params: Any, lr: float, betas: Sequence[float], device: torch.device) -> torch.optim.Adam:
     # The fused kernel is 5-6x faster than the default on CPU (one pass over ~42 M parameters per step) and exact.
     return torch.optim.Adam(params, lr=lr, betas=(betas[0], betas[1]), fused=device.type in ("cpu", "cuda"))
 
 
 def batch_sizes(n: int, config: DRCLConfig, *, what: str = "training split") -> list[int]:
-    """Sizes of one epoch's minibatches of ``n`` items (see ``DRCLConfig.last_batch``).
+    """Sizes of one epoch's minibatches of ``n`` items (``DRCLConfig.last_batch``, the toolkit's ``batch_sizes``).
 
     Raises:
-        DatasetFormatError: ``last_batch="drop"`` with fewer items than the batch size (the modality would never train).
+        DatasetFormatError: ``last_batch="drop"`` with fewer items than the batch size: the reference code never trains
+            such a modality, and "drop" reproduces the code.
     """
-    B = config.batch_size
-    if config.last_batch == "drop":
-        if n < B:
-            raise DatasetFormatError(f"{what}: {n} training items < batch_size {B} with last_batch='drop', so it "
-                                     "would never train (specs/drcl.md §9.10)",
-                                     hint=f"use --set batch_size={n} or --set last_batch=spread")
-        return [B] * (n // B)
-    if config.last_batch == "keep":
-        return [B] * (n // B) + ([n % B] if n % B else [])
-    count = max(1, round(n / B))
-    return [n // count + (i < n % count) for i in range(count)]
+    if config.last_batch == "drop" and n < config.batch_size:
+        raise DatasetFormatError(f"{what}: {n} training items < batch_size {config.batch_size} with last_batch='drop', "
+                                 "so it would never train (specs/drcl.md §9.10)",
+                                 hint=f"use --set batch_size={n} or --set last_batch=spread")
+    return base.batch_sizes(n, config.batch_size, config.last_batch)
 
 
 def _batches(data: _Data, config: DRCLConfig, stage: str, epoch: int) -> Iterator[tuple[Any, ...]]:
     """One epoch's shuffled batches ``(x, y, mixup permutation, lambda)``, fixed by (seed, stage, epoch)."""
     sizes = batch_sizes(len(data), config, what=stage)
-    g = torch.Generator().manual_seed(_derive_seed(config.seed, stage, epoch))
-    order = torch.randperm(len(data), generator=g)
+    g = torch_rng(config.seed, stage, epoch)
     device = data.X.device
-    start = 0
-    for size in sizes:
-        idx = order[start:start + size]
-        start += size
+    for idx in index_batches(len(data), sizes, g):
         lam = config.gamma
         if config.mixup_lambda == "beta":
             rng = np.random.default_rng(int(torch.randint(2**31, (1,), generator=g)))
             lam = float(rng.beta(config.mixup_alpha, config.mixup_alpha))
-        perm = torch.randperm(size, generator=g).to(device)
-        idx = idx.to(device)
-        yield data.X.index_select(0, idx), data.Y.index_select(0, idx), perm, lam
-
-
-def _map_rows(encoder: nn.Module, X: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """``fn(encoder(X))`` in no-grad chunks of EVAL_CHUNK rows, concatenated along rows."""
-    was_training = encoder.training
-    encoder.eval()
-    with torch.inference_mode(), autocast(X.device):
-        out = torch.cat([fn(encoder(X[i:i + EVAL_CHUNK]).float()) for i in range(0, len(X), EVAL_CHUNK)])
-    encoder.train(was_training)
-    return out
+        perm = torch.randperm(len(idx), generator=g).to(device)
+        rows = torch.from_numpy(idx).to(device)
+        yield data.X.index_select(0, rows), data.Y.index_select(0, rows), perm, lam
 
 
 def _recast_map(z: torch.Tensor, data: _Data, W_pinv: torch.Tensor) -> float:
@@ -614,36 +537,3 @@ def _num_classes(train: Mapping[str, FeatureSet]) -> int:
         raise DatasetFormatError(f"modalities disagree on the number of classes: {counts}",
                                  hint="all modalities must share one label space")
     return next(iter(counts.values()))
-
-
-def _checkpoint_dir(directory: Path | str | None, config: DRCLConfig) -> Path | None:
-    """The checkpoint folder, refusing one that holds a run with another config (resuming it would mix the two)."""
-    if directory is None:
-        return None
-    import json
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    stamp = directory / "config.json"
-    wanted = json.loads(json.dumps(config.to_dict()))
-    if stamp.is_file():
-        held = json.loads(stamp.read_text())
-        if held != wanted:
-            changed = sorted(k for k in set(held) | set(wanted) if held.get(k) != wanted.get(k))
-            raise ConfigError(f"{directory} holds checkpoints of a run with another config ({', '.join(changed)})",
-                              hint="delete that folder, or use another output folder")
-    else:
-        stamp.write_text(json.dumps(wanted, indent=2))
-    return directory
-
-
-def _finished(ckpt: Path | None, stage: str) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
-    """A finished stage's result (meta extras, tensors), or None."""
-    if ckpt is None:
-        return None
-    saved = Checkpoint(ckpt, f"{stage}-result").saved()  # one read: a result holds a whole encoder
-    if saved is None:
-        return None
-    meta, tensors = saved
-    return meta["extra"], {k.split(".", 1)[1]: v for k, v in tensors.items()}
-

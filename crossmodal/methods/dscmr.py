@@ -17,7 +17,7 @@ with alpha = 1e-3, beta = 0.1, Adam lr 1e-4, betas (0.5, 0.999), batch 100, 500 
 Choices here: the epoch is selected on the *validation* MAP (the code selects on the test set, which makes its
 published numbers optimistic); batches are shuffled (the code's loader does not shuffle); P is a linear layer with a
 bias. On more than two modalities it is trained per pair (crossmodal/methods/paired.py). SEDEL's modules plug in
-through the ``sedel_*`` fields.
+through the ``sedel`` option.
 """
 
 from __future__ import annotations
@@ -35,14 +35,15 @@ from crossmodal.methods.base import register_method
 from crossmodal.methods.paired import (
     PairBatch,
     PairData,
+    PairedConfig,
     PairTrainer,
+    PairwiseMethod,
     with_shared_layer,
 )
-from crossmodal.methods.sedel import PairwiseMethod, SEDELOptions
 
 
 @dataclass(frozen=True)
-class DSCMRConfig(SEDELOptions):
+class DSCMRConfig(PairedConfig):
     epochs: int = 500  # code: MAX_EPOCH 500
     batch_size: int = 100  # code: batch 100
     lr: float = 1e-4  # code: Adam lr 1e-4, betas (0.5, 0.999)

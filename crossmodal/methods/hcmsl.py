@@ -45,14 +45,13 @@ from crossmodal.errors import ConfigError
 from crossmodal.losses.contrastive import margin_contrastive_loss
 from crossmodal.losses.dscmr import invariance_loss, label_similarity, pairwise_likelihood_loss
 from crossmodal.losses.sccmr import labelled_cross_entropy
-from crossmodal.methods.base import register_method
+from crossmodal.methods.base import numpy_rng, register_method
 from crossmodal.methods.dscmr import dscmr_encoders
-from crossmodal.methods.paired import PairBatch, PairData, PairTrainer
-from crossmodal.methods.sedel import PairwiseMethod, SEDELOptions
+from crossmodal.methods.paired import PairBatch, PairData, PairedConfig, PairTrainer, PairwiseMethod
 
 
 @dataclass(frozen=True)
-class HCMSLConfig(SEDELOptions):
+class HCMSLConfig(PairedConfig):
     epochs: int = 200  # reconstruction (SDML/DSCMR-scale run)
     batch_size: int = 100  # DSCMR's batch
     lr: float = 1e-4  # DSCMR's Adam lr, betas (0.5, 0.999)
@@ -87,7 +86,7 @@ class _HCMSLTrainer(PairTrainer):
             if data.pairing != "rows":
                 raise ConfigError("labeled_fraction < 1 needs row-paired data (same-class pairs are made from labels)",
                                   hint="use a paired dataset, or labeled_fraction=1")
-            rng = np.random.default_rng(config.seed)
+            rng = numpy_rng(config.seed, data.a, data.b, "labelled")
             keep[rng.permutation(len(keep))[int(round(config.labeled_fraction * len(keep))):]] = False
         self.register_buffer("labelled_rows", torch.from_numpy(keep))
 

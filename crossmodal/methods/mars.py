@@ -24,7 +24,9 @@ What is reconstructed here (specs/methods-detail.md §6.2):
   ``J = J_sim + J_cls + 0.5 J_rec + 0.1 J_orth + 0.1 J_unb``;
 * stage k >= 2: LabNet frozen; each DataNet alone with J_sim (data-label term only), J_cls, J_rec, J_orth, J_unb;
 * SDML's optimiser (Adam lr 1e-4, betas (0.5, 0.999), batch 100, 200 epochs), and SDML's selection: per modality the
-  epoch with the lowest validation ``||s W - y||``. Only the trunk and shared head are kept in the model.
+  epoch with the lowest validation ``||s W - y||``. Only the trunk and shared head are kept in the model;
+* SDML's training loop (``crossmodal.methods.sdml.train_modality``, the toolkit's loop); LabNet is built under the
+  stream ``(seed, "mars:labnet")``, each DataNet under ``(seed, "mars:<modality>")``.
 
 A faithful MARS should land near SDML (within about 0.02 MAP, DRCL Tables II/III). ``prior_from`` (Table VI) replaces
 W with a DRCL model's learned prior, as for SDML.
@@ -46,9 +48,8 @@ from crossmodal.featureset import FeatureSet
 from crossmodal.losses.dscmr import label_similarity, pairwise_likelihood_loss
 from crossmodal.losses.sccmr import labelled_cross_entropy
 from crossmodal.losses.sdml import label_regression_loss, reconstruction_loss
-from crossmodal.methods.base import Callback, Checkpoint, default_features, register_method
-from crossmodal.methods.paired import BestSnapshot
-from crossmodal.methods.sdml import common_space, modality_tensors, train_modality, training_tensors
+from crossmodal.methods.base import Callback, checkpoint_folder, default_features, register_method, seeded
+from crossmodal.methods.sdml import common_space, label_term, modality_tensors, train_modality, training_tensors
 from crossmodal.model import CrossModalModel, FeatureIdentity
 
 
@@ -107,18 +108,20 @@ class MARS:
         num_classes = next(iter(train.values())).num_classes
         W = common_space(num_classes, dim=config.dim, prior_seed=config.prior_seed,
                          prior_from=config.prior_from).to(device)
-        torch.manual_seed(config.seed)
-        labnet = mlp_encoder(num_classes, config.label_hidden, config.dim, bias_last=True, last_init="default")
+        folder = checkpoint_folder(checkpoint_dir, config)
+        with seeded(config.seed, "mars:labnet"):
+            labnet = mlp_encoder(num_classes, config.label_hidden, config.dim, bias_last=True, last_init="default")
         labnet = labnet.to(device)
         encoders: dict[str, nn.Module] = {}
         for k, (modality, fs) in enumerate(train.items()):
-            torch.manual_seed(config.seed)
+            stage = f"mars:{modality}"
             X, Y = training_tensors(fs, modality, device)
             valid = modality_tensors((val or {}).get(modality), device)
-            net = _DataNet(config, fs.dim).to(device)
-            decoder = mlp_encoder(2 * config.dim, config.hidden[::-1], fs.dim, bias_last=True, normalize=False,
-                                  last_init="default").to(device)
-            probe = nn.Linear(config.dim, num_classes).to(device)
+            with seeded(config.seed, stage):
+                net = _DataNet(config, fs.dim).to(device)
+                decoder = mlp_encoder(2 * config.dim, config.hidden[::-1], fs.dim, bias_last=True, normalize=False,
+                                      last_init="default").to(device)
+                probe = nn.Linear(config.dim, num_classes).to(device)
             first = k == 0
             labnet.requires_grad_(first)
             trained = nn.ModuleDict({"net": net, "decoder": decoder, "probe": probe})
@@ -144,13 +147,11 @@ class MARS:
                         "orthogonality_loss": config.lambda_orth * orth, "unbiased_loss": config.lambda_unb * unbiased}
 
             def validation_loss(net=net, valid=valid) -> float | None:
-                return None if valid is None else float(label_regression_loss(net(valid[0])[0] @ W, valid[1]))
+                return None if valid is None else label_term(net.encoder, valid, W)
 
             keep = nn.ModuleDict({"encoder": net.encoder, **({"labnet": labnet} if first else {})})
-            train_modality(step, trained, X, Y, select=BestSnapshot(keep, minimise=True),
-                           validation_loss=validation_loss, config=config, lr=config.lr, betas=config.betas,
-                           callbacks=callbacks, stage=f"mars:{modality}",
-                           checkpoint=Checkpoint(checkpoint_dir, modality) if checkpoint_dir is not None else None)
+            train_modality(step, trained, X, Y, keep=keep, validation_loss=validation_loss, config=config, lr=config.lr,
+                           betas=config.betas, callbacks=callbacks, folder=folder, stage=stage)
             labnet.eval()
             encoders[modality] = net.encoder
         return CrossModalModel(method=self.name, config=config, encoders=encoders,

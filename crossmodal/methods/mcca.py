@@ -34,14 +34,14 @@ from torch import nn
 from crossmodal.config import MethodConfig
 from crossmodal.errors import ConfigError
 from crossmodal.featureset import FeatureSet
-from crossmodal.methods.base import Callback, default_features, register_method
+from crossmodal.methods.base import Callback, default_features, numpy_rng, register_method
 from crossmodal.methods.paired import Pairing, class_matched, rows_are_paired
 from crossmodal.model import CrossModalModel, FeatureIdentity
 
 
 @dataclass(frozen=True)
 class MCCAConfig(MethodConfig):
-    epochs: int = 1  # unused: closed form
+    epochs: int = 1  # unused: closed form (as are last_batch and patience)
     batch_size: int = 1  # unused: closed form
     dim: int | None = None  # projection dimension d (10-128 in the literature); None = C - 1
     ridge: float = 1e-3  # r_k = ridge * tr(C_kk) / d_k added to each diagonal block
@@ -124,7 +124,7 @@ def tuple_rows(train: Mapping[str, FeatureSet], pairing: Pairing, *, seed: int) 
             raise ConfigError("pairing=rows needs as many rows in every modality",
                               hint="use pairing=class (same-class tuples) for unpaired data")
         return {m: np.arange(len(first)) for m in modalities}
-    rng = np.random.default_rng(seed)
+    rng = numpy_rng(seed, "tuples")
     anchor = max(modalities, key=lambda m: len(train[m]))
     partners = {m: dict(zip(*(r.tolist() for r in class_matched(train[anchor], train[m], rng))))
                 for m in modalities if m != anchor}

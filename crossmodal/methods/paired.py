@@ -1,5 +1,6 @@
-"""What the two-branch (paired) methods share: pairing rows, per-pair training on K-modality data, batching and
-model selection on the validation split.
+"""What the two-branch (paired) methods share: pairing rows, per-pair training on K-modality data, model selection on
+the validation split, SEDEL's modules as an option of every one of them, and ``PairwiseMethod``, the Method a
+two-branch model subclasses.
 
 * **Pairing.** A paired dataset (row i of every modality is the same item, detected by equal ids) is trained on its
   rows. Unpaired data, or a paired method given modalities of different sizes, gets pairs by "repeated sampling" of
@@ -9,16 +10,21 @@ model selection on the validation split.
   encoders are stored under ``"a__b"`` (a's encoder trained against b) and ``"b__a"``, and
   ``CrossModalModel.encode(a, X, against=b)`` picks them. With two modalities the keys are the plain modality names.
 * **Selection.** Every epoch the pair's validation MAP@all (both directions, averaged) is measured, and the encoders of
-  the best epoch are kept. The DSCMR and SCCMR code select on the *test* split; the toolkit never does.
+  the best epoch are kept (``patience`` stops a pair after that many epochs without a better one). The DSCMR and SCCMR
+  code select on the *test* split; the toolkit never does.
+* **Training** is the toolkit's (crossmodal/methods/base.py): a pair's modules are built under the stream
+  ``(seed, a, b)``, its epochs shuffled by ``(seed, a, b, epoch)`` with ``last_batch`` (default ``drop``, the reference
+  codes'; a set of at most one batch is one batch), and same-class pairs drawn from ``(seed, a, b, "pairs", epoch)``.
+* **SEDEL's modules** (crossmodal/methods/sedel_modules.py) join any two-branch method through its ``sedel`` field
+  (``--set sedel='{"queue": 4096}'``; null, the default, leaves them out).
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -27,7 +33,21 @@ from torch import nn
 from crossmodal.config import MethodConfig
 from crossmodal.errors import ConfigError, DatasetFormatError
 from crossmodal.featureset import FeatureSet
-from crossmodal.methods.base import Callback, Checkpoint, default_features, fit_loop
+from crossmodal.methods.base import (
+    BestSnapshot,
+    Callback,
+    Checkpoint,
+    batch_sizes,
+    checkpoint_folder,
+    default_features,
+    embed_rows,
+    fit_loop,
+    index_batches,
+    numpy_rng,
+    seeded,
+    torch_rng,
+)
+from crossmodal.methods.sedel_modules import SEDELModules, SEDELOptions, legacy_sedel_options
 from crossmodal.model import CrossModalModel, FeatureIdentity
 
 Pairing = Literal["auto", "rows", "class"]
@@ -40,6 +60,13 @@ class PairedConfig(MethodConfig):
     lr: float = 1e-4  # Adam learning rate
     betas: tuple[float, float] = (0.5, 0.999)  # Adam betas (the DSCMR/SDML code's)
     pairing: Pairing = "auto"  # rows = row i pairs row i; class = same-class sampling; auto = rows when the ids match
+    sedel: SEDELOptions | None = None  # SEDEL's modules added to the method's loss (None: off)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Any:
+        """As ``MethodConfig.from_dict``; a card written before SEDEL became one option (ten ``sedel_*`` fields) is
+        read into ``sedel``."""
+        return super().from_dict(legacy_sedel_options(data))
 
 
 # ----------------------------------------------------------------------------------------------------------- pairing
@@ -115,7 +142,7 @@ class PairData:
         a, b: the two modality names.
         xa, xb: float32 (n_a, d_a), (n_b, d_b) features. ya, yb: float32 (n, C) label matrices (zero = unlabelled).
         pairing: ``rows`` or ``class`` (see the module docstring).
-        train_a, train_b: the FeatureSets (same-class sampling reads their labels). seed: seeds the sampling.
+        train_a, train_b: the FeatureSets (same-class sampling reads their labels). seed: the run's seed.
     """
 
     a: str
@@ -142,7 +169,7 @@ class PairData:
         if self.pairing == "rows":
             rows = np.arange(len(self.xa))
             return rows, rows
-        return sample_pairs(self.train_a, self.train_b, np.random.default_rng((self.seed, epoch)))
+        return sample_pairs(self.train_a, self.train_b, numpy_rng(self.seed, self.a, self.b, "pairs", epoch))
 
 
 @dataclass
@@ -177,12 +204,6 @@ class PairTrainer(nn.Module):
         """Called before each epoch with its pairs (RCAR refits its beta mixture here)."""
 
 
-class PairAddOn(Protocol):
-    """Extra losses plugged into any two-branch method (SEDEL's modules, crossmodal/methods/sedel.py)."""
-
-    def losses(self, batch: PairBatch, u: torch.Tensor, v: torch.Tensor) -> dict[str, torch.Tensor]: ...
-
-
 def fit_pairwise(
     method: str,
     train: Mapping[str, FeatureSet],
@@ -194,7 +215,6 @@ def fit_pairwise(
     callbacks: Sequence[Callback],
     checkpoint_dir: Path | None,
     make_trainer: Callable[[PairData], PairTrainer],
-    make_addon: Callable[[PairData, PairTrainer], PairAddOn | None] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> CrossModalModel:
     """Train a two-branch method on every modality pair and assemble the model.
@@ -202,9 +222,8 @@ def fit_pairwise(
     Args:
         method: the method's registry name (recorded in the model).
         train, val: modality -> FeatureSet; val may be None (then the last epoch is kept).
-        config: the method's config (seed, epochs, batch_size, lr, betas, pairing).
-        make_trainer: builds the method's networks and loss for one pair (called under ``torch.manual_seed(seed)``).
-        make_addon: optional extra losses for the pair (SEDEL's modules); None when not asked for.
+        config: the method's config (seed, epochs, batch_size, last_batch, patience, lr, betas, pairing, sedel).
+        make_trainer: builds the method's networks and loss for one pair (called under the pair's seeded stream).
         extra: JSON facts the method's ``build_model`` needs.
 
     Returns:
@@ -213,50 +232,83 @@ def fit_pairwise(
     modalities = list(train)
     if len(modalities) < 2:
         raise ConfigError(f"{method} needs at least two modalities, got {modalities}")
+    folder = checkpoint_folder(checkpoint_dir, config)
     encoders: dict[str, nn.Module] = {}
     for a, b, key_a, key_b in pair_keys(modalities):
-        torch.manual_seed(config.seed)
         data = PairData.build(a, b, train, pairing=config.pairing, seed=config.seed, device=device)
-        trainer = make_trainer(data).to(device)
-        addon = make_addon(data, trainer) if make_addon is not None else None
+        with seeded(config.seed, a, b):
+            trainer = make_trainer(data).to(device)
+        sedel = (SEDELModules(config.sedel, trainer, num_pairs=max(len(data.xa), len(data.xb)),
+                              batch_size=config.batch_size) if config.sedel is not None else None)
         optimizer = torch.optim.Adam(unique_parameters(trainer), lr=config.lr, betas=config.betas)
-        best = BestSnapshot(trainer)
 
         def batches(epoch: int, data: PairData = data, trainer: PairTrainer = trainer) -> Iterator[PairBatch]:
             rows_a, rows_b = data.pairs(epoch)
             trainer.start_epoch(epoch, data, rows_a, rows_b)
             trainer.train()
-            # the order depends on (seed, epoch) only, so a resumed run sees the batches an uninterrupted one would
-            for position in index_batches(len(rows_a), config.batch_size, np.random.default_rng((config.seed, epoch))):
+            sizes = batch_sizes(len(rows_a), config.batch_size, config.last_batch)
+            for position in index_batches(len(rows_a), sizes, torch_rng(config.seed, data.a, data.b, epoch)):
                 ra = torch.from_numpy(rows_a[position]).to(device)
                 rb = torch.from_numpy(rows_b[position]).to(device)
                 yield PairBatch(rows_a=ra, rows_b=rb, xa=data.xa[ra], xb=data.xb[rb], ya=data.ya[ra], yb=data.yb[rb],
                                 position=torch.from_numpy(position).to(device))
 
-        def step(batch: PairBatch, epoch: int, trainer: PairTrainer = trainer, addon=addon) -> dict[str, torch.Tensor]:
+        def step(batch: PairBatch, epoch: int, trainer: PairTrainer = trainer,
+                 sedel: SEDELModules | None = sedel) -> dict[str, torch.Tensor]:
             u, v = trainer.embed(batch)
             parts = trainer.losses(batch, u, v, epoch)
-            if addon is not None:
-                parts.update(addon.losses(batch, u, v))
+            if sedel is not None:
+                parts.update(sedel.losses(batch, u, v))
             return parts
 
-        def on_epoch_end(epoch: int, a: str = a, b: str = b, trainer: PairTrainer = trainer,
-                         best: BestSnapshot = best) -> dict[str, float]:
+        def on_epoch_end(epoch: int, a: str = a, b: str = b, trainer: PairTrainer = trainer) -> dict[str, float]:
             score = pair_validation_map(trainer.encoder_a, trainer.encoder_b, val, a, b)
-            best.update(score)
             return {} if score is None else {"val_map": score}
 
-        checkpoint = Checkpoint(checkpoint_dir / f"{a}__{b}", "train") if checkpoint_dir is not None else None
-        best.resume(checkpoint, "val_map")
-        fit_loop(step, batches, epochs=config.epochs, optimizer=optimizer,
-                 modules={"trainer": trainer, "best": best.copy}, on_epoch_end=on_epoch_end, callbacks=callbacks,
-                 stage=f"{method}:{a}-{b}", checkpoint=checkpoint)
+        best = BestSnapshot(trainer, "val_map", higher_is_better=True)
+        fit_loop(step, batches, epochs=config.epochs, optimizer=optimizer, modules={"trainer": trainer},
+                 on_epoch_end=on_epoch_end, callbacks=callbacks, stage=f"{method}:{a}-{b}",
+                 checkpoint=Checkpoint(folder / f"{a}__{b}", "train") if folder is not None else None, best=best,
+                 patience=config.patience)
         best.restore()
         trainer.eval()
         encoders[key_a], encoders[key_b] = trainer.encoder_a, trainer.encoder_b
     return CrossModalModel(method=method, config=config, encoders=encoders,
                            features=dict(features or default_features(train)),
                            num_classes=next(iter(train.values())).num_classes, extra=dict(extra or {}))
+
+
+class PairwiseMethod:
+    """The Method of a two-branch model trained pair by pair (``fit_pairwise``), SEDEL's modules included when its
+    config's ``sedel`` is set: a subclass sets ``name`` and ``Config`` and gives the pair's trainer and encoders."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[PairedConfig]]
+
+    def check(self, config: Any) -> None:
+        """Refuse a config the method cannot train, before any data is touched (nothing to refuse by default)."""
+
+    def make_trainer(self, config: Any, data: PairData, num_classes: int) -> PairTrainer:
+        raise NotImplementedError
+
+    @classmethod
+    def make_encoders(cls, config: Any, d_a: int, d_b: int) -> tuple[nn.Module, nn.Module]:
+        raise NotImplementedError
+
+    def fit(self, train: Mapping[str, FeatureSet], val: Mapping[str, FeatureSet] | None, *, config: Any,
+            device: torch.device, features: Mapping[str, FeatureIdentity] | None = None,
+            callbacks: Sequence[Callback] = (), checkpoint_dir: Path | None = None) -> CrossModalModel:
+        self.check(config)
+        return fit_pairwise(
+            self.name, train, val, config=config, device=device, features=features, callbacks=callbacks,
+            checkpoint_dir=checkpoint_dir,
+            make_trainer=lambda data: self.make_trainer(config, data, next(iter(train.values())).num_classes))
+
+    @classmethod
+    def build_model(cls, config: Any, features: Mapping[str, FeatureIdentity], num_classes: int,
+                    extra: Mapping[str, Any]) -> CrossModalModel:
+        return build_pairwise_model(cls.name, config, features, num_classes, extra,
+                                    lambda d_a, d_b: cls.make_encoders(config, d_a, d_b))
 
 
 def build_pairwise_model(
@@ -292,51 +344,7 @@ def pair_keys(modalities: Sequence[str]) -> list[tuple[str, str, str, str]]:
             for i, a in enumerate(modalities) for b in modalities[i + 1:]]
 
 
-# ------------------------------------------------------------------------------------------- batching and selection
-def index_batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """A shuffled epoch of index batches. The last partial batch is dropped (as the reference code does), except when
-    ``n < batch_size``: then the epoch is one batch of all n (the reference code would not train at all)."""
-    order = rng.permutation(n)
-    if n <= batch_size:
-        return [order] if n else []
-    return [order[i * batch_size:(i + 1) * batch_size] for i in range(n // batch_size)]
-
-
-class BestSnapshot:
-    """Keeps a copy of a module at its best score (higher is better unless ``minimise``); ``restore`` puts it back.
-    A score of None (no validation data) keeps the last state.
-
-    The copy is itself a module (``copy``): pass it to ``fit_loop``'s checkpointed modules, and call ``resume`` with
-    the checkpoint, so that a resumed run still returns the best epoch of the whole run.
-    """
-
-    def __init__(self, module: nn.Module, *, minimise: bool = False):
-        self.module = module
-        self.minimise = minimise
-        self.score: float | None = None
-        self.copy = copy.deepcopy(module)
-
-    def update(self, score: float | None) -> bool:
-        if score is None:
-            return False
-        better = self.score is None or (score < self.score if self.minimise else score > self.score)
-        if better:
-            self.score = score
-            self.copy.load_state_dict(self.module.state_dict())
-        return better
-
-    def resume(self, checkpoint: Checkpoint | None, key: str) -> None:
-        """Take the best ``key`` logged before a kill as the score to beat (the checkpoint restores ``copy``)."""
-        meta = checkpoint.done() if checkpoint is not None else None
-        scores = [h[key] for h in (meta or {}).get("history", []) if h.get(key) is not None]
-        if scores:
-            self.score = min(scores) if self.minimise else max(scores)
-
-    def restore(self) -> None:
-        if self.score is not None:
-            self.module.load_state_dict(self.copy.state_dict())
-
-
+# ------------------------------------------------------------------------------------------------------- selection
 def pair_validation_map(encoder_a: nn.Module, encoder_b: nn.Module, val: Mapping[str, FeatureSet] | None,
                         a: str, b: str) -> float | None:
     """Mean of the a->b and b->a MAP@all on the validation split, or None when it has no labelled items of a or b."""
@@ -348,18 +356,9 @@ def pair_validation_map(encoder_a: nn.Module, encoder_b: nn.Module, val: Mapping
     return 0.5 * (map_at_k(za, val[a].labels, zb, val[b].labels) + map_at_k(zb, val[b].labels, za, val[a].labels))
 
 
-def embed(encoder: nn.Module, X: np.ndarray, *, batch_size: int = 4096) -> np.ndarray:
-    """float32 (n, D) unit-norm embeddings of ``X`` (n, d) by ``encoder`` (in eval mode, no gradient)."""
-    device = next(encoder.parameters()).device
-    was_training = encoder.training
-    encoder.eval()
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(X), batch_size):
-            z = encoder(_tensor(X[start:start + batch_size], device))
-            out.append(nn.functional.normalize(z.float(), dim=1).cpu().numpy())
-    encoder.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+def embed(encoder: nn.Module, X: np.ndarray) -> np.ndarray:
+    """float32 (n, D) unit-norm embeddings of ``X`` (n, d) by ``encoder`` (the toolkit's ``embed_rows``)."""
+    return embed_rows(encoder, X, lambda z: nn.functional.normalize(z, dim=1)).cpu().numpy()
 
 
 def unique_parameters(module: nn.Module) -> list[nn.Parameter]:

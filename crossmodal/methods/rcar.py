@@ -47,13 +47,12 @@ from crossmodal.losses.contrastive import hinge_triplet_loss
 from crossmodal.losses.rcar import predicted_alignment, refurbished_targets, soft_margin
 from crossmodal.losses.sccmr import labelled_cross_entropy
 from crossmodal.losses.sdml import reconstruction_loss
-from crossmodal.methods.base import register_method
-from crossmodal.methods.paired import PairBatch, PairData, PairTrainer
-from crossmodal.methods.sedel import PairwiseMethod, SEDELOptions
+from crossmodal.methods.base import numpy_rng, register_method
+from crossmodal.methods.paired import PairBatch, PairData, PairedConfig, PairTrainer, PairwiseMethod
 
 
 @dataclass(frozen=True)
-class RCARConfig(SEDELOptions):
+class RCARConfig(PairedConfig):
     epochs: int = 40  # NCR: 40 epochs
     batch_size: int = 128  # NCR: batch 128
     lr: float = 2e-4  # NCR: Adam lr 2e-4
@@ -93,7 +92,7 @@ class _RCARTrainer(PairTrainer):
             self.noise = torch.zeros(0)
             return
         losses = np.zeros(len(rows_a))
-        rng = np.random.default_rng((self.config.seed, epoch, 1))
+        rng = numpy_rng(self.config.seed, data.a, data.b, "noise-chunks", epoch)
         self.eval()
         with torch.no_grad():
             order = rng.permutation(len(rows_a))

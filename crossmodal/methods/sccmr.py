@@ -41,14 +41,15 @@ from crossmodal.methods.base import register_method
 from crossmodal.methods.paired import (
     PairBatch,
     PairData,
+    PairedConfig,
     PairTrainer,
+    PairwiseMethod,
     with_shared_layer,
 )
-from crossmodal.methods.sedel import PairwiseMethod, SEDELOptions
 
 
 @dataclass(frozen=True)
-class SCCMRConfig(SEDELOptions):
+class SCCMRConfig(PairedConfig):
     epochs: int = 100  # code: 100 epochs
     batch_size: int = 64  # code: batch 64
     lr: float = 1e-4  # code: Adam lr 1e-4, betas (0.5, 0.999)

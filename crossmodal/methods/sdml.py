@@ -17,7 +17,9 @@ validation label term.
 Choices here: W is drawn as DRCL's W0 is (``crossmodal.methods.drcl.initial_prior``: the same distribution as the first
 C columns of a random orthogonal matrix), from ``prior_seed``; the decoder's output normalisation (a quirk: a unit
 vector is compared with the raw input) is kept by default and can be turned off; a modality smaller than a batch
-trains on one batch of all its items (the code would skip it).
+trains on one batch of all its items (the code would skip it). Training is the toolkit's (crossmodal/methods/base.py):
+each modality's networks are built under the stream ``(seed, "sdml:<modality>")`` and its epochs shuffled by
+``(seed, stage, epoch)``; ``patience`` stops a modality after that many epochs without a lower validation label term.
 
 DRCL's Table VI (prior transfer): ``prior_from`` names a saved DRCL model directory whose learned ``prior`` buffer
 (D x C) replaces the random W; D and C must match (else ConfigError). The paper reports about +0.02 MAP from it.
@@ -39,8 +41,20 @@ from crossmodal.encoders import mlp_encoder
 from crossmodal.errors import ConfigError, DatasetFormatError, ModelFileError
 from crossmodal.featureset import FeatureSet
 from crossmodal.losses.sdml import label_regression_loss, reconstruction_loss
-from crossmodal.methods.base import Callback, Checkpoint, default_features, fit_loop, register_method
-from crossmodal.methods.paired import BestSnapshot, index_batches
+from crossmodal.methods.base import (
+    BestSnapshot,
+    Callback,
+    Checkpoint,
+    batch_sizes,
+    checkpoint_folder,
+    default_features,
+    embed_rows,
+    fit_loop,
+    index_batches,
+    register_method,
+    seeded,
+    torch_rng,
+)
 from crossmodal.model import CrossModalModel, FeatureIdentity
 
 
@@ -102,30 +116,32 @@ def train_modality(
     X: torch.Tensor,
     Y: torch.Tensor,
     *,
-    select: BestSnapshot,
+    keep: nn.Module,
     validation_loss: Callable[[], float | None],
     config: MethodConfig,
     lr: float,
     betas: tuple[float, float],
     callbacks: Sequence[Callback],
-    checkpoint: Checkpoint | None,
+    folder: Path | None,
     stage: str,
 ) -> None:
     """The per-modality loop SDML and MARS share: Adam on ``trained``, shuffled batches of (x, y), and after each
-    epoch the validation loss that ``select`` keeps the lowest of (restored at the end).
+    epoch the validation loss; ``keep`` is restored to its epoch with the lowest (``patience`` may stop earlier).
 
     Args:
         step: ``step(x, y) -> {name: loss}`` for one batch (float32 (B, d), (B, C)).
         trained: every module the optimiser updates.
         X, Y: float32 (n, d) features and (n, C) label matrix of the modality, on the training device.
-        select: snapshot of the modules to keep at the best validation loss.
+        keep: the modules whose best-epoch state is kept (the encoder, and MARS's LabNet).
         validation_loss: the current validation loss, or None without validation data (the last epoch is kept).
+        folder: the run's checkpoint folder (``<stage>.pt`` resumes a killed run), or None.
     """
     optimizer = torch.optim.Adam([p for p in trained.parameters() if p.requires_grad], lr=lr, betas=betas)
+
     def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         trained.train()
-        # the order depends on (seed, epoch) only, so a resumed run sees the batches an uninterrupted one would
-        for index in index_batches(len(X), config.batch_size, np.random.default_rng((config.seed, epoch))):
+        sizes = batch_sizes(len(X), config.batch_size, config.last_batch)
+        for index in index_batches(len(X), sizes, torch_rng(config.seed, stage, epoch)):
             rows = torch.from_numpy(index).to(X.device)
             yield X[rows], Y[rows]
 
@@ -133,14 +149,14 @@ def train_modality(
         trained.eval()
         with torch.no_grad():
             loss = validation_loss()
-        select.update(loss)
         return {} if loss is None else {"val_loss": loss}
 
-    select.resume(checkpoint, "val_loss")
+    best = BestSnapshot(keep, "val_loss", higher_is_better=False)
     fit_loop(lambda batch, epoch: step(*batch), batches, epochs=config.epochs, optimizer=optimizer,
-             modules={"trained": trained, "best": select.copy}, on_epoch_end=on_epoch_end, callbacks=callbacks,
-             stage=stage, checkpoint=checkpoint)
-    select.restore()
+             modules={"trained": trained}, on_epoch_end=on_epoch_end, callbacks=callbacks, stage=stage,
+             checkpoint=Checkpoint(folder, stage.replace(":", "-")) if folder is not None else None, best=best,
+             patience=config.patience)
+    best.restore()
     trained.eval()
 
 
@@ -160,6 +176,11 @@ def training_tensors(fs: FeatureSet, modality: str, device: torch.device) -> tup
     return tensors
 
 
+def label_term(encoder: nn.Module, valid: tuple[torch.Tensor, torch.Tensor], W: torch.Tensor) -> float:
+    """The validation label term ``mean ||f(x) W - y||`` SDML and MARS select on (the encoder run in chunks)."""
+    return float(label_regression_loss(embed_rows(encoder, valid[0], lambda z: z @ W), valid[1]))
+
+
 def _encoder(config: SDMLConfig, d: int) -> nn.Module:
     return mlp_encoder(d, config.hidden, config.dim, bias_last=True, normalize=True, last_init="default")
 
@@ -175,14 +196,16 @@ class SDML:
         num_classes = next(iter(train.values())).num_classes
         W = common_space(num_classes, dim=config.dim, prior_seed=config.prior_seed,
                          prior_from=config.prior_from).to(device)
+        folder = checkpoint_folder(checkpoint_dir, config)
         encoders: dict[str, nn.Module] = {}
         for k, (modality, fs) in enumerate(train.items()):
-            torch.manual_seed(config.seed)
+            stage = f"sdml:{modality}"
             X, Y = training_tensors(fs, modality, device)
             valid = modality_tensors((val or {}).get(modality), device)
-            encoder = _encoder(config, fs.dim).to(device)
-            decoder = mlp_encoder(config.dim, config.hidden[::-1], fs.dim, bias_last=True,
-                                  normalize=config.normalize_reconstruction, last_init="default").to(device)
+            with seeded(config.seed, stage):
+                encoder = _encoder(config, fs.dim).to(device)
+                decoder = mlp_encoder(config.dim, config.hidden[::-1], fs.dim, bias_last=True,
+                                      normalize=config.normalize_reconstruction, last_init="default").to(device)
 
             def step(x: torch.Tensor, y: torch.Tensor, encoder=encoder, decoder=decoder) -> dict[str, torch.Tensor]:
                 z = encoder(x)
@@ -190,13 +213,12 @@ class SDML:
                         "label_loss": (1 - config.alpha) * label_regression_loss(z @ W, y)}
 
             def validation_loss(encoder=encoder, valid=valid) -> float | None:
-                return None if valid is None else float(label_regression_loss(encoder(valid[0]) @ W, valid[1]))
+                return None if valid is None else label_term(encoder, valid, W)
 
-            train_modality(step, nn.ModuleDict({"encoder": encoder, "decoder": decoder}), X, Y,
-                           select=BestSnapshot(encoder, minimise=True), validation_loss=validation_loss,
-                           config=config, lr=config.lr if k == 0 else config.lr_others, betas=config.betas,
-                           callbacks=callbacks, stage=f"sdml:{modality}",
-                           checkpoint=Checkpoint(checkpoint_dir, modality) if checkpoint_dir is not None else None)
+            train_modality(step, nn.ModuleDict({"encoder": encoder, "decoder": decoder}), X, Y, keep=encoder,
+                           validation_loss=validation_loss, config=config,
+                           lr=config.lr if k == 0 else config.lr_others, betas=config.betas, callbacks=callbacks,
+                           folder=folder, stage=stage)
             encoders[modality] = encoder
         return CrossModalModel(method=self.name, config=config, encoders=encoders,
                                features=dict(features or default_features(train)), num_classes=num_classes,
