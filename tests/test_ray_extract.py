@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -103,3 +104,26 @@ def test_cli_extract_with_ray_runs_on_the_cluster(cluster, photos, tmp_path, cap
     assert (code, summary["extracted"], summary["failed"]) == (0, 12, 1)
     assert summary["run_id"].endswith("-ray")
     assert ray.is_initialized()  # the runner joined the test's cluster and left it running
+
+
+def test_ray_extraction_of_a_manifest_gives_its_ids_labels_and_splits_and_names_its_bad_rows(cluster, photos,
+                                                                                              tmp_path):
+    manifest = tmp_path / "list.jsonl"  # beside, not in, the photos other tests scan
+    rows = [{"path": str(photos / "circle" / "0.png"), "labels": ["round", "red"], "split": "train", "id": "c0"},
+            {"path": str(photos / "square" / "1.png"), "label": "boxy", "split": "test", "id": "s1"},
+            {"path": str(photos / "triangle" / "2.png")},
+            {"path": str(photos / "circle" / "broken.png"), "label": "round"},
+            {"path": str(photos / "circle" / "gone.png"), "label": "round"}]
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    options = dataclasses.replace(TINY_SHARDS, labels_from=str(manifest))
+    local = run_extract(tmp_path / "local", "image", [], options)
+    distributed = run_extract_ray(tmp_path / "ray", "image", [], options)
+    expected, got = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
+    assert (distributed.found, distributed.extracted, distributed.failed) == (local.found, local.extracted,
+                                                                              local.failed) == (5, 3, 2)
+    assert {h: meta for h, (_, meta) in got.items()} == {h: meta for h, (_, meta) in expected.items()}
+    assert sorted((tuple(m["labels"]), m["split"]) for _, m in got.values()) == [
+        ((), None), (("boxy",), "test"), (("round", "red"), "train")]
+    assert {m["item_id"] for _, m in got.values()} >= {"c0", "s1"}
+    assert sorted((e["path"], e["error"]) for e in _errors(distributed)) == sorted(
+        (e["path"], e["error"]) for e in _errors(local))
