@@ -546,11 +546,8 @@ class FaissIndex(Index):
     def _apply_search_params(self) -> None:
         faiss = _faiss()
         ivf = faiss.try_extract_index_ivf(self._index)
-        if ivf is not None:
+        if ivf is not None:  # (an HNSW coarse quantiser searches with max(efSearch, nprobe) candidates by itself)
             ivf.nprobe = self._default_nprobe(ivf.nlist)
-            quantizer = faiss.downcast_index(ivf.quantizer)
-            if hasattr(quantizer, "hnsw"):  # an HNSW coarse quantiser must return nprobe good lists
-                quantizer.hnsw.efSearch = max(128, ivf.nprobe)
         inner = faiss.downcast_index(self._index)
         if hasattr(inner, "hnsw"):
             inner.hnsw.efSearch = 128
