@@ -133,8 +133,12 @@ class Recipe:
         return [c.override() for c in self.choices]
 
     def lines(self) -> list[str]:
-        """One printable line per choice: ``batch_size=64: <why>``."""
-        return [f"{c.override()}: {c.why}" for c in self.choices]
+        """One printable line per value and reason: ``batch_size=64 (<why>)``; fields given the same value for the
+        same reason (DRCL's per-modality rates) share a line."""
+        groups: dict[tuple[str, str], list[str]] = {}
+        for c in self.choices:
+            groups.setdefault((c.override().split("=", 1)[1], c.why), []).append(c.field)
+        return [f"{'/'.join(fields)}={value} ({why})" for (value, why), fields in groups.items()]
 
     def apply(self, config: MethodConfig) -> MethodConfig:
         return with_overrides(config, self.overrides())
@@ -334,3 +338,51 @@ def search_learning_rate(
     versus = "the rule's rate" if best is rule else f"the rule's {rule['lr']:.3g} scored {rule['val_map']:.4f}"
     say(f"learning-rate search: chose lr {best['lr']:.3g} (validation MAP@all {best['val_map']:.4f}; {versus})")
     return with_overrides(config, {f: best["lr"] for f in fields}), tried
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What ``decide_preset`` chose: the preset file to load (None: ``<method>-<dataset>`` or the defaults), the
+    recipe to apply on top (None: none), and the note saying which and why."""
+
+    preset: str | None
+    recipe: Recipe | None
+    note: str | None
+
+
+def decide_preset(method: str, *, dataset: str | None, preset: str | None,
+                  train: Mapping[str, FeatureSet] | None) -> Decision:
+    """The preset of a training run: ``auto`` (this recipe) or ``paper`` when asked for by name, else the rule of
+    ``choose_preset`` when the training data is known, else today's ``<method>-<dataset>`` default.
+
+    Raises:
+        ConfigError: ``auto`` without training data to fit (the benchmark's preset runs).
+    """
+    if is_auto(method, preset):
+        if train is None:
+            raise ConfigError(f"the preset {preset} fits the training data, and this run resolves its config without "
+                              "it", hint="use crossmodal train (which fits it), or crossmodal benchmark --tune N")
+        shape = DataShape.of(train)
+        return Decision(_auto_file(method), rules(method, shape),
+                        f"preset {method}-auto (asked for): the recipe fits {shape.describe()}; its choices: "
+                        + "; ".join(rules(method, shape).lines()))
+    if preset == PAPER:
+        name = paper_preset(method, dataset)
+        tuned = PAPER_DATA.get("wiki" if dataset == "wiki-sift-lda" else dataset or "", {}).get("what")
+        what = f"the preset {name}" if name else f"{method}'s defaults (its paper's values)"
+        return Decision(name, None, f"--preset paper: {what}, tuned for {tuned or 'the paper datasets'}")
+    if preset is not None or train is None:
+        return Decision(preset, None, None)
+    shape = DataShape.of(train)
+    kind, why = choose_preset(method, dataset, shape)
+    if kind == AUTO:
+        recipe = rules(method, shape)
+        return Decision(_auto_file(method), recipe, f"preset {method}-auto: {why}; its choices: "
+                                                   + "; ".join(recipe.lines()))
+    return Decision(None, None, f"preset {paper_preset(method, dataset) or f'{method} defaults'}: {why}")
+
+
+def _auto_file(method: str) -> str | None:
+    """``<method>-auto`` when that preset file exists (the recipe's data-independent part, e.g. DRCL's fixed q)."""
+    name = f"{method}-{AUTO}"
+    return name if (resources.files("crossmodal") / "presets" / f"{name}.json").is_file() else None
