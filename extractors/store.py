@@ -41,6 +41,7 @@ import errno
 import hashlib
 import io
 import json
+import mmap
 import os
 import re
 import shutil
@@ -346,7 +347,10 @@ class FeatureTable:
 
         Yields:
             ``(X, meta)``: X a read-only float32 (n, dim) slice of one shard's memory-mapped ``.npy`` (a gathered copy
-            in a shard that holds a repeated item, when ``unique``), meta its n metadata rows.
+            in a shard that holds a repeated item, when ``unique``), meta its n metadata rows. When the next batch is
+            asked for, the previous one's pages leave the process's resident memory (``MADV_DONTNEED``; they stay in
+            the page cache, and a batch kept by the caller reads them back from there), so the stream holds about one
+            batch, not one shard.
 
         Raises:
             StoreError: a shard fails its checks (checksums, shape, finite values; each shard once per process).
@@ -368,20 +372,20 @@ class FeatureTable:
                 if local is None:
                     for lo in range(0, n, rows):
                         yield X[lo:lo + rows], meta.slice(lo, rows)
+                        _drop_pages(X, lo, min(lo + rows, n))
                     continue
                 for lo in range(0, len(local), rows):
                     chosen = local[lo:lo + rows]
                     yield X[chosen], meta.take(pa.array(chosen))
                 del X  # the shard's map closes here unless the caller kept a batch
 
-    def rows_view(self, *, unique: bool = True, max_open: int = 16) -> ShardedRows:
-        """An array-like over every shard (``view[idx]`` gathers rows from the per-shard memory maps): what training
-        samples batches from without concatenating the table.
+    def rows_view(self, *, unique: bool = True, max_open: int = 64) -> ShardedRows:
+        """An array-like over every shard (``view[idx]`` gathers rows from the shards' files): what training samples
+        batches from without concatenating the table.
 
         Args:
             unique: the rows :meth:`read` gives (the first of each item); False: every stored row.
-            max_open: shards memory-mapped at once (least recently used closed first): bounds the pages a long
-                sampling run keeps resident to this many shards.
+            max_open: shard files open at once (the least recently used closed first).
 
         Raises:
             StoreError: a shard fails its checks (checksums, shape, finite values; each shard once per process).
@@ -422,8 +426,7 @@ class FeatureTable:
         fingerprints = np.empty(sum(counts), dtype=np.int64)
         start = 0
         for parquet, n in zip(parquets, counts):
-            hashes = self._read_meta(parquet, ["content_hash"]).column(0).to_pylist()
-            fingerprints[start:start + n] = np.fromiter(map(hash, hashes), dtype=np.int64, count=n)
+            fingerprints[start:start + n] = _fingerprints(self._read_meta(parquet, ["content_hash"]).column(0))
             start += n
         ordered = np.sort(fingerprints)
         repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
@@ -824,12 +827,13 @@ class FeatureTable:
 
 class ShardedRows:
     """The rows of a table's shards as one read-only array: ``len``, ``shape``, ``dtype`` and ``view[i]``,
-    ``view[a:b]`` or ``view[int array]`` (a new float32 ndarray gathered from the per-shard memory maps), and
+    ``view[a:b]`` or ``view[int array]`` (a new float32 ndarray read from the shards' ``.npy`` files), and
     ``np.asarray(view)`` (the whole table: the small-table path).
 
-    Built by :meth:`FeatureTable.rows_view`, after every shard passed its checks. At most ``max_open`` shards are
-    mapped at once. The view holds the table's shared reader lock, so no compaction replaces its shards while it is
-    open: :meth:`close` it (or use ``with``) when done.
+    Built by :meth:`FeatureTable.rows_view`, after every shard passed its checks. Rows are read with ``preadv``, so
+    the process holds the rows asked for and the page cache the rest; at most ``max_open`` shard files are open.
+    The view holds the table's shared reader lock, so no compaction replaces its shards while it is open:
+    :meth:`close` it (or use ``with``) when done.
     """
 
     def __init__(self, table: FeatureTable, parquets: list[Path], offsets: list[int], counts: list[int],
@@ -839,7 +843,7 @@ class ShardedRows:
         self._offsets, self._counts, self._lock = offsets, counts, lock
         self._starts = np.cumsum([0, *counts], dtype=np.int64)  # raw row where each shard starts, then the total
         self._keep = keep
-        self._maps: OrderedDict[int, np.memmap] = OrderedDict()
+        self._fds: OrderedDict[int, int] = OrderedDict()  # shard -> open .npy descriptor, least recently used first
         self.max_open = max(1, max_open)
         self.closed = False
         self.dtype = np.dtype(np.float32)
@@ -859,8 +863,10 @@ class ShardedRows:
         self.close()
 
     def close(self) -> None:
-        """Unmap the shards and release the reader lock."""
-        self._maps.clear()
+        """Close the shards' files and release the reader lock."""
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
         self.closed = True
         if self._lock is not None:
             self._lock.close()
@@ -890,28 +896,37 @@ class ShardedRows:
         return self._gather(np.where(idx < 0, idx + len(self), idx).reshape(-1)).reshape(*idx.shape, self.shape[1])
 
     def _gather(self, idx: np.ndarray) -> np.ndarray:
+        """Rows ``idx`` (valid, non-negative), read with one ``pread`` per run of consecutive rows of one shard: only
+        the rows asked for enter the process (a memory map would fault in whole pages around each, and keep them)."""
         raw = idx if self._keep is None else self._keep[idx]
+        if not len(raw):
+            return np.empty((0, self.shape[1]), dtype=np.float32)
         shard = np.searchsorted(self._starts, raw, side="right") - 1
-        out = np.empty((len(raw), self.shape[1]), dtype=np.float32)
-        order = np.argsort(shard, kind="stable")
-        bounds = np.flatnonzero(np.diff(shard[order])) + 1
-        for positions in np.split(order, bounds) if len(order) else []:
-            s = int(shard[positions[0]])
-            out[positions] = self._map(s)[raw[positions] - self._starts[s]]
-        return out
+        local = raw - self._starts[shard]
+        breaks = np.flatnonzero((np.diff(raw) != 1) | (np.diff(shard) != 0)) + 1
+        firsts = np.r_[0, breaks]
+        lengths = np.diff(np.r_[firsts, len(raw)])
+        row_bytes = 4 * self.shape[1]
+        parts = []
+        for s, row, n in zip(shard[firsts].tolist(), local[firsts].tolist(), lengths.tolist()):
+            part = os.pread(self._fd(s), n * row_bytes, self._offsets[s] + row * row_bytes)
+            if len(part) != n * row_bytes:
+                raise StoreError(f"{self.parquets[s].with_suffix('.npy')}: shorter than its {self._counts[s]} rows",
+                                 hint=self.table._hint(self.parquets[s]))
+            parts.append(part)
+        return np.frombuffer(b"".join(parts), dtype=np.float32).reshape(len(raw), self.shape[1]).copy()
 
-    def _map(self, s: int) -> np.memmap:
-        X = self._maps.pop(s, None)
-        if X is None:
+    def _fd(self, s: int) -> int:
+        fd = self._fds.pop(s, None)
+        if fd is None:
             if self.closed:
                 raise StoreError(f"{self.table.path}: this view of the table was closed",
                                  hint="take a new one with FeatureTable.rows_view()")
-            X = np.memmap(self.parquets[s].with_suffix(".npy"), dtype=np.float32, mode="r",
-                          offset=self._offsets[s], shape=(self._counts[s], self.shape[1]))
-            while len(self._maps) >= self.max_open:
-                self._maps.popitem(last=False)  # the least recently used shard's pages leave the process
-        self._maps[s] = X
-        return X
+            fd = os.open(self.parquets[s].with_suffix(".npy"), os.O_RDONLY)
+            while len(self._fds) >= self.max_open:
+                os.close(self._fds.popitem(last=False)[1])  # the least recently used shard's file
+        self._fds[s] = fd
+        return fd
 
     def metadata(self, columns: list[str] | None = None) -> pa.Table:
         """The metadata rows of the view (``columns`` of :data:`SCHEMA`, default all), row-aligned with it."""
@@ -1142,6 +1157,42 @@ def _blocks(npy: str, offset: int) -> Iterator[bytes]:
         f.seek(offset)
         while block := f.read(SCAN_BLOCK):
             yield block
+
+
+def _drop_pages(X: np.memmap, lo: int, hi: int) -> None:
+    """Take rows ``[lo, hi)`` of a read-only memory map out of the process's resident memory (whole pages inside
+    them only). They stay in the page cache; reading them again maps them back."""
+    mapping = getattr(X, "_mmap", None)  # numpy's mmap.mmap behind an np.memmap
+    if mapping is None or not hasattr(mapping, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    lead = X.offset % mmap.ALLOCATIONGRANULARITY  # the map starts at the granule below the header's end
+    row_bytes = X.shape[1] * X.itemsize
+    begin = -(-(lead + lo * row_bytes) // mmap.PAGESIZE) * mmap.PAGESIZE
+    end = (lead + hi * row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if end > begin:
+        mapping.madvise(mmap.MADV_DONTNEED, begin, end - begin)
+
+
+def _fingerprints(strings: pa.ChunkedArray) -> np.ndarray:
+    """A 64-bit fingerprint of each string (equal strings, equal fingerprints; the rare equal fingerprints of two
+    strings are told apart by the caller). Content hashes (64 hex digits) are mixed straight from Arrow's buffer, so
+    no Python string is made; other strings go through ``hash``."""
+    parts = []
+    for chunk in strings.chunks:
+        chunk = chunk.cast(pa.string())
+        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32)[chunk.offset:chunk.offset + len(chunk) + 1]
+        width = int(offsets[1] - offsets[0]) if len(chunk) else 0
+        if chunk.null_count == 0 and width and width % 8 == 0 and (np.diff(offsets) == width).all():
+            data = np.frombuffer(chunk.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+            words = data.view(np.uint64).reshape(len(chunk), width // 8)
+            mixed = np.zeros(len(chunk), dtype=np.uint64)
+            with np.errstate(over="ignore"):
+                for k in range(words.shape[1]):
+                    mixed = (mixed ^ words[:, k]) * np.uint64(0x100000001B3)  # FNV-style: order matters
+            parts.append(mixed.view(np.int64))
+        else:
+            parts.append(np.fromiter(map(hash, chunk.to_pylist()), dtype=np.int64, count=len(chunk)))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 def _local(rows: np.ndarray, start: int, stop: int) -> np.ndarray:

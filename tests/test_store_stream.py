@@ -95,12 +95,19 @@ def test_the_view_gathers_rows_by_int_slice_and_integer_array_across_shards(tabl
             view[-13]
 
 
-def test_the_view_maps_at_most_max_open_shards_at_once(table):
+def test_the_view_keeps_at_most_max_open_shard_files_open(table):
     X = three_shards(table)
     with table.rows_view(max_open=1) as view:
         for i in (0, 6, 9, 1):
             np.testing.assert_array_equal(view[i], X[i])
-            assert len(view._maps) == 1
+            assert len(view._fds) == 1
+
+
+def test_a_stream_keeps_its_batches_readable_after_their_pages_left_resident_memory(table):
+    X = np.random.default_rng(0).standard_normal((3000, DIM)).astype(np.float32)  # 16 pages of rows
+    table.write_shard(X, rows([f"h{i}" for i in range(3000)]))
+    kept = [batch for batch, _ in table.iter_batches(500)]  # each batch's pages dropped when the next was asked for
+    np.testing.assert_array_equal(np.concatenate(kept), X)
 
 
 def test_a_compaction_waits_for_an_open_view_and_a_closed_view_says_so(table):
@@ -164,3 +171,15 @@ def test_an_empty_table_streams_nothing_and_views_zero_rows(table):
     assert list(table.iter_batches()) == []
     with table.rows_view() as view:
         assert view.shape == (0, DIM) and np.asarray(view).shape == (0, DIM)
+
+
+def test_a_repeated_item_among_sha256_content_hashes_is_found_without_python_strings(table):
+    hashes = [f"{i:064x}" for i in range(6)]
+    table.write_shard(np.arange(4 * DIM, dtype=np.float32).reshape(4, DIM), rows(hashes[:4]))
+    table.write_shard(np.full((3, DIM), -1, np.float32), rows([hashes[4], hashes[1], hashes[5]]))  # hashes[1] again
+    X, meta = table.read()
+    assert len(X) == 6 and meta.column("content_hash").to_pylist() == [hashes[i] for i in (0, 1, 2, 3, 4, 5)]
+    with table.rows_view() as view:
+        np.testing.assert_array_equal(view[np.arange(6)], X)
+    fingerprints = store_module._fingerprints(meta.column("content_hash"))
+    assert len(set(fingerprints.tolist())) == 6
