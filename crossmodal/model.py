@@ -65,6 +65,8 @@ class ModelCard:
         num_classes: C, in [1, MAX_CLASSES]. features: modality -> FeatureIdentity, widths in [1, MAX_FEATURE_DIM].
         weights_sha256: 64 lowercase hex digits, the sha256 of ``model.safetensors`` (required).
         extra: the method's JSON facts. metrics: the recorded evaluation.
+        source: where the training data came from (``{"kind": ..., its parameters}``, pipelines.datasource), or None.
+            Cards written before this field kept it as ``extra.data_source``; it is read from there.
     """
 
     method: str
@@ -74,6 +76,7 @@ class ModelCard:
     weights_sha256: str
     extra: dict[str, Any]
     metrics: dict[str, Any]
+    source: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, card: Any, *, source: str | Path) -> ModelCard:
@@ -123,8 +126,13 @@ class ModelCard:
         extra, metrics = card.get("extra", {}), card.get("metrics", {})
         if not isinstance(extra, dict) or not isinstance(metrics, dict):
             bad("model card 'extra' and 'metrics' must be objects")
+        source = card.get("source")
+        if source is None and isinstance(extra.get("data_source"), dict):  # a card from before the source field
+            source, extra = extra["data_source"], {k: v for k, v in extra.items() if k != "data_source"}
+        if source is not None and not (isinstance(source, dict) and isinstance(source.get("kind"), str)):
+            bad(f"model card 'source' must be an object with a 'kind', got {_short(source)}")
         return cls(method=method, config=config, num_classes=num_classes, features=features, weights_sha256=digest,
-                   extra=extra, metrics=metrics)
+                   extra=extra, metrics=metrics, source=source)
 
 
 class CrossModalModel(nn.Module):
@@ -138,6 +146,9 @@ class CrossModalModel(nn.Module):
         num_classes: C.
         buffers: extra tensors the method needs at inference (DRCL: ``prior`` W, D x C).
         metrics: evaluation results recorded in the card.
+
+    Attributes:
+        source: where the training data came from, recorded in the card (set by whoever trains; None otherwise).
     """
 
     def __init__(
@@ -160,6 +171,7 @@ class CrossModalModel(nn.Module):
         self.num_classes = num_classes
         self.metrics = dict(metrics or {})
         self.extra = dict(extra or {})  # JSON-serialisable facts the method needs to rebuild itself
+        self.source: dict[str, Any] | None = None
         for name, tensor in (buffers or {}).items():
             self.register_buffer(name, tensor.detach().clone())
 
@@ -237,6 +249,7 @@ class CrossModalModel(nn.Module):
             "seed": cfg.get("seed"),
             "metrics": self.metrics,
             "extra": self.extra,
+            "source": self.source,
             "versions": library_versions(),
         }
 
@@ -299,6 +312,7 @@ class CrossModalModel(nn.Module):
                                  f"({type(exc).__name__}: {str(exc)[:200]})", hint="re-run crossmodal train") from exc
         model = build()
         model.metrics = card.metrics
+        model.source = card.source
         try:
             load_model(model, str(weights), strict=True)
         except (SafetensorError, RuntimeError, OSError) as exc:

@@ -1,4 +1,5 @@
-"""``crossmodal evaluate``: load a model folder, find its test split, compute the paper-style table, save PR curves."""
+"""``crossmodal evaluate``: load a model folder, reload its test split from the card's data source
+(``pipelines.datasource``), compute the paper-style table, save PR curves."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from typing import Any
 
 from crossmodal.errors import ConfigError
 from crossmodal.evaluation import evaluate
-from crossmodal.featureset import FeatureSet
 from crossmodal.model import CrossModalModel, read_card
+from pipelines.datasource import load_test_split
 from pipelines.plots import plot_pr_curves
+from pipelines.workspace import Workspace
 
 PR_FILE = "pr_curves.png"
 
@@ -27,8 +29,6 @@ def resolve_model_dir(model_dir: str | Path | None, *, model: str | None, worksp
                           hint="drop one: crossmodal evaluate --model NAME --workspace DIR, or crossmodal evaluate DIR")
     if model_dir is not None:
         return Path(model_dir)
-    from pipelines.workspace import Workspace
-
     return Workspace(workspace).model_dir("default" if model is None else model)
 
 
@@ -41,7 +41,7 @@ def evaluate_model_dir(model_dir: str | Path, *, k: int = 50, data: str | Path |
     Args:
         model_dir: a folder written by ``crossmodal train``.
         k: the cut-off of the second MAP column (MAP@all is always reported).
-        data: the benchmark file, when it moved since training (the card records where it was).
+        data: the benchmark file, when it moved since training (the card's source records where it was).
         device: where to embed.
 
     Returns:
@@ -49,7 +49,9 @@ def evaluate_model_dir(model_dir: str | Path, *, k: int = 50, data: str | Path |
 
     Raises:
         ModelFileError: no model there, or its files do not match its card.
-        ConfigError: the card does not say where the test data is and ``data`` is not given.
+        ConfigError: the card does not say where the test data is, or ``data`` is given for a model not trained on
+            a benchmark file.
+        FeatureMismatchError: a workspace model's store no longer holds the features it was trained on.
     """
     model_dir = Path(model_dir)
     card = read_card(model_dir)
@@ -59,35 +61,6 @@ def evaluate_model_dir(model_dir: str | Path, *, k: int = 50, data: str | Path |
     curves = {pair.replace("->", " -> "): (c["precision"], c["recall"]) for pair, c in result["pr"].items()}
     result["pr_png"] = str(plot_pr_curves(curves, model_dir / PR_FILE, title=f"{model_dir.name}: precision-recall"))
     return result
-
-
-def load_test_split(card: Mapping[str, Any], data: str | Path | None = None, *,
-                    model_dir: str | Path | None = None) -> dict[str, FeatureSet]:
-    """The test split a model was trained for, from its card's ``extra.data_source`` (``data`` overrides the path).
-
-    ``model_dir`` (where the card was read) locates a workspace that moved since training.
-
-    Raises:
-        ConfigError: the card has no data source and ``data`` is not given, or ``data`` is given for a workspace model.
-    """
-    source = dict(card.get("extra", {}).get("data_source") or {})
-    kind = source.get("kind")
-    if kind == "workspace":
-        if data is not None:
-            raise ConfigError("--data is for models trained on a benchmark file; this one was trained in a workspace",
-                              hint="drop --data")
-        from pipelines.workspace import load_test_split as workspace_test_split
-
-        return workspace_test_split(card, model_dir=model_dir)
-    if kind != "benchmark" and data is None:
-        raise ConfigError("the model card does not say which data it was trained on",
-                          hint="give the benchmark file with --data FILE")
-    from crossmodal.datasets import load_benchmark
-
-    if "dataset" not in source:
-        raise ConfigError("the model card does not name its benchmark dataset",
-                          hint="re-train with crossmodal train --dataset NAME --data FILE")
-    return load_benchmark(source["dataset"], data or source["path"]).test
 
 
 def table_rows(result: Mapping[str, Any]) -> tuple[list[list[Any]], list[str]]:

@@ -1,4 +1,8 @@
-"""Train a method and write a model folder: the benchmark-file mode of ``crossmodal train`` and the shared save step.
+"""``crossmodal train``: fit a method on a data source (``pipelines.datasource``) and write a model folder.
+
+On a benchmark file or a synthetic set (``train_on_source``) the source's own split is used; in a workspace
+(``train_in_workspace``) the store's tables are chosen per modality (``choose_features``, which says why) and split by
+seed. Either way the card records the source, so ``crossmodal evaluate`` reloads the same test split.
 
 A model folder holds ``model.safetensors`` and ``card.json`` (crossmodal.model), ``config.json`` (the resolved
 hyper-parameters), ``train_log.jsonl`` (one line per epoch and stage) and ``curves.png``. While training, it also holds
@@ -7,34 +11,49 @@ hyper-parameters), ``train_log.jsonl`` (one line per epoch and stage) and ``curv
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from crossmodal.config import MethodConfig, load_preset, with_overrides
 from crossmodal.device import keep_freed_memory, resolve_device
-from crossmodal.errors import ConfigError
+from crossmodal.errors import ConfigError, NotTrainedError
 from crossmodal.evaluation import evaluate
 from crossmodal.featureset import FeatureSet
 from crossmodal.methods import create_method, get_method
-from crossmodal.model import CrossModalModel, FeatureIdentity
+from crossmodal.model import CrossModalModel, FeatureIdentity, read_card
+from crossmodal.types import MODALITIES, canonical_modality
+from pipelines.datasource import BenchmarkFile, DataSource, SyntheticSource, WorkspaceSource, card_source
 from pipelines.progress import ProgressBar, TrainingLog, read_training_log
+from pipelines.workspace import DEFAULT_WORKSPACE, SPLIT_FRACTIONS, SPLITS, Workspace
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable  # Python 3.11+; only annotations name it
 
 PRESETS_DIR: Traversable = resources.files("crossmodal") / "presets"
 """The presets shipped inside the package, found where the package is installed (a wheel, a zip or this tree)."""
-DATASETS = ("wiki", "wiki-sift-lda", "xmedia", "xmedianet", "nus", "inria")
 CHECKPOINTS = "checkpoints"
 LOG_FILE = "train_log.jsonl"
 FEW_EPOCHS = 0.25
 """A run below this fraction of the epochs its preset (or its method's defaults) was tuned for gets a warning: DRCL's
 paper presets at 10 of their 200 epochs score near chance."""
+
+SMALL_DATA_ITEMS = 2000
+"""DRCL on fewer training items than this (in its largest modality) starts from ``SMALL_DATA_PRESET``."""
+
+SMALL_DATA_PRESET = "drcl-small"
+"""The preset (``presets/drcl-small.json``) DRCL starts from on small datasets. The paper's 4096-4096-2048 MLPs (~42 M
+parameters per modality) and batches of 1024 suit its 2,000-40,000-item benchmarks; on a few hundred items they would
+see one partial batch per epoch, and its per-modality learning rates (Wikipedia's 6e-6 for images) would barely move in
+the epochs a small dataset needs. The preset: 512-512 hidden, a 128-d common space, batches of 64, 100 epochs (q reaches
+1 at the last) and Adam at 1e-3 for every modality. ``--set`` overrides any of these."""
 
 
 @dataclass
@@ -66,10 +85,8 @@ class TrainResult:
 
 def run_train(
     *,
-    dataset: str | None,
-    data: str | Path | None,
-    out: str | Path | None,
-    workspace: str | Path,
+    source: DataSource,
+    out: str | Path | None = None,
     modalities: str | None = None,
     name: str | None = None,
     add_modality: str | None = None,
@@ -83,35 +100,34 @@ def run_train(
     alignment_noise: str | None = None,
     extractors: Sequence[str] = (),
 ) -> TrainResult:
-    """``crossmodal train``: benchmark-file mode when ``dataset`` is given, else workspace mode.
+    """``crossmodal train`` on ``source`` (``pipelines.datasource.data_source`` reads it from the options): a benchmark
+    file or a synthetic set into the folder ``out``, or a workspace's store into ``models/NAME``.
 
-    ``extractors`` are ``MODALITY=NAME`` items (workspace mode) naming the store table to train on where a modality
-    has several.
+    ``extractors`` are ``MODALITY=NAME`` items (workspace) naming the store table to train on where a modality has
+    several. In a workspace the split seed is the source's, and the method's seed ``seed`` (default: the split seed).
 
     Raises:
-        ConfigError: options of the two modes are mixed, or a mode misses a required option.
+        ConfigError: options of the other kind of source are given, or ``out`` is missing for a file or synthetic set.
     """
-    if dataset is not None:
-        if data is None or out is None:
-            raise ConfigError("--dataset needs --data FILE and --out DIR",
-                              hint=f"e.g. crossmodal train --dataset {dataset} --data FILE --out models/{dataset}")
+    if not isinstance(source, WorkspaceSource):
+        if out is None:
+            raise ConfigError(f"training on {source.describe()} needs --out DIR (the model folder to write)",
+                              hint=f"e.g. --out models/{getattr(source, 'dataset', getattr(source, 'name', 'm'))}")
         if modalities or name or add_modality or extractors:
             raise ConfigError("--modalities, --name, --extractor and --add-modality are for workspace mode (without "
                               "--dataset)", hint="drop them, or drop --dataset to train on the workspace's features")
-        return train_benchmark(dataset, data, out, method=method, epochs=epochs, seed=seed, device=device,
+        return train_on_source(source, out, method=method, epochs=epochs, seed=seed, device=device,
                                overrides=overrides, preset=preset, label_noise=label_noise,
                                alignment_noise=alignment_noise)
-    if data is not None or out is not None or preset is not None:
-        raise ConfigError("--data, --out and --preset need --dataset (benchmark-file mode)",
-                          hint="add --dataset NAME, or drop them to train in the workspace")
-    from pipelines.workspace import train_in_workspace
-
+    if out is not None or preset is not None:
+        raise ConfigError("--out and --preset need --dataset (benchmark-file or synthetic mode)",
+                          hint="add --dataset NAME, or drop them to train in the workspace (models/NAME)")
     return train_in_workspace(
-        workspace=Path(workspace), method=method,
+        workspace=source.workspace, method=method,
         modalities=[m.strip() for m in modalities.split(",") if m.strip()] if modalities else None, name=name,
-        epochs=epochs, seed=seed, device=device, overrides=list(overrides), add_modality=add_modality,
-        label_noise=label_noise, alignment_noise=parse_alignment_noise(alignment_noise),
-        extractors=parse_extractors(extractors))
+        epochs=epochs, seed=source.split_seed if seed is None else seed, split_seed=source.split_seed, device=device,
+        overrides=list(overrides), add_modality=add_modality, label_noise=label_noise,
+        alignment_noise=parse_alignment_noise(alignment_noise), extractors=parse_extractors(extractors))
 
 
 def parse_extractors(items: Sequence[str]) -> dict[str, str]:
@@ -120,8 +136,6 @@ def parse_extractors(items: Sequence[str]) -> dict[str, str]:
     Raises:
         ConfigError: an item is not ``MODALITY=NAME``, names an unknown modality, or repeats one.
     """
-    from crossmodal.types import canonical_modality
-
     chosen: dict[str, str] = {}
     for item in items:
         modality, sep, name = (part.strip() for part in item.partition("="))
@@ -135,9 +149,8 @@ def parse_extractors(items: Sequence[str]) -> dict[str, str]:
     return chosen
 
 
-def train_benchmark(
-    dataset: str,
-    data: str | Path,
+def train_on_source(
+    source: BenchmarkFile | SyntheticSource,
     out: str | Path,
     *,
     method: str = "drcl",
@@ -150,11 +163,11 @@ def train_benchmark(
     alignment_noise: str | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train ``method`` on a benchmark feature file and write the model folder ``out``; evaluate it on the test split.
+    """Train ``method`` on a benchmark file or a synthetic set with its own split; write the model folder ``out`` and
+    evaluate it on the test split.
 
     Args:
-        dataset: one of DATASETS (the file's format, see crossmodal.datasets).
-        data: the benchmark file.
+        source: the data (``pipelines.datasource``); recorded in the card.
         out: the model folder to write (a kill mid-run resumes when the same command runs again).
         method: registry name of the method.
         epochs, seed: shortcuts for ``--set epochs=N`` and ``--set seed=S``.
@@ -166,27 +179,22 @@ def train_benchmark(
         progress: show a progress bar on stderr.
 
     Raises:
-        ConfigError: an unknown dataset, preset or config key, or a bad noise spec.
+        ConfigError: an unknown preset or config key, or a bad noise spec.
         DatasetFormatError: the file does not match the dataset's format.
     """
-    from crossmodal.datasets import load_benchmark
-
-    if dataset not in DATASETS:
-        raise ConfigError(f"unknown dataset {dataset!r}", hint=f"choose one of {', '.join(DATASETS)}")
-    data = Path(data).resolve()
-    ds = load_benchmark(dataset, data)
+    ds = source.load()
+    name = source.dataset if isinstance(source, BenchmarkFile) else source.name
     warnings: list[str] = []
-    config = resolve_config(method, dataset=dataset, preset=preset, epochs=epochs, seed=seed, overrides=overrides,
+    config = resolve_config(method, dataset=name, preset=preset, epochs=epochs, seed=seed, overrides=overrides,
                             warnings=warnings)
     train, noise = inject_noise(ds.train, label_noise=label_noise, alignment_noise=alignment_noise,
                                 seed=config.seed, paired=ds.paired)
-    extra = {"data_source": {"kind": "benchmark", "dataset": dataset, "path": str(data)}, **noise}
-    result = fit_and_save(method, train, ds.val, ds.test, config=config, device=device, out=out, extra=extra,
-                          progress=progress)
+    result = fit_and_save(method, train, ds.val, ds.test, config=config, device=device, out=out, source=source,
+                          extra=noise, progress=progress)
     result.features_used = [
         {"modality": m, "extractor": "precomputed", "key": f"precomputed-{fs.dim}",
-         **{s: len(getattr(ds, s).get(m, ())) for s in ("train", "val", "test")},
-         "why": f"the {fs.dim}-d {m} features of the {dataset} file and its own train/val/test split"}
+         **{s: len(getattr(ds, s).get(m, ())) for s in SPLITS},
+         "why": f"the {fs.dim}-d {m} features of {source.describe()} and its own train/val/test split"}
         for m, fs in ds.train.items()]
     result.warnings = warnings
     return result
@@ -202,12 +210,14 @@ def fit_and_save(
     device: str = "auto",
     out: str | Path,
     features: Mapping[str, FeatureIdentity] | None = None,
+    source: DataSource | None = None,
     extra: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Fit, evaluate on ``test`` (when it has two modalities), and write the model folder (see the module docstring).
 
-    ``extra`` goes into the card (e.g. ``data_source``, which ``crossmodal evaluate`` uses to find the test split).
+    The card records ``source`` (where ``crossmodal evaluate`` finds the test split again) and ``extra`` (the method's
+    facts, the classes, the noise injected).
     A run refused before its first checkpoint (a config the method rejects) leaves no folder behind when it made one.
 
     Raises:
@@ -241,6 +251,7 @@ def fit_and_save(
         if bar is not None:
             bar.close()
     model.extra.update(extra or {})
+    model.source = source.record() if source is not None else None
     metrics: dict[str, Any] = {}
     notes = []
     tested = [m for m, fs in (test or {}).items() if m in model.features and len(fs) > 0]
@@ -257,7 +268,7 @@ def fit_and_save(
     return TrainResult(model_dir=out, model=model, metrics=metrics, notes=notes)
 
 
-def choose_features(ws: Any, modalities: Sequence[str] | None, extractors: Mapping[str, str], *,
+def choose_features(ws: Workspace, modalities: Sequence[str] | None, extractors: Mapping[str, str], *,
                     minimum: int = 2) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Which store table each modality trains on, and why; the rule of ``crossmodal train`` in a workspace.
 
@@ -266,33 +277,26 @@ def choose_features(ws: Any, modalities: Sequence[str] | None, extractors: Mappi
     wanted). Without ``modalities``, every modality with labelled items is used and the others are named in a note.
 
     Args:
-        ws: the ``pipelines.workspace.Workspace``.
+        ws: the workspace (its ``feature_tables`` summarise each table).
         modalities: the modalities asked for (None: every modality with labelled items).
         extractors: modality -> extractor name or key (``--extractor text=minilm``).
         minimum: how many modalities training needs (2; 1 when adding a modality to a model).
 
     Returns:
-        ``(chosen, notes)``: modality -> ``{"modality", "extractor", "key", "items", "labelled", "why"}`` in
-        canonical order, and one note per modality left out or items left unlabelled.
+        ``(chosen, notes)``: modality -> the ``TableInfo`` fields as a dict (``modality``, ``extractor``, ``key``,
+            ``items``, ``labelled``, ``modified``) plus ``why``, in canonical order, and one note per modality left out
+            or items left unlabelled.
 
     Raises:
         ConfigError: a modality asked for has no features or no labelled item, a table is ambiguous or unknown, an
             ``--extractor`` names a modality not trained, or fewer than ``minimum`` modalities remain.
     """
-    from crossmodal.types import MODALITIES, canonical_modality
-
     asked = [canonical_modality(m) for m in modalities] if modalities else None
     extract_hint = f"crossmodal extract DIR --modality {{m}} --workspace {ws.root}"
     chosen: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
     for modality in asked or MODALITIES:
-        tables = []
-        for key in ws.store.keys(modality):
-            table = ws.store.table(modality, key)
-            labels = table.metadata(["labels"]).column("labels").to_pylist() if table.shard_paths() else []
-            if labels:
-                tables.append({"modality": modality, "extractor": table.description.get("name", key), "key": key,
-                               "items": len(labels), "labelled": sum(bool(x) for x in labels)})
+        tables = [asdict(t) for t in ws.feature_tables(modality)]
         if not tables:
             if asked:
                 raise ConfigError(f"{ws.store_dir}: no {modality} features in the store",
@@ -339,6 +343,190 @@ def choose_features(ws: Any, modalities: Sequence[str] | None, extractors: Mappi
                           f"labelled features of {have}",
                           hint=f"extract a second, labelled modality: {extract_hint.format(m=missing)}")
     return chosen, notes
+
+
+# ------------------------------------------------------------------------------------------------- workspace mode
+@dataclass
+class WorkspaceTrainResult(TrainResult):
+    """A model trained in a workspace: ``model_dir``, ``model``, ``metrics`` (as every training run), and what the
+    workspace chose: items per modality and split, notes (presets applied, modalities kept), wall time."""
+
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form: model name and folder, method, modalities, extractor keys, classes, counts, config, notes,
+        metrics, seconds."""
+        return {
+            "model": self.model_dir.name, "path": str(self.model_dir), "method": self.model.method,
+            "modalities": list(self.model.features),
+            "features": {m: f.extractor_key for m, f in self.model.features.items()},
+            "classes": self.model.extra.get("classes"), "counts": self.counts, "config": self.model.config.to_dict(),
+            "features_used": self.features_used, "notes": self.notes, "warnings": self.warnings,
+            "metrics": self.metrics, "seconds": self.seconds,
+        }
+
+
+def train_in_workspace(
+    *,
+    workspace: str | os.PathLike = DEFAULT_WORKSPACE,
+    method: str = "drcl",
+    modalities: Sequence[str] | None = None,
+    name: str | None = "default",
+    epochs: int | None = None,
+    seed: int | None = 1,
+    split_seed: int | None = None,
+    device: str = "auto",
+    overrides: Sequence[str] = (),
+    add_modality: str | None = None,
+    label_noise: float = 0.0,
+    alignment_noise: str | tuple[str, float] | None = None,
+    progress: bool = True,
+    extractors: Mapping[str, str] | None = None,
+) -> WorkspaceTrainResult:
+    """Train a model on the workspace's labelled features, evaluate it on the test split, save it as ``models/NAME``.
+
+    Args:
+        workspace: the workspace folder.
+        method: a registered method (``crossmodal.methods.list_methods()``).
+        modalities: which modalities (default: every modality with labelled features in the store).
+        name: the model's name (None: ``default``): ``models/NAME`` (model.safetensors, card.json, config.json,
+            train_log.jsonl, curves.png). Rerunning the same command after a kill resumes from its checkpoints.
+        epochs: overrides the method's (or the small-data preset's) epochs.
+        seed: the method's seed, and the split seed unless ``split_seed`` is given (None: 1).
+        split_seed: the seed of the store's split (``Workspace.splits``); None: ``seed``.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        overrides: ``key=value`` items for the method's config (applied last).
+        add_modality: train only this modality against the saved model ``NAME`` (DRCL: its frozen prior), leaving the
+            other encoders as they are; the split seed and classes are the model's.
+        label_noise: rate of symmetric label noise injected into the training split (0 = none).
+        alignment_noise: ``"partial:R"`` / ``"complete:R"`` (or ``(kind, R)``) alignment noise for paired data.
+        progress: show a progress bar per training stage on stderr.
+        extractors: modality -> extractor name or key, for a modality with several tables in the store (the rule:
+            ``pipelines.train.choose_features``).
+
+    Returns:
+        A :class:`WorkspaceTrainResult` (``model_dir``, ``model``, ``metrics`` as ``crossmodal.evaluation.evaluate``
+        gives them, and what the workspace chose: ``features_used``, ``notes``, ``warnings``); ``.to_dict()`` is its
+        JSON form.
+
+    Raises:
+        ConfigError: unknown method or override, an invalid name, fewer than two modalities with labelled features,
+            a modality with several feature tables and no ``extractors`` choice, or a modality that cannot be added.
+        NotTrainedError: ``add_modality`` names a model that does not exist.
+    """
+    started = time.perf_counter()
+    ws = Workspace(workspace)
+    name = "default" if name is None else name
+    ws.model_dir(name)  # refuse a bad name before any work
+    seed = 1 if seed is None else seed
+    split_seed = seed if split_seed is None else split_seed
+    if add_modality is not None:
+        return _add_modality(ws, canonical_modality(add_modality), name=name, epochs=epochs, device=device,
+                             overrides=overrides, progress=progress, started=started, extractors=extractors or {})
+    chosen, notes = choose_features(ws, modalities, extractors or {})
+    modalities = list(chosen)
+    keys = {m: c["key"] for m, c in chosen.items()}
+    classes = ws.class_names(modalities, keys=keys)
+    source = WorkspaceSource(ws.root, split_seed=split_seed, keys=keys, classes=tuple(classes))
+    data = source.load()
+    largest = max(len(fs) for fs in data.train.values())
+    preset = SMALL_DATA_PRESET if method == "drcl" and largest < SMALL_DATA_ITEMS else None
+    if preset is not None:
+        notes.append(f"small dataset (at most {largest} training items per modality): DRCL uses the preset {preset} "
+                     "(hidden 512-512, a 128-d space, batch 64, 100 epochs, Adam 1e-3) instead of the paper's "
+                     "4096-4096-2048 and batch 1024; --set key=value overrides it")
+    warnings: list[str] = []
+    config = resolve_config(method, preset=preset, epochs=epochs, seed=seed, overrides=overrides, warnings=warnings)
+    if isinstance(alignment_noise, tuple):
+        alignment_noise = f"{alignment_noise[0]}:{alignment_noise[1]}"
+    train, noise = inject_noise(data.train, label_noise=label_noise, alignment_noise=alignment_noise, seed=seed,
+                                paired=data.paired)
+    with _one_cpu_thread(preset is not None):
+        result = fit_and_save(method, train, data.val, data.test, config=config, device=device,
+                              out=ws.model_dir(name), features={m: ws.feature_identity(m, keys[m]) for m in modalities},
+                              source=source, extra={"classes": classes, **noise}, progress=progress)
+    counts = {m: {s: len(getattr(data, s)[m]) for s in SPLITS} for m in modalities}
+    return _summary(result.model, ws.model_dir(name), counts=counts, notes=notes + result.notes, started=started,
+                    features_used=_features_used(chosen, counts, split_seed), warnings=warnings)
+
+
+def _features_used(chosen: Mapping[str, Mapping[str, Any]], counts: Mapping[str, Mapping[str, int]],
+                   seed: int) -> list[dict[str, Any]]:
+    """Rows of ``TrainResult.features_used``: each modality's table, its split counts and why."""
+    return [{"modality": m, "extractor": c["extractor"], "key": c["key"], **counts[m],
+             "why": f"{c['why']}; its {c['labelled']} labelled items split {SPLIT_FRACTIONS['train']:.0%}/"
+                    f"{SPLIT_FRACTIONS['val']:.0%}/{SPLIT_FRACTIONS['test']:.0%} per class (seed {seed})"}
+            for m, c in chosen.items()]
+
+
+@contextlib.contextmanager
+def _one_cpu_thread(enabled: bool) -> Iterator[None]:
+    """Run torch on one CPU thread while ``enabled``: the small-data preset's 512-wide MLPs on batches of 64 are too
+    small to split, and on two busy cores two threads took four times the wall time of one (thread hand-offs)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if enabled:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _add_modality(ws: Workspace, modality: str, *, name: str, epochs: int | None, device: str,
+                  overrides: Sequence[str], progress: bool, started: float,
+                  extractors: Mapping[str, str]) -> WorkspaceTrainResult:
+    """Train ``modality`` against the saved model ``name`` (its prior), keep its other encoders, re-evaluate, save."""
+    target = ws.model_dir(name)
+    if not (target / "card.json").is_file():
+        raise NotTrainedError(f"{ws.root}: no trained model {name!r} to add {modality} to",
+                              hint=f"train it first: crossmodal train --name {name} --workspace {ws.root}")
+    card = read_card(target)
+    method = create_method(card["method"])
+    if not hasattr(method, "add_modality"):
+        raise ConfigError(f"method {card['method']!r} cannot add a modality to a trained model",
+                          hint="retrain on every modality: crossmodal train --modalities ...")
+    source = card_source(card, model_dir=target)
+    if not isinstance(source, WorkspaceSource):
+        raise ConfigError(f"model {name!r} was trained on {source.describe()}, not on a workspace's store",
+                          hint="retrain on every modality in the workspace: crossmodal train --modalities ...")
+    chosen, notes = choose_features(ws, [modality], extractors, minimum=1)
+    key = chosen[modality]["key"]
+    data = WorkspaceSource(ws.root, split_seed=source.split_seed, keys={modality: key}, classes=source.classes).load()
+    model = CrossModalModel.load(target, device=resolve_device(device))
+    config = with_overrides(model.config, {"epochs": epochs} if epochs is not None else {})
+    config = with_overrides(config, list(overrides))
+    bar = ProgressBar() if progress else None
+    try:
+        with _one_cpu_thread(len(data.train[modality]) < SMALL_DATA_ITEMS):
+            model = method.add_modality(model, modality, data.train[modality], data.val[modality],
+                                        feature=ws.feature_identity(modality, key), config=config,
+                                        callbacks=[TrainingLog(target / LOG_FILE), *([bar] if bar else [])],
+                                        checkpoint_dir=target / f"{CHECKPOINTS}-{modality}")
+    finally:
+        if bar is not None:
+            bar.close()
+    test = {**source.load().test, modality: data.test[modality]}
+    model.metrics = evaluate(model, {m: fs for m, fs in test.items() if len(fs) > 0})
+    model.save(target)
+    (target / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    write_curves(target)
+    shutil.rmtree(target / f"{CHECKPOINTS}-{modality}", ignore_errors=True)
+    notes.append(f"{modality} trained against the saved prior of {name!r}; the other encoders "
+                 f"({', '.join(m for m in card['features'] if m != modality)}) are unchanged")
+    counts = {modality: {s: len(getattr(data, s)[modality]) for s in SPLITS}}
+    return _summary(model, target, counts=counts, notes=notes, started=started,
+                    features_used=_features_used(chosen, counts, source.split_seed), warnings=[])
+
+
+def _summary(model: Any, path: Path, *, counts: dict[str, Any], notes: list[str], started: float,
+             features_used: list[dict[str, Any]], warnings: list[str]) -> WorkspaceTrainResult:
+    """The result; the caller prints its choices (``crossmodal train`` and the demo both do)."""
+    return WorkspaceTrainResult(model_dir=path, model=model, metrics=model.metrics, counts=counts, notes=notes,
+                                features_used=features_used, warnings=warnings,
+                                seconds=round(time.perf_counter() - started, 2))
 
 
 def features_rows(features_used: Sequence[Mapping[str, Any]]) -> tuple[list[list[Any]], list[str]]:

@@ -17,42 +17,28 @@ file name under the same class folder) fall in the same split, so paired data st
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import re
-import shutil
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from crossmodal.common.files import atomic_write
-from crossmodal.errors import ConfigError, DatasetFormatError, FeatureMismatchError, NotTrainedError
+from crossmodal.errors import ConfigError, DatasetFormatError
 from crossmodal.featureset import CrossModalDataset, FeatureSet
 from crossmodal.types import MODALITIES, canonical_modality
 from extractors.store import FeatureStore
-from pipelines.train import TrainResult
 
 DEFAULT_WORKSPACE = Path("crossmodal-workspace")
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 """Per class: 20% test and 10% validation (each at least one item once a class has three), the rest training."""
-
-SMALL_DATA_ITEMS = 2000
-"""DRCL on fewer training items than this (in its largest modality) starts from ``SMALL_DATA_PRESET``."""
-
-SMALL_DATA_PRESET = "drcl-small"
-"""The preset (``presets/drcl-small.json``) DRCL starts from on small datasets. The paper's 4096-4096-2048 MLPs (~42 M
-parameters per modality) and batches of 1024 suit its 2,000-40,000-item benchmarks; on a few hundred items they would
-see one partial batch per epoch, and its per-modality learning rates (Wikipedia's 6e-6 for images) would barely move in
-the epochs a small dataset needs. The preset: 512-512 hidden, a 128-d common space, batches of 64, 100 epochs (q reaches
-1 at the last) and Adam at 1e-3 for every modality. ``--set`` overrides any of these."""
-
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 """Model names: letters, digits, ``-``, ``_`` and ``.`` (not first), at most 100 characters. A name becomes a folder
@@ -105,6 +91,24 @@ class StoreTable:
         return np.array([bool(labels) for labels in self.labels], dtype=bool)
 
 
+@dataclass(frozen=True)
+class TableInfo:
+    """One (modality, extractor key) table of the store, summarised from its row metadata (features not read).
+
+    Attributes:
+        modality, key: the table. extractor: its extractor's name.
+        items: rows (an item stored twice counts twice). labelled: rows with at least one label.
+        modified: when a shard was last committed to it (its newest shard's mtime, seconds since the epoch).
+    """
+
+    modality: str
+    key: str
+    extractor: str
+    items: int
+    labelled: int
+    modified: float
+
+
 class Workspace:
     """A workspace folder (created on first write).
 
@@ -114,6 +118,7 @@ class Workspace:
 
     def __init__(self, root: str | os.PathLike = DEFAULT_WORKSPACE):
         self.root = Path(root)
+        self._said: set[tuple[str, str]] = set()  # (modality, key) choices already printed by feature_key
 
     def __repr__(self) -> str:
         return f"Workspace({str(self.root)!r})"
@@ -147,27 +152,54 @@ class Workspace:
         return self.models_dir / check_name(name)
 
     # ------------------------------------------------------------------------------------------------------ features
+    def feature_tables(self, modality: str) -> list[TableInfo]:
+        """The tables of ``modality`` that hold rows, in key order (each shard's metadata checked on read)."""
+        modality = canonical_modality(modality)
+        found = []
+        for key in self.store.keys(modality):
+            table = self.store.table(modality, key)
+            shards = table.shard_paths()
+            if not shards:
+                continue
+            labels = table.metadata(["labels"]).column("labels").to_pylist()
+            found.append(TableInfo(modality=modality, key=key, extractor=table.description.get("name", key),
+                                   items=len(labels), labelled=sum(bool(x) for x in labels),
+                                   modified=max(p.stat().st_mtime for p in shards)))
+        return found
+
     def feature_key(self, modality: str) -> str:
-        """The extractor key whose features stand for ``modality``: its only table, or the one extracted last.
+        """The extractor key whose features stand for ``modality`` when the caller names none: its only table, else
+        the one extracted last (the newest shard), a choice printed on stderr once, with the other tables and how to
+        name one. (``crossmodal train`` refuses to guess instead: ``pipelines.train.choose_features``.)
 
         Raises:
             ConfigError: the store has no features of ``modality``.
         """
         modality = canonical_modality(modality)
-        keys = [k for k in self.store.keys(modality) if _shards(self.store_dir / modality / k)]
-        if not keys:
+        tables = self.feature_tables(modality)
+        if not tables:
             raise ConfigError(f"{self.store_dir}: no {modality} features in the store",
                               hint=f"run crossmodal extract DIR --modality {modality} --workspace {self.root}")
-        return max(keys, key=lambda k: (max(p.stat().st_mtime for p in _shards(self.store_dir / modality / k)), k))
+        return self._latest(tables).key
+
+    def _latest(self, tables: list[TableInfo]) -> TableInfo:
+        """The table extracted last among one modality's ``tables``; with several, the choice is printed once."""
+        chosen = max(tables, key=lambda t: (t.modified, t.key))
+        if len(tables) > 1 and (chosen.modality, chosen.key) not in self._said:
+            self._said.add((chosen.modality, chosen.key))
+            others = ", ".join(t.key for t in tables if t is not chosen)
+            print(f"note: {self.store_dir}: {chosen.modality} has {len(tables)} feature tables; using {chosen.key}, "
+                  f"the one extracted last (also: {others}); name one to choose (--extractor {chosen.modality}=KEY)",
+                  file=sys.stderr)
+        return chosen
 
     def feature_modalities(self, *, labelled: bool = False) -> list[str]:
-        """Modalities with features in the store (with a labelled item when ``labelled``), in canonical order."""
+        """Modalities with features in the store (with a labelled item in the table ``feature_key`` picks when
+        ``labelled``), in canonical order."""
         found = []
         for modality in MODALITIES:
-            if not any(_shards(self.store_dir / modality / k) for k in self.store.keys(modality)):
-                continue
-            labels = _metadata(self.store_dir / modality / self.feature_key(modality), ["labels"])["labels"]
-            if not labelled or any(labels):
+            tables = self.feature_tables(modality)
+            if tables and (not labelled or self._latest(tables).labelled > 0):
                 found.append(modality)
         return found
 
@@ -214,7 +246,8 @@ class Workspace:
         recorded: dict[str, str] = json.loads(path.read_text())["splits"] if path.is_file() else {}
         units: dict[tuple[str, tuple[str, ...]], list[tuple[str, str | None]]] = {}
         for modality, key in self.store.tables():
-            meta = _metadata(self.store_dir / modality / key, ["content_hash", "item_id", "labels", "split"])
+            # every row (repeated items too): each content hash needs its split; checksums checked on read
+            meta = self.store.table(modality, key).metadata(["content_hash", "item_id", "labels", "split"]).to_pydict()
             for h, item, labels, split in zip(meta["content_hash"], meta["item_id"], meta["labels"], meta["split"]):
                 if labels:
                     units.setdefault((item, tuple(sorted(labels))), []).append((h, split))
@@ -280,229 +313,6 @@ class Workspace:
         paired = all(len({tuple(fs.ids) for fs in parts[s].values()}) == 1 for s in SPLITS)
         return CrossModalDataset(name=f"workspace:{self.root}", train=parts["train"], val=parts["val"],
                                  test=parts["test"], paired=paired)
-
-
-# ---------------------------------------------------------------------------------------------------------- training
-@dataclass
-class WorkspaceTrainResult(TrainResult):
-    """A model trained in a workspace: ``model_dir``, ``model``, ``metrics`` (as every training run), and what the
-    workspace chose: items per modality and split, notes (presets applied, modalities kept), wall time."""
-
-    counts: dict[str, dict[str, int]] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form: model name and folder, method, modalities, extractor keys, classes, counts, config, notes,
-        metrics, seconds."""
-        return {
-            "model": self.model_dir.name, "path": str(self.model_dir), "method": self.model.method,
-            "modalities": list(self.model.features),
-            "features": {m: f.extractor_key for m, f in self.model.features.items()},
-            "classes": self.model.extra.get("classes"), "counts": self.counts, "config": self.model.config.to_dict(),
-            "features_used": self.features_used, "notes": self.notes, "warnings": self.warnings,
-            "metrics": self.metrics, "seconds": self.seconds,
-        }
-
-
-def train_in_workspace(
-    *,
-    workspace: str | os.PathLike = DEFAULT_WORKSPACE,
-    method: str = "drcl",
-    modalities: Sequence[str] | None = None,
-    name: str | None = "default",
-    epochs: int | None = None,
-    seed: int | None = 1,
-    device: str = "auto",
-    overrides: Sequence[str] = (),
-    add_modality: str | None = None,
-    label_noise: float = 0.0,
-    alignment_noise: str | tuple[str, float] | None = None,
-    progress: bool = True,
-    extractors: Mapping[str, str] | None = None,
-) -> WorkspaceTrainResult:
-    """Train a model on the workspace's labelled features, evaluate it on the test split, save it as ``models/NAME``.
-
-    Args:
-        workspace: the workspace folder.
-        method: a registered method (``crossmodal.methods.list_methods()``).
-        modalities: which modalities (default: every modality with labelled features in the store).
-        name: the model's name (None: ``default``): ``models/NAME`` (model.safetensors, card.json, config.json,
-            train_log.jsonl, curves.png). Rerunning the same command after a kill resumes from its checkpoints.
-        epochs: overrides the method's (or the small-data preset's) epochs.
-        seed: the split seed and the method's seed (None: 1).
-        device: ``auto``, ``cpu`` or ``cuda``.
-        overrides: ``key=value`` items for the method's config (applied last).
-        add_modality: train only this modality against the saved model ``NAME`` (DRCL: its frozen prior), leaving the
-            other encoders as they are; the split seed and classes are the model's.
-        label_noise: rate of symmetric label noise injected into the training split (0 = none).
-        alignment_noise: ``"partial:R"`` / ``"complete:R"`` (or ``(kind, R)``) alignment noise for paired data.
-        progress: show a progress bar per training stage on stderr.
-        extractors: modality -> extractor name or key, for a modality with several tables in the store (the rule:
-            ``pipelines.train.choose_features``).
-
-    Returns:
-        A :class:`WorkspaceTrainResult` (``model_dir``, ``model``, ``metrics`` as ``crossmodal.evaluation.evaluate``
-        gives them, and what the workspace chose: ``features_used``, ``notes``, ``warnings``); ``.to_dict()`` is its
-        JSON form.
-
-    Raises:
-        ConfigError: unknown method or override, an invalid name, fewer than two modalities with labelled features,
-            a modality with several feature tables and no ``extractors`` choice, or a modality that cannot be added.
-        NotTrainedError: ``add_modality`` names a model that does not exist.
-    """
-    from pipelines.train import choose_features, fit_and_save, inject_noise, resolve_config
-
-    started = time.perf_counter()
-    ws = Workspace(workspace)
-    name = "default" if name is None else name
-    ws.model_dir(name)  # refuse a bad name before any work
-    seed = 1 if seed is None else seed
-    if add_modality is not None:
-        return _add_modality(ws, canonical_modality(add_modality), name=name, epochs=epochs, device=device,
-                             overrides=overrides, progress=progress, started=started, extractors=extractors or {})
-    chosen, notes = choose_features(ws, modalities, extractors or {})
-    modalities = list(chosen)
-    keys = {m: c["key"] for m, c in chosen.items()}
-    classes = ws.class_names(modalities, keys=keys)
-    data = ws.datasets(modalities, seed=seed, keys=keys, classes=classes)
-    largest = max(len(fs) for fs in data.train.values())
-    preset = SMALL_DATA_PRESET if method == "drcl" and largest < SMALL_DATA_ITEMS else None
-    if preset is not None:
-        notes.append(f"small dataset (at most {largest} training items per modality): DRCL uses the preset {preset} "
-                     "(hidden 512-512, a 128-d space, batch 64, 100 epochs, Adam 1e-3) instead of the paper's "
-                     "4096-4096-2048 and batch 1024; --set key=value overrides it")
-    warnings: list[str] = []
-    config = resolve_config(method, preset=preset, epochs=epochs, seed=seed, overrides=overrides, warnings=warnings)
-    if isinstance(alignment_noise, tuple):
-        alignment_noise = f"{alignment_noise[0]}:{alignment_noise[1]}"
-    train, noise = inject_noise(data.train, label_noise=label_noise, alignment_noise=alignment_noise, seed=seed,
-                                paired=data.paired)
-    source = {"kind": "workspace", "workspace": str(ws.root.resolve()), "split_seed": seed, "paired": data.paired}
-    with _one_cpu_thread(preset is not None):
-        result = fit_and_save(method, train, data.val, data.test, config=config, device=device,
-                              out=ws.model_dir(name), features={m: ws.feature_identity(m, keys[m]) for m in modalities},
-                              extra={"data_source": source, "classes": classes, **noise}, progress=progress)
-    counts = {m: {s: len(getattr(data, s)[m]) for s in SPLITS} for m in modalities}
-    return _summary(result.model, ws.model_dir(name), counts=counts, notes=notes + result.notes, started=started,
-                    features_used=_features_used(chosen, counts, seed), warnings=warnings)
-
-
-def _features_used(chosen: Mapping[str, Mapping[str, Any]], counts: Mapping[str, Mapping[str, int]],
-                   seed: int) -> list[dict[str, Any]]:
-    """Rows of ``TrainResult.features_used``: each modality's table, its split counts and why."""
-    return [{"modality": m, "extractor": c["extractor"], "key": c["key"], **counts[m],
-             "why": f"{c['why']}; its {c['labelled']} labelled items split {SPLIT_FRACTIONS['train']:.0%}/"
-                    f"{SPLIT_FRACTIONS['val']:.0%}/{SPLIT_FRACTIONS['test']:.0%} per class (seed {seed})"}
-            for m, c in chosen.items()]
-
-
-@contextlib.contextmanager
-def _one_cpu_thread(enabled: bool) -> Iterator[None]:
-    """Run torch on one CPU thread while ``enabled``: the small-data preset's 512-wide MLPs on batches of 64 are too
-    small to split, and on two busy cores two threads took four times the wall time of one (thread hand-offs)."""
-    import torch
-
-    before = torch.get_num_threads()
-    if enabled:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def load_test_split(card: Mapping[str, Any], *, model_dir: str | os.PathLike | None = None) -> dict[str, FeatureSet]:
-    """The test FeatureSets a workspace model was evaluated on (``crossmodal evaluate`` of a workspace model).
-
-    Args:
-        card: the model card (``crossmodal.model.read_card``).
-        model_dir: where the card was read from; locates the workspace (``models/NAME/..``) when the recorded absolute
-            path has moved.
-
-    Returns:
-        modality -> test FeatureSet, features of the extractor keys the card records, labels in the card's classes.
-
-    Raises:
-        ConfigError: the model was not trained in a workspace.
-        FeatureMismatchError: the store no longer holds features of a recorded extractor key.
-    """
-    source = card.get("extra", {}).get("data_source", {})
-    if source.get("kind") != "workspace":
-        raise ConfigError("this model was not trained in a workspace, so it has no workspace test split",
-                          hint="evaluate it with --dataset NAME --data PATH")
-    root = Path(source["workspace"])
-    if not root.is_dir() and model_dir is not None:
-        root = Path(model_dir).resolve().parent.parent
-    ws = Workspace(root)
-    keys = {m: f["extractor_key"] for m, f in card["features"].items()}
-    for modality, key in keys.items():
-        if key not in ws.store.keys(modality):
-            raise FeatureMismatchError(f"{ws.store_dir}: no {modality} features of extractor {key}, which the model "
-                                       "was trained on", hint="re-extract that modality with the same extractor")
-    data = ws.datasets(list(keys), seed=int(source["split_seed"]), keys=keys, classes=card["extra"].get("classes"))
-    return dict(data.test)
-
-
-def _add_modality(ws: Workspace, modality: str, *, name: str, epochs: int | None, device: str,
-                  overrides: Sequence[str], progress: bool, started: float,
-                  extractors: Mapping[str, str]) -> WorkspaceTrainResult:
-    """Train ``modality`` against the saved model ``name`` (its prior), keep its other encoders, re-evaluate, save."""
-    from crossmodal.config import with_overrides
-    from crossmodal.device import resolve_device
-    from crossmodal.evaluation import evaluate
-    from crossmodal.methods import create_method
-    from crossmodal.model import CrossModalModel, read_card
-    from pipelines.progress import ProgressBar, TrainingLog
-    from pipelines.train import CHECKPOINTS, LOG_FILE, write_curves
-
-    target = ws.model_dir(name)
-    if not (target / "card.json").is_file():
-        raise NotTrainedError(f"{ws.root}: no trained model {name!r} to add {modality} to",
-                              hint=f"train it first: crossmodal train --name {name} --workspace {ws.root}")
-    card = read_card(target)
-    method = create_method(card["method"])
-    if not hasattr(method, "add_modality"):
-        raise ConfigError(f"method {card['method']!r} cannot add a modality to a trained model",
-                          hint="retrain on every modality: crossmodal train --modalities ...")
-    from pipelines.train import choose_features
-
-    chosen, notes = choose_features(ws, [modality], extractors, minimum=1)
-    key = chosen[modality]["key"]
-    source = card["extra"]["data_source"]
-    data = ws.datasets([modality], seed=int(source["split_seed"]), keys={modality: key},
-                       classes=card["extra"]["classes"])
-    model = CrossModalModel.load(target, device=resolve_device(device))
-    config = with_overrides(model.config, {"epochs": epochs} if epochs is not None else {})
-    config = with_overrides(config, list(overrides))
-    bar = ProgressBar() if progress else None
-    try:
-        with _one_cpu_thread(len(data.train[modality]) < SMALL_DATA_ITEMS):
-            model = method.add_modality(model, modality, data.train[modality], data.val[modality],
-                                        feature=ws.feature_identity(modality, key), config=config,
-                                        callbacks=[TrainingLog(target / LOG_FILE), *([bar] if bar else [])],
-                                        checkpoint_dir=target / f"{CHECKPOINTS}-{modality}")
-    finally:
-        if bar is not None:
-            bar.close()
-    test = {**load_test_split(card, model_dir=target), modality: data.test[modality]}
-    model.metrics = evaluate(model, {m: fs for m, fs in test.items() if len(fs) > 0})
-    model.save(target)
-    (target / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    write_curves(target)
-    shutil.rmtree(target / f"{CHECKPOINTS}-{modality}", ignore_errors=True)
-    notes.append(f"{modality} trained against the saved prior of {name!r}; the other encoders "
-                 f"({', '.join(m for m in card['features'] if m != modality)}) are unchanged")
-    counts = {modality: {s: len(getattr(data, s)[modality]) for s in SPLITS}}
-    return _summary(model, target, counts=counts, notes=notes, started=started,
-                    features_used=_features_used(chosen, counts, int(source["split_seed"])), warnings=[])
-
-
-def _summary(model: Any, path: Path, *, counts: dict[str, Any], notes: list[str], started: float,
-             features_used: list[dict[str, Any]], warnings: list[str]) -> WorkspaceTrainResult:
-    """The result; the caller prints its choices (``crossmodal train`` and the demo both do)."""
-    return WorkspaceTrainResult(model_dir=path, model=model, metrics=model.metrics, counts=counts, notes=notes,
-                                features_used=features_used, warnings=warnings,
-                                seconds=round(time.perf_counter() - started, 2))
 
 
 def _featureset(table: StoreTable, rows: list[int], index: dict[str, int], *, multilabel: bool) -> FeatureSet:
@@ -589,14 +399,3 @@ def _quota(n: int) -> dict[str, int]:
     else:
         test, val = n - 1, 0
     return {"train": n - test - val, "val": val, "test": test}
-
-
-def _metadata(table_dir: Path, columns: list[str]) -> dict[str, list]:
-    """Columns of a table's row metadata, without reading its features (duplicates of a content hash included)."""
-    from extractors.store import FeatureTable
-
-    return FeatureTable(table_dir).metadata(columns).to_pydict()  # each shard verified against its checksum
-
-
-def _shards(table_dir: Path) -> list[Path]:
-    return sorted((table_dir / "shards").glob("part-*.parquet"))

@@ -42,7 +42,8 @@ def test_train_writes_the_model_folder(bench):
 def test_the_card_names_its_data_source_and_test_metrics(bench):
     data, out = bench
     card = json.loads((out / "card.json").read_text())
-    assert card["extra"]["data_source"] == {"kind": "benchmark", "dataset": "inria", "path": str(data.resolve())}
+    assert card["source"] == {"kind": "benchmark", "dataset": "inria", "path": str(data.resolve())}
+    assert "data_source" not in card["extra"]
     pairs = [(p["query"], p["target"]) for p in card["metrics"]["pairs"]]
     assert pairs == [("image", "text"), ("text", "image")]
     assert 0 < card["metrics"]["average"]["MAP@all"] <= 1
@@ -89,7 +90,10 @@ def test_label_noise_is_recorded_in_the_card(bench, tmp_path):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["train", "--dataset", "cifar", "--data", "x.mat", "--out", "o"], "unknown dataset 'cifar'"),
-    (["train", "--dataset", "inria", "--out", "o"], "--dataset needs --data FILE and --out DIR"),
+    (["train", "--dataset", "inria", "--out", "o"], "--dataset inria needs --data FILE"),
+    (["train", "--dataset", "inria", "--data", "DATA"], "needs --out DIR"),
+    (["train", "--dataset", "synthetic", "--data", "DATA", "--out", "o"], "--data is for benchmark files"),
+    (["train", "--data", "DATA", "--workspace", "EMPTY"], "--data needs --dataset"),
     (["train", "--dataset", "inria", "--data", "DATA", "--out", "o", "--set", "lr_foo=1"], "no field(s) lr_foo"),
     (["train", "--dataset", "inria", "--data", "DATA", "--out", "o", "--alignment-noise", "half:0.2"], "KIND:RATE"),
     (["train", "--dataset", "inria", "--data", "DATA", "--out", "o", "--preset", "nope"], "no preset 'nope'"),

@@ -39,7 +39,7 @@ def test_the_index_lists_each_item_with_shared_bytes_as_its_own_hit(tmp_path):
     from crossmodal.index import load_index
     from pipelines.index import build_index
     from pipelines.query import _load_index
-    from pipelines.workspace import train_in_workspace
+    from pipelines.train import train_in_workspace
 
     ws = Workspace(tmp_path)
     fill(ws)

@@ -42,7 +42,7 @@ def test_the_trained_model_records_every_modality_and_its_extractor(trained):
     _, ws = trained
     card = json.loads((ws / "models" / "tiny" / "card.json").read_text())
     assert {m: f["extractor_name"] for m, f in card["features"].items()} == {m: n for m, (n, _) in EXTRACTORS.items()}
-    assert card["extra"]["data_source"]["kind"] == "workspace"
+    assert card["source"]["kind"] == "workspace"
     assert card["extra"]["classes"] == [str(d) for d in range(10)]
     for name in ("model.safetensors", "config.json", "train_log.jsonl", "curves.png"):
         assert (ws / "models" / "tiny" / name).is_file()

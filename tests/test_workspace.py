@@ -107,7 +107,7 @@ def test_unlabelled_items_stay_out_of_every_split(tmp_path):
     assert sum(len(getattr(data, s)["image"]) for s in ("train", "val", "test")) == 30
 
 
-def test_the_features_extracted_last_stand_for_a_modality(tmp_path):
+def test_the_features_extracted_last_stand_for_a_modality_and_the_choice_is_printed_once(tmp_path, capsys):
     import os
     import time
 
@@ -118,6 +118,18 @@ def test_the_features_extracted_last_stand_for_a_modality(tmp_path):
     os.utime(old, (time.time() + 60, time.time() + 60))
     assert ws.feature_key("image") == "old@000"
     assert ws.datasets(["image"], seed=1).train["image"].dim == 4
+    err = capsys.readouterr().err
+    assert err.count("note: ") == 1
+    assert "image has 2 feature tables; using old@000, the one extracted last (also: new@000)" in err
+    assert "--extractor image=KEY" in err
+
+
+def test_a_modality_with_one_table_uses_it_without_a_note(tmp_path, capsys):
+    ws = Workspace(tmp_path)
+    _add(ws, "image", _digits(3), key="only@000")
+    assert ws.feature_key("image") == "only@000"
+    assert [(t.key, t.items, t.labelled) for t in ws.feature_tables("image")] == [("only@000", 30, 30)]
+    assert capsys.readouterr().err == ""
 
 
 def test_an_empty_store_raises_a_config_error_naming_the_extract_command(tmp_path):
@@ -129,7 +141,7 @@ def test_an_empty_store_raises_a_config_error_naming_the_extract_command(tmp_pat
 @pytest.fixture()
 def trained_workspace(tmp_path):
     """Fake image and text features of 10 classes x 5 items (feature 1 = the class), a DRCL model 'm' trained."""
-    from pipelines.workspace import train_in_workspace
+    from pipelines.train import train_in_workspace
 
     ws = Workspace(tmp_path)
     for modality in ("image", "text"):
@@ -154,11 +166,11 @@ def test_training_on_a_small_store_uses_the_small_data_preset_and_says_so(traine
 
 def test_the_test_split_of_a_workspace_model_is_the_one_drawn_with_its_seed(trained_workspace):
     from crossmodal.model import read_card
-    from pipelines.workspace import load_test_split
+    from pipelines.datasource import load_test_split
 
     ws, result = trained_workspace
     card = read_card(result.model_dir)
-    assert card["extra"]["data_source"]["split_seed"] == 4
+    assert card["source"] == {"kind": "workspace", "workspace": str(ws.root.resolve()), "split_seed": 4}
     test = load_test_split(card)
     expected = ws.datasets(["image", "text"], seed=4).test
     for modality in ("image", "text"):
@@ -168,7 +180,7 @@ def test_the_test_split_of_a_workspace_model_is_the_one_drawn_with_its_seed(trai
 
 def test_adding_a_modality_to_a_model_that_does_not_exist_says_to_train_it_first(tmp_path):
     from crossmodal.errors import NotTrainedError
-    from pipelines.workspace import train_in_workspace
+    from pipelines.train import train_in_workspace
 
     with pytest.raises(NotTrainedError, match="no trained model 'photos'"):
         train_in_workspace(workspace=tmp_path, name="photos", add_modality="video", progress=False)

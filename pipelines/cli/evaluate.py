@@ -15,11 +15,12 @@ EXAMPLES = examples(
     "crossmodal evaluate --model photos --workspace ws      # models/photos of a workspace",
     "crossmodal evaluate models/wiki --k 100 --json         # a model folder (crossmodal train --out)",
     "crossmodal evaluate models/wiki --data /elsewhere/wiki.mat     # the benchmark file moved",
+    "crossmodal evaluate models/synthetic    # the card's source regenerates a synthetic set's test split",
 )
 
 
-@app.command("evaluate", help="Evaluate a trained model on its test split (the papers' table) and save PR curves."
-             + EXAMPLES)
+@app.command("evaluate", help="Evaluate a trained model on its test split, reloaded from the data source its card "
+                              "records (the papers' table), and save PR curves." + EXAMPLES)
 def evaluate(
     model_dir: Annotated[Path | None, typer.Argument(help="A model folder (default: --model in --workspace).")] = None,
     model: Annotated[str | None, typer.Option("--model", "--name", help="Model name in the workspace (models/NAME; "

@@ -1,4 +1,5 @@
-"""``crossmodal train``: on a benchmark file (``--dataset``) or on the workspace's features (pipelines.train)."""
+"""``crossmodal train``: on a benchmark file or synthetic set (``--dataset``) or on the workspace's features; the
+options name one data source (pipelines.datasource), which pipelines.train trains on."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ EXAMPLES = examples(
     "crossmodal train --dataset wiki --data wiki.mat --out models/wiki          # DRCL, the paper's Wikipedia values",
     "crossmodal train --dataset xmedia --data XMediaFeatures.mat --out models/xm --epochs 50 --set batch_size=256",
     "crossmodal train --dataset wiki --data wiki.mat --out m/noisy --label-noise 0.4 --alignment-noise partial:0.2",
+    "crossmodal train --dataset synthetic --out models/synthetic --epochs 20    # generated data, no file",
     "crossmodal train --modalities image,text --name photos      # workspace mode: the store's features",
     "crossmodal train --name photos --add-modality audio         # train one more modality against the saved prior",
     "crossmodal train --name photos --extractor text=minilm      # the store holds several text tables",
@@ -24,7 +26,8 @@ Opt = typer.Option
 
 @app.command("train", help="Train a cross-modal model (DRCL by default) and evaluate it on the test split." + EXAMPLES)
 def train(
-    dataset: Annotated[str | None, Opt(help="wiki, wiki-sift-lda, xmedia, xmedianet, nus or inria.")] = None,
+    dataset: Annotated[str | None, Opt(help="A benchmark format read from --data (wiki, xmedia, ...), or synthetic, "
+                                            "synthetic-xmedia.")] = None,
     data: Annotated[Path | None, Opt(help="The benchmark feature file (with --dataset).")] = None,
     out: Annotated[Path | None, Opt(help="Model folder to write (with --dataset); re-run to resume.")] = None,
     epochs: Annotated[int | None, Opt(help="Epochs of each stage (default: the preset's).")] = None,
@@ -32,7 +35,9 @@ def train(
     device: DeviceOpt = "auto",
     method: Annotated[str, Opt(help="Method (registry name).")] = "drcl",
     overrides: Annotated[list[str] | None, Opt("--set", help="Config override key=value (repeatable).")] = None,
-    preset: Annotated[str | None, Opt(help="Preset name or JSON file (default: <method>-<dataset>).")] = None,
+    preset: Annotated[str | None, Opt(help="Preset name or JSON file; 'paper': the dataset's paper preset; 'auto': "
+                                           "the recipe fitted to the data (DRCL's default when the data is far from "
+                                           "the paper's).")] = None,
     label_noise: Annotated[float, Opt(help="Rate of symmetric label noise in the training split.")] = 0.0,
     alignment_noise: Annotated[str | None, Opt(help="partial:R or complete:R pair noise (paired data).")] = None,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
@@ -43,13 +48,15 @@ def train(
                                                     "modality has several (repeatable).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
+    from pipelines.datasource import data_source
     from pipelines.evaluate import table_rows
     from pipelines.train import features_rows, run_train
 
-    result = run_train(dataset=dataset, data=data, out=out, workspace=workspace, modalities=modalities, name=name,
-                       add_modality=add_modality, method=method, epochs=epochs, seed=seed, device=device,
-                       overrides=overrides or [], preset=preset, label_noise=label_noise,
-                       alignment_noise=alignment_noise, extractors=extractor or [])
+    source = data_source(dataset, data, workspace=workspace, split_seed=1 if seed is None else seed)
+    result = run_train(source=source, out=out, modalities=modalities, name=name, add_modality=add_modality,
+                       method=method, epochs=epochs, seed=seed, device=device, overrides=overrides or [],
+                       preset=preset, label_noise=label_noise, alignment_noise=alignment_noise,
+                       extractors=extractor or [])
     output = Output(as_json)
     for text in [*(f"note: {n}" for n in result.notes), *(f"warning: {w}" for w in result.warnings)]:
         output.info(text)

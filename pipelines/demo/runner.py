@@ -113,7 +113,7 @@ def run_demo(
     from pipelines.extract import ExtractOptions, run_extract
     from pipelines.index import build_index
     from pipelines.query import query
-    from pipelines.workspace import train_in_workspace
+    from pipelines.train import train_in_workspace
 
     if size not in SIZES:
         raise ConfigError(f"unknown demo size {size!r}", hint=f"choose one of {', '.join(SIZES)}")
