@@ -8,14 +8,23 @@ Layout (ARCHITECTURE.md "On disk", after clip-retrieval's output sink)::
         shards/part-<seq>-<uuid8>.parquet  n rows: content_hash, item_id, source_path, labels (list<string>), split,
                                            source_path_bytes (the raw path when it is not valid UTF-8, else null)
         shards/part-<seq>-<uuid8>.sha256   JSON: sha256 of the .npy and of the .parquet, and the row count
+        shards/compact-<stem>.journal      only while a compaction merges shards: the merged stem and its inputs
+        shards/claims/<owner id>.json      a running extraction's claimed content hashes (owner, pid, host, time)
 
 A shard is committed atomically: its files are written as ``.incomplete`` and fsynced, then the ``.npy`` and the
 ``.sha256`` are renamed and the ``.parquet`` **last**; a shard exists iff its parquet exists. A crash therefore leaves
 the store as it was before the shard, plus at most an orphan ``.npy``, ``.sha256`` or ``.incomplete`` file that the next
 open removes. A full disk (ENOSPC) removes the shard's files and raises :class:`StoreFullError`.
 
+Reads stream, shard by shard, and never concatenate the table: :meth:`FeatureTable.iter_batches` yields read-only
+slices of one shard's memory map with their metadata rows, :meth:`FeatureTable.rows_view` is an array-like that
+gathers ``view[idx]`` from the shards' files (what training samples batches from), and :meth:`FeatureTable.dataset`
+is a ``pyarrow.dataset`` over the shards' metadata. ``read`` concatenates: the small-table path. The memory of each
+step against the table's size, up to 10^7 x 128: benchmarks/results/store_scale.md.
+
 Reads verify each shard once per process (cached by path, inode, size and mtime): both checksums, the ``.npy``'s dtype
-and shape against the parquet's rows, and finite values. A bad shard raises :class:`StoreError` naming it, with the fix
+and shape against the parquet's rows, and finite values, the ``.npy`` read once in 8 MiB blocks for its sha256 and its
+finite check together. A bad shard raises :class:`StoreError` naming it, with the fix
 ``crossmodal store repair``. Measured with benchmarks/store_verify.py on a 100,000 x 128 shard (51 MB npy, 2 MB
 parquet; medians of 15 reads on a shared 2-core machine): the first read in a process takes 139 ms and later ones
 58 ms when the machine is quiet (292 and 105 ms at a load average of 6), so the checks cost 80-190 ms once per process
@@ -26,7 +35,11 @@ were recorded get the structural and finite checks only (``store verify`` lists 
 Concurrency: several writers (threads, processes, Ray workers) may write to one table. Shard names carry a uuid, so they
 never collide; the sequence number that orders shards is allocated under an exclusive ``flock`` on ``shards/.seq.lock``.
 Each writer holds a shared ``flock`` on ``shards/.writers.lock`` while it writes; the orphan clean-up takes that lock
-exclusively and without waiting, so it only runs when no writer is mid-shard (and is skipped otherwise).
+exclusively and without waiting, so it only runs when no writer is mid-shard (and is skipped otherwise). Readers hold a
+shared ``flock`` on ``shards/.compact.lock`` while they list the shards (and a stream or a view for its whole life);
+``compact`` takes it and the writers lock exclusively for each merge, so a reader never sees a merged shard beside the
+shards it replaced. Concurrent extractions split the work with claims (:meth:`FeatureTable.claim`, under the exclusive
+``.seq.lock``): each takes the items neither stored nor claimed by another live run.
 
 An item is a (content hash, item id, labels) entry: the content hash (sha256 of the file's bytes) is the key of its
 features, not its identity, so two files with the same bytes (the same picture under two names or two classes) are two
@@ -498,7 +511,8 @@ class FeatureTable:
         its npy and checksums are renamed in and its parquet last (the commit point: from here a listing shows the
         merged shard and hides the replaced ones), then the replaced shards are removed and the journal last. The
         next open (:meth:`clean_orphans`) finishes a merge killed after its commit point and removes one killed
-        before it. Runs under the table's exclusive locks: writers and readers wait for each merge.
+        before it. Runs under the table's exclusive locks: writers and readers wait for each merge, and each merge
+        waits for the open streams and views of the table (close this process's own first: it would wait for them).
 
         Args:
             target_rows: the most rows of a merged shard; default ``COMPACT_BYTES`` of features (256 MB).
@@ -629,7 +643,7 @@ class FeatureTable:
         are then skipped as stored.
         """
         wanted = list(dict.fromkeys(hashes))
-        with self._lock(".seq.lock", shared=False):
+        with self._reader_lock(), self._lock(".seq.lock", shared=False):  # the reader lock first, as compact takes it
             stored = self._stored_hashes()
             held: set[str] = set()
             own: set[str] = set()
@@ -681,7 +695,7 @@ class FeatureTable:
     def _stored_hashes(self) -> set[str]:
         """The content hashes of the committed shards, read once per shard per table object (a shard's rows never
         change; a compaction or a dropped shard makes it read the table again)."""
-        paths = set(self.shard_paths())
+        paths = set(self._listing())  # the caller holds the reader lock
         if not paths >= self._hashes_seen:
             self._hashes, self._hashes_seen = set(), set()
         for parquet in sorted(paths - self._hashes_seen):
@@ -736,12 +750,13 @@ class FeatureTable:
         return True
 
     def drop_shard(self, parquet: Path) -> pa.Table | None:
-        """Remove a shard: its parquet first (the shard no longer exists), then its other files.
+        """Remove a shard: its parquet first (the shard no longer exists), then its other files. Waits, like
+        :meth:`compact`, for the open streams and views of the table.
 
         Returns:
             The rows it held when its parquet can still be read (unverified: for saying what was dropped), else None.
         """
-        with self._lock(".writers.lock", shared=False):
+        with self._lock(".compact.lock", shared=False), self._lock(".writers.lock", shared=False):
             try:
                 rows: pa.Table | None = pq.read_table(parquet, schema=SCHEMA)
             except (OSError, pa.ArrowException):
@@ -922,7 +937,11 @@ class ShardedRows:
             if self.closed:
                 raise StoreError(f"{self.table.path}: this view of the table was closed",
                                  hint="take a new one with FeatureTable.rows_view()")
-            fd = os.open(self.parquets[s].with_suffix(".npy"), os.O_RDONLY)
+            try:
+                fd = os.open(self.parquets[s].with_suffix(".npy"), os.O_RDONLY)
+            except FileNotFoundError:
+                raise StoreError(f"{self.parquets[s].with_suffix('.npy')}: missing, but its parquet is committed",
+                                 hint=self.table._hint(self.parquets[s])) from None
             while len(self._fds) >= self.max_open:
                 os.close(self._fds.popitem(last=False)[1])  # the least recently used shard's file
         self._fds[s] = fd
