@@ -3,9 +3,11 @@
 For each gallery size the gallery (128-d clustered unit vectors: the Gaussian mixture of benchmarks/search.py, so
 recall means something) is written once to a ``.npy`` file chunk by chunk and memory-mapped; every index is then built
 in a child process by ``crossmodal.index.build_from_batches`` from 65,536-row slices of that map (exactly what
-``crossmodal index`` feeds it from the store), and searched in another child process after ``load_index``. The parent
-reads each child's peak resident set (``wait4``'s ``ru_maxrss``, which counts the pages of memory-mapped files the
-child touched) and samples its anonymous memory (``RssAnon``: the heap, what mapping does not explain) every 0.1 s.
+``crossmodal index`` feeds it from the store), and searched in another child process after ``load_index``, on one
+thread (``OMP_NUM_THREADS=1``: a single query gains nothing from two busy cores, and BLAS threads spinning on a shared
+machine made exact search 10x slower). Each child reports its peak resident set (``VmHWM``, which counts the pages of
+memory-mapped files it touched: the gallery it streams, the index it searches), and the parent samples its anonymous
+memory (``RssAnon``: the heap, what mapping does not explain) every 0.1 s.
 
 Measured per index: build time, peak RSS and peak anonymous memory of the build, files on disk, load time (which
 includes the sha256 of every file), peak RSS of the query process, p50/p99 latency of single queries (k=10, warm page
@@ -16,8 +18,10 @@ reaches ``--target-recall``, half measure it). IVF: ``ivf-ondisk:IVF<nlist>_HNSW
 
 Usage (``--workdir`` needs ~4x the gallery's bytes free at the largest size; results are appended as Markdown):
 
-    nice -n 10 python benchmarks/index_scale.py --sizes 100000 1000000 --out benchmarks/results/index_scale.md
-    nice -n 10 python benchmarks/index_scale.py --sizes 10000000 --out benchmarks/results/index_scale.md
+    OMP_NUM_THREADS=2 nice -n 10 python benchmarks/index_scale.py --sizes 100000 1000000 \\
+        --out benchmarks/results/index_scale.md
+    OMP_NUM_THREADS=2 nice -n 10 python benchmarks/index_scale.py --sizes 10000000 \\
+        --out benchmarks/results/index_scale.md
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]  # the shared generator; crossmodal
-from search import ClusteredVectors  # noqa: E402  (benchmarks/ is scripts: the shared data generator)
+from _memory import status_mb  # noqa: E402  (benchmarks/ is scripts: the shared /proc reader and data generator)
+from search import ClusteredVectors  # noqa: E402
 
 K = 10
 BATCH = 65_536
@@ -96,6 +101,7 @@ def child_build(spec: str, gallery_path: str, out: str) -> dict:
     built = build_from_batches(spec, dim, batches(), out, size=n, train_sample=sample)
     files = {p.name: p.stat().st_size for p in Path(out).iterdir()}
     return {"seconds": built.seconds, "summary": built.summary, "trained_on": built.index.trained_on,
+            "peak_rss_mib": status_mb("VmHWM"),
             "disk_bytes": sum(files.values()), "files": files}
 
 
@@ -130,14 +136,16 @@ def child_query(out: str, queries_path: str, truth_path: str, target: float, lat
         index.search(q[None], K)
         latencies.append(time.perf_counter() - t)
     result.update(recall=recall(positions(measure[0]), measure[1]), latency_queries=len(latencies),
+                  peak_rss_mib=status_mb("VmHWM"),
                   p50_ms=1e3 * float(np.percentile(latencies, 50)), p99_ms=1e3 * float(np.percentile(latencies, 99)))
     return result
 
 
-def run_child(args: list[str]) -> tuple[dict, float, float, float]:
-    """(the child's JSON answer, wall seconds, peak RSS MiB from wait4, peak RssAnon MiB sampled every 0.1 s)."""
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, "--child", *args], stdout=subprocess.PIPE, text=True)
+def run_child(args: list[str], *, threads: int | None = None) -> tuple[dict, float]:
+    """(the child's JSON answer, peak RssAnon MiB sampled every 0.1 s)."""
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)}
+                              if threads else {}))
+    proc = subprocess.Popen([sys.executable, __file__, "--child", *args], stdout=subprocess.PIPE, text=True, env=env)
     peak_anon = [0.0]
 
     def sample() -> None:
@@ -153,13 +161,11 @@ def run_child(args: list[str]) -> tuple[dict, float, float, float]:
     watcher = threading.Thread(target=sample, daemon=True)
     watcher.start()
     output = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.wait()
     watcher.join()
     if proc.returncode != 0:
         raise SystemExit(f"child {args} failed ({proc.returncode})")
-    answer = json.loads(output.strip().splitlines()[-1])
-    return answer, time.perf_counter() - started, usage.ru_maxrss / 1024, peak_anon[0]
+    return json.loads(output.strip().splitlines()[-1]), peak_anon[0]
 
 
 # -- the table ---------------------------------------------------------------------------------------------------------
@@ -174,13 +180,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="append the Markdown table here")
     args = parser.parse_args()
 
-    from crossmodal.index import _auto_nlist
+    from crossmodal.index import _auto_nlist, choose_spec
 
     args.workdir.mkdir(parents=True, exist_ok=True)
     data = ClusteredVectors(args.dim, seed=0)
     lines = [f"### {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: sizes {args.sizes}, {args.dim}-d",
              "", f"`{shlex.join(['python', *sys.argv])}` on {platform.node()} ({os.cpu_count()} cores, shared),"
-             f" {args.queries} queries, target recall@10 {args.target_recall}", "",
+             f" {args.queries} queries, target recall@10 {args.target_recall}; load average at the start"
+             f" {os.getloadavg()[0]:.1f}", "",
              "| n | index | build s | build peak RSS MiB | build peak anon MiB | disk MB | load s | query peak RSS MiB"
              " | nprobe | p50 ms | p99 ms | recall@10 |", "|" + "---|" * 12]
     notes = []
@@ -194,16 +201,19 @@ def main() -> None:
         np.save(args.workdir / "truth.npy", truth)
         notes.append(f"n={n:,}: gallery written and exact ground truth computed in {time.perf_counter() - t:.0f} s")
         nlist = _auto_nlist(n)
+        notes.append(f"n={n:,}: `--backend auto` on this machine now would pick"
+                     f" {' because '.join(choose_spec('auto', dim=args.dim, size=n))}")
         for spec in ["exact", f"ivf-ondisk:IVF{nlist}_HNSW32,Flat"]:
             out = args.workdir / f"index-{n}-{spec.split(':')[0]}"
             shutil.rmtree(out, ignore_errors=True)
-            built, build_s, build_rss, build_anon = run_child(["build", spec, str(gallery_path), str(out)])
+            built, build_anon = run_child(["build", spec, str(gallery_path), str(out)])
             latency_queries = max(10, min(args.queries // 2, int(2e8 // n))) if spec == "exact" else args.queries // 2
             asked = ["query", str(out), str(args.workdir / "queries.npy"), str(args.workdir / "truth.npy"),
                      str(args.target_recall), str(latency_queries)]
-            answered, _, query_rss, _ = run_child(asked)
-            lines.append(f"| {n:,} | {spec} | {built['seconds']:.1f} | {build_rss:,.0f} | {build_anon:,.0f} |"
-                         f" {built['disk_bytes'] / 1e6:,.0f} | {answered['load_s']:.1f} | {query_rss:,.0f} |"
+            answered, _ = run_child(asked, threads=1)
+            lines.append(f"| {n:,} | {spec} | {built['seconds']:.1f} | {built['peak_rss_mib']:,.0f} |"
+                         f" {build_anon:,.0f} | {built['disk_bytes'] / 1e6:,.0f} | {answered['load_s']:.1f} |"
+                         f" {answered['peak_rss_mib']:,.0f} |"
                          f" {answered.get('nprobe', '-')} | {answered['p50_ms']:.2f} | {answered['p99_ms']:.2f} |"
                          f" {answered['recall']:.3f} |")
             notes.append(f"n={n:,} {spec}: {built['summary']}; trained on {built['trained_on']:,}; latency over"
@@ -214,6 +224,7 @@ def main() -> None:
                 shutil.rmtree(out, ignore_errors=True)
         if not args.keep:
             gallery_path.unlink(missing_ok=True)
+    notes.append(f"load average at the end {os.getloadavg()[0]:.1f}")
     text = "\n".join([*lines, "", *[f"- {note}" for note in notes], ""])
     print(text)
     if args.out:

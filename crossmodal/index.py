@@ -500,11 +500,21 @@ class FaissIndex(Index):
         sample = self._check(sample, "training vectors")
         if len(sample) > size:
             sample = sample[np.sort(np.random.default_rng(0).choice(len(sample), size, replace=False))]
+        faiss = _faiss()
+        ivf = faiss.try_extract_index_ivf(self._index)
+        if ivf is not None and not isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexFlat):
+            # k-means assigns points with matrix products on a flat index rather than through the HNSW quantiser,
+            # which gets the centroids at the end (faiss does not own it: ``flat`` lives until training ends)
+            flat = faiss.IndexFlatL2(self.dim)
+            ivf.clustering_index = flat
         try:
             self._index.train(self._prepare(sample))
         except RuntimeError as e:
             raise ConfigError(f"faiss cannot train {self.options!r} on {len(sample)} vectors:"
                               f" {str(e).splitlines()[-1]}", hint="use fewer IVF lists or a smaller PQ") from e
+        finally:
+            if ivf is not None:
+                ivf.clustering_index = None
         self.trained_on = len(sample)
 
     def set_search_params(self, search_params: str) -> None:

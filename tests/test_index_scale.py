@@ -110,3 +110,33 @@ def test_tuned_search_parameters_are_saved_with_the_index(tmp_path):
     np.testing.assert_array_equal(after[1], before[1])
     loaded.set_search_params("nprobe=32")  # every list: exact on this index
     assert recall_at_k(_positions(loaded, queries), exact_topk(data, queries, 4_000, k=10, chunk=4_000)) == 1.0
+
+
+@pytest.mark.parametrize("spec", ["exact", "ivf-ondisk:IVF64,Flat"])
+def test_a_streaming_build_from_a_memory_map_never_holds_the_gallery(tmp_path, spec):
+    """100,000 x 32 vectors (12.8 MB) stream from a memory map into the index folder; Python-side allocations (numpy's
+    included) peak below a quarter of the gallery, and the built index answers like an exact search over the map."""
+    from crossmodal.index import build_from_batches
+
+    n, dim = 100_000, 32
+    data = ClusteredVectors(dim, seed=6)
+    gallery = np.lib.format.open_memmap(tmp_path / "gallery.npy", mode="w+", dtype=np.float32, shape=(n, dim))
+    for start, X in data.chunks(n, chunk=25_000):
+        gallery[start:start + len(X)] = X
+    gallery.flush()
+    mapped = np.load(tmp_path / "gallery.npy", mmap_mode="r")
+    sample = np.array(mapped[::50])
+    batches = ((mapped[s:s + 4_096], np.arange(s, min(s + 4_096, n))) for s in range(0, n, 4_096))
+    build_from_batches(spec, dim, [(sample, np.arange(len(sample)))], tmp_path / "warm-up")  # imports out of the way
+    tracemalloc.start()
+    try:
+        built = build_from_batches(spec, dim, batches, tmp_path / "index", train_sample=sample,
+                                   search_params="nprobe=64" if "ivf" in spec else "")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(built.index) == n
+    assert peak < n * dim * 4 / 4, f"{peak / 2**20:.1f} MiB at peak to stream a {n * dim * 4 / 2**20:.1f} MiB gallery"
+    queries = data.sample(50, stream=-1)
+    truth = exact_topk(data, queries, n, k=10, chunk=25_000)
+    assert recall_at_k(_positions(load_index(tmp_path / "index"), queries), truth) == 1.0
