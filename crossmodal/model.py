@@ -126,13 +126,13 @@ class ModelCard:
         extra, metrics = card.get("extra", {}), card.get("metrics", {})
         if not isinstance(extra, dict) or not isinstance(metrics, dict):
             bad("model card 'extra' and 'metrics' must be objects")
-        source = card.get("source")
-        if source is None and isinstance(extra.get("data_source"), dict):  # a card from before the source field
-            source, extra = extra["data_source"], {k: v for k, v in extra.items() if k != "data_source"}
-        if source is not None and not (isinstance(source, dict) and isinstance(source.get("kind"), str)):
-            bad(f"model card 'source' must be an object with a 'kind', got {_short(source)}")
+        origin = card.get("source")  # where the training data came from (``source`` names the card's own path)
+        if origin is None and isinstance(extra.get("data_source"), dict):  # a card from before the source field
+            origin, extra = extra["data_source"], {k: v for k, v in extra.items() if k != "data_source"}
+        if origin is not None and not (isinstance(origin, dict) and isinstance(origin.get("kind"), str)):
+            bad(f"model card 'source' must be an object with a 'kind', got {_short(origin)}")
         return cls(method=method, config=config, num_classes=num_classes, features=features, weights_sha256=digest,
-                   extra=extra, metrics=metrics, source=source)
+                   extra=extra, metrics=metrics, source=origin)
 
 
 class CrossModalModel(nn.Module):

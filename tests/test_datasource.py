@@ -110,3 +110,15 @@ def test_the_data_modules_are_on_no_import_cycle_even_counting_imports_inside_fu
     data_modules = {f"pipelines.{m}" for m in ("datasource", "train", "workspace", "evaluate", "benchmark")}
     assert [c for c in cycles(graph) if data_modules & set(c)] == []
     assert "pipelines.train" not in graph["pipelines.workspace"]
+
+
+def test_a_card_whose_source_is_not_an_object_is_refused_naming_the_card(inria, tmp_path):
+    from crossmodal.errors import ModelFileError
+
+    _, out = inria
+    card = json.loads((out / "card.json").read_text())
+    card["source"] = "somewhere"
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelFileError, match="'source' must be an object with a 'kind'") as info:
+        read_card(tmp_path)
+    assert str(tmp_path / "card.json") in info.value.message
