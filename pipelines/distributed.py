@@ -433,7 +433,7 @@ def run_index_ray(workspace: str | os.PathLike, *, model: str = "default", backe
             table = ws.store.table(modality, key)
             wanted = None
             if gallery == "test":
-                splits = ws.splits(int(net.extra["data_source"]["split_seed"]))
+                splits = ws.splits(int((net.source or {})["split_seed"]))
                 wanted = {h for h, split in splits.items() if split == "test"}
             rows = _gallery_rows(table, wanted)
             with table.rows_view() as view:
