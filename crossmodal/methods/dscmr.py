@@ -32,14 +32,7 @@ from crossmodal.encoders import mlp_encoder
 from crossmodal.losses.dscmr import invariance_loss, label_similarity, pairwise_likelihood_loss
 from crossmodal.losses.sdml import label_regression_loss
 from crossmodal.methods.base import register_method
-from crossmodal.methods.paired import (
-    PairBatch,
-    PairData,
-    PairedConfig,
-    PairTrainer,
-    PairwiseMethod,
-    with_shared_layer,
-)
+from crossmodal.methods.paired import PairBatch, PairData, PairedConfig, PairTrainer, PairwiseMethod, with_shared_layer
 
 
 @dataclass(frozen=True)

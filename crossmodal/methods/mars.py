@@ -25,7 +25,7 @@ What is reconstructed here (specs/methods-detail.md §6.2):
 * stage k >= 2: LabNet frozen; each DataNet alone with J_sim (data-label term only), J_cls, J_rec, J_orth, J_unb;
 * SDML's optimiser (Adam lr 1e-4, betas (0.5, 0.999), batch 100, 200 epochs), and SDML's selection: per modality the
   epoch with the lowest validation ``||s W - y||``. Only the trunk and shared head are kept in the model;
-* SDML's training loop (``crossmodal.methods.sdml.train_modality``, the toolkit's loop); LabNet is built under the
+* SDML's training (``crossmodal.methods.sdml.FixedSpaceMethod``, the toolkit's loop); LabNet is built under the
   stream ``(seed, "mars:labnet")``, each DataNet under ``(seed, "mars:<modality>")``.
 
 A faithful MARS should land near SDML (within about 0.02 MAP, DRCL Tables II/III). ``prior_from`` (Table VI) replaces
@@ -34,9 +34,7 @@ W with a DRCL model's learned prior, as for SDML.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -44,13 +42,11 @@ from torch import nn
 
 from crossmodal.config import MethodConfig
 from crossmodal.encoders import L2Normalize, mlp_encoder
-from crossmodal.featureset import FeatureSet
 from crossmodal.losses.dscmr import label_similarity, pairwise_likelihood_loss
 from crossmodal.losses.sccmr import labelled_cross_entropy
 from crossmodal.losses.sdml import label_regression_loss, reconstruction_loss
-from crossmodal.methods.base import Callback, checkpoint_folder, default_features, register_method, seeded
-from crossmodal.methods.sdml import common_space, label_term, modality_tensors, train_modality, training_tensors
-from crossmodal.model import CrossModalModel, FeatureIdentity
+from crossmodal.methods.base import register_method, seeded
+from crossmodal.methods.sdml import FixedSpaceMethod, ModalityNets
 
 
 @dataclass(frozen=True)
@@ -98,70 +94,49 @@ class _ReverseGradient(torch.autograd.Function):
 
 
 @register_method
-class MARS:
+class MARS(FixedSpaceMethod):
     name: ClassVar[str] = "mars"
     Config: ClassVar[type[MARSConfig]] = MARSConfig
 
-    def fit(self, train: Mapping[str, FeatureSet], val: Mapping[str, FeatureSet] | None, *, config: MARSConfig,
-            device: torch.device, features: Mapping[str, FeatureIdentity] | None = None,
-            callbacks: Sequence[Callback] = (), checkpoint_dir: Path | None = None) -> CrossModalModel:
-        num_classes = next(iter(train.values())).num_classes
-        W = common_space(num_classes, dim=config.dim, prior_seed=config.prior_seed,
-                         prior_from=config.prior_from).to(device)
-        folder = checkpoint_folder(checkpoint_dir, config)
+    def shared(self, config: MARSConfig, num_classes: int, device: torch.device) -> nn.Module:
+        """LabNet, trained with the first modality and frozen after."""
         with seeded(config.seed, "mars:labnet"):
             labnet = mlp_encoder(num_classes, config.label_hidden, config.dim, bias_last=True, last_init="default")
-        labnet = labnet.to(device)
-        encoders: dict[str, nn.Module] = {}
-        for k, (modality, fs) in enumerate(train.items()):
-            stage = f"mars:{modality}"
-            X, Y = training_tensors(fs, modality, device)
-            valid = modality_tensors((val or {}).get(modality), device)
-            with seeded(config.seed, stage):
-                net = _DataNet(config, fs.dim).to(device)
-                decoder = mlp_encoder(2 * config.dim, config.hidden[::-1], fs.dim, bias_last=True, normalize=False,
-                                      last_init="default").to(device)
-                probe = nn.Linear(config.dim, num_classes).to(device)
-            first = k == 0
-            labnet.requires_grad_(first)
-            trained = nn.ModuleDict({"net": net, "decoder": decoder, "probe": probe})
+        return labnet.to(device)
+
+    def networks(self, config: MARSConfig, k: int, d: int, num_classes: int, W: torch.Tensor,
+                 labnet: nn.Module) -> ModalityNets:
+        """DataNet, the decoder of [s; e] and the adversarial probe; LabNet trains with the first modality only."""
+        net = _DataNet(config, d)
+        decoder = mlp_encoder(2 * config.dim, config.hidden[::-1], d, bias_last=True, normalize=False,
+                              last_init="default")
+        probe = nn.Linear(config.dim, num_classes)
+        first = k == 0
+        labnet.requires_grad_(first)
+        trained = nn.ModuleDict({"net": net, "decoder": decoder, "probe": probe})
+        if first:
+            trained["labnet"] = labnet
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+            s, e = net(x)
+            rows = torch.nonzero(y.sum(1) > 0).flatten()
+            s_l, y_l = s[rows], y[rows]
+            h = labnet(y_l)
+            S = label_similarity(y_l, y_l)
+            sim = pairwise_likelihood_loss(s_l, h, S)
+            cls = label_regression_loss(s @ W, y)
             if first:
-                trained["labnet"] = labnet
+                sim = sim + pairwise_likelihood_loss(h, h, S)
+                cls = cls + label_regression_loss(h @ W, y_l)
+            orth = (nn.functional.cosine_similarity(s, e, dim=1) ** 2).mean()
+            unbiased = labelled_cross_entropy(probe(_ReverseGradient.apply(e)), y)
+            recon = reconstruction_loss(decoder(torch.cat([s, e], 1)), x)
+            return {"similarity_loss": sim, "label_loss": cls, "reconstruction_loss": config.lambda_rec * recon,
+                    "orthogonality_loss": config.lambda_orth * orth, "unbiased_loss": config.lambda_unb * unbiased}
 
-            def step(x: torch.Tensor, y: torch.Tensor, net=net, decoder=decoder, probe=probe,
-                     first=first) -> dict[str, torch.Tensor]:
-                s, e = net(x)
-                rows = torch.nonzero(y.sum(1) > 0).flatten()
-                s_l, y_l = s[rows], y[rows]
-                h = labnet(y_l)
-                S = label_similarity(y_l, y_l)
-                sim = pairwise_likelihood_loss(s_l, h, S)
-                cls = label_regression_loss(s @ W, y)
-                if first:
-                    sim = sim + pairwise_likelihood_loss(h, h, S)
-                    cls = cls + label_regression_loss(h @ W, y_l)
-                orth = (nn.functional.cosine_similarity(s, e, dim=1) ** 2).mean()
-                unbiased = labelled_cross_entropy(probe(_ReverseGradient.apply(e)), y)
-                recon = reconstruction_loss(decoder(torch.cat([s, e], 1)), x)
-                return {"similarity_loss": sim, "label_loss": cls, "reconstruction_loss": config.lambda_rec * recon,
-                        "orthogonality_loss": config.lambda_orth * orth, "unbiased_loss": config.lambda_unb * unbiased}
-
-            def validation_loss(net=net, valid=valid) -> float | None:
-                return None if valid is None else label_term(net.encoder, valid, W)
-
-            keep = nn.ModuleDict({"encoder": net.encoder, **({"labnet": labnet} if first else {})})
-            train_modality(step, trained, X, Y, keep=keep, validation_loss=validation_loss, config=config, lr=config.lr,
-                           betas=config.betas, callbacks=callbacks, folder=folder, stage=stage)
-            labnet.eval()
-            encoders[modality] = net.encoder
-        return CrossModalModel(method=self.name, config=config, encoders=encoders,
-                               features=dict(features or default_features(train)), num_classes=num_classes,
-                               buffers={"prior": W.cpu()})
+        keep = nn.ModuleDict({"encoder": net.encoder, **({"labnet": labnet} if first else {})})
+        return ModalityNets(step, trained, keep=keep, encoder=net.encoder, lr=config.lr)
 
     @classmethod
-    def build_model(cls, config: MARSConfig, features: Mapping[str, FeatureIdentity], num_classes: int,
-                    extra: Mapping[str, Any]) -> CrossModalModel:
-        return CrossModalModel(method=cls.name, config=config,
-                               encoders={m: _DataNet(config, f.dim).encoder for m, f in features.items()},
-                               features=features, num_classes=num_classes,
-                               buffers={"prior": torch.zeros(config.dim, num_classes)}, extra=dict(extra))
+    def encoder(cls, config: MARSConfig, d: int) -> nn.Module:
+        return _DataNet(config, d).encoder

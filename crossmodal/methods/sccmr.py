@@ -38,14 +38,7 @@ from crossmodal.encoders import mlp_encoder
 from crossmodal.losses.contrastive import info_nce_loss
 from crossmodal.losses.sccmr import smooth_label_cross_entropy
 from crossmodal.methods.base import register_method
-from crossmodal.methods.paired import (
-    PairBatch,
-    PairData,
-    PairedConfig,
-    PairTrainer,
-    PairwiseMethod,
-    with_shared_layer,
-)
+from crossmodal.methods.paired import PairBatch, PairData, PairedConfig, PairTrainer, PairwiseMethod, with_shared_layer
 
 
 @dataclass(frozen=True)

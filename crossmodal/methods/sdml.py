@@ -17,9 +17,10 @@ validation label term.
 Choices here: W is drawn as DRCL's W0 is (``crossmodal.methods.drcl.initial_prior``: the same distribution as the first
 C columns of a random orthogonal matrix), from ``prior_seed``; the decoder's output normalisation (a quirk: a unit
 vector is compared with the raw input) is kept by default and can be turned off; a modality smaller than a batch
-trains on one batch of all its items (the code would skip it). Training is the toolkit's (crossmodal/methods/base.py):
-each modality's networks are built under the stream ``(seed, "sdml:<modality>")`` and its epochs shuffled by
-``(seed, stage, epoch)``; ``patience`` stops a modality after that many epochs without a lower validation label term.
+trains on one batch of all its items (the code would skip it). ``FixedSpaceMethod`` (here, shared with MARS) trains
+each modality with the toolkit (crossmodal/methods/base.py): its networks built under the stream
+``(seed, "sdml:<modality>")``, its epochs shuffled by ``(seed, stage, epoch)``; ``patience`` stops a modality after
+that many epochs without a lower validation label term.
 
 DRCL's Table VI (prior transfer): ``prior_from`` names a saved DRCL model directory whose learned ``prior`` buffer
 (D x C) replaces the random W; D and C must match (else ConfigError). The paper reports about +0.02 MAP from it.
@@ -110,56 +111,6 @@ def load_prior(path: str | Path, *, dim: int, num_classes: int) -> torch.Tensor:
     return prior
 
 
-def train_modality(
-    step: Callable[[torch.Tensor, torch.Tensor], Mapping[str, torch.Tensor]],
-    trained: nn.Module,
-    X: torch.Tensor,
-    Y: torch.Tensor,
-    *,
-    keep: nn.Module,
-    validation_loss: Callable[[], float | None],
-    config: MethodConfig,
-    lr: float,
-    betas: tuple[float, float],
-    callbacks: Sequence[Callback],
-    folder: Path | None,
-    stage: str,
-) -> None:
-    """The per-modality loop SDML and MARS share: Adam on ``trained``, shuffled batches of (x, y), and after each
-    epoch the validation loss; ``keep`` is restored to its epoch with the lowest (``patience`` may stop earlier).
-
-    Args:
-        step: ``step(x, y) -> {name: loss}`` for one batch (float32 (B, d), (B, C)).
-        trained: every module the optimiser updates.
-        X, Y: float32 (n, d) features and (n, C) label matrix of the modality, on the training device.
-        keep: the modules whose best-epoch state is kept (the encoder, and MARS's LabNet).
-        validation_loss: the current validation loss, or None without validation data (the last epoch is kept).
-        folder: the run's checkpoint folder (``<stage>.pt`` resumes a killed run), or None.
-    """
-    optimizer = torch.optim.Adam([p for p in trained.parameters() if p.requires_grad], lr=lr, betas=betas)
-
-    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        trained.train()
-        sizes = batch_sizes(len(X), config.batch_size, config.last_batch)
-        for index in index_batches(len(X), sizes, torch_rng(config.seed, stage, epoch)):
-            rows = torch.from_numpy(index).to(X.device)
-            yield X[rows], Y[rows]
-
-    def on_epoch_end(epoch: int) -> dict[str, float]:
-        trained.eval()
-        with torch.no_grad():
-            loss = validation_loss()
-        return {} if loss is None else {"val_loss": loss}
-
-    best = BestSnapshot(keep, "val_loss", higher_is_better=False)
-    fit_loop(lambda batch, epoch: step(*batch), batches, epochs=config.epochs, optimizer=optimizer,
-             modules={"trained": trained}, on_epoch_end=on_epoch_end, callbacks=callbacks, stage=stage,
-             checkpoint=Checkpoint(folder, stage.replace(":", "-")) if folder is not None else None, best=best,
-             patience=config.patience)
-    best.restore()
-    trained.eval()
-
-
 def modality_tensors(fs: FeatureSet | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(X float32 (n, d), label matrix float32 (n, C)) on ``device``, or None for a missing split."""
     if fs is None or len(fs) == 0:
@@ -181,53 +132,117 @@ def label_term(encoder: nn.Module, valid: tuple[torch.Tensor, torch.Tensor], W: 
     return float(label_regression_loss(embed_rows(encoder, valid[0], lambda z: z @ W), valid[1]))
 
 
-def _encoder(config: SDMLConfig, d: int) -> nn.Module:
-    return mlp_encoder(d, config.hidden, config.dim, bias_last=True, normalize=True, last_init="default")
+@dataclass
+class ModalityNets:
+    """The networks one modality of SDML or MARS trains, and its loss."""
+
+    step: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]  # (x, y) of a batch -> named losses
+    trained: nn.Module  # every module the optimiser updates
+    keep: nn.Module  # the modules whose best-epoch state is kept (the encoder; MARS's LabNet too, with the first)
+    encoder: nn.Module  # the saved encoder, x -> the common space
+    lr: float  # its Adam learning rate
 
 
-@register_method
-class SDML:
-    name: ClassVar[str] = "sdml"
-    Config: ClassVar[type[SDMLConfig]] = SDMLConfig
+class FixedSpaceMethod:
+    """The Method of SDML and MARS: a fixed common space W (``common_space``), and each modality trained alone, in the
+    order of ``train``, by the toolkit's loop: its networks (``networks``) built under the stream
+    ``(seed, "<name>:<modality>")``, Adam, shuffled batches of (x, y), and the epoch with the lowest validation label
+    term ``mean ||f(x) W - y||`` kept (``patience`` may stop earlier). A subclass sets ``name`` and ``Config`` and gives
+    ``networks`` and ``encoder``."""
 
-    def fit(self, train: Mapping[str, FeatureSet], val: Mapping[str, FeatureSet] | None, *, config: SDMLConfig,
+    name: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]]
+
+    def shared(self, config: Any, num_classes: int, device: torch.device) -> Any:
+        """What every modality's networks share (MARS's LabNet), built once before the first; nothing by default."""
+        return None
+
+    def networks(self, config: Any, k: int, d: int, num_classes: int, W: torch.Tensor, shared: Any) -> ModalityNets:
+        """The networks of the ``k``-th modality (0-based), whose features are ``d`` wide."""
+        raise NotImplementedError
+
+    @classmethod
+    def encoder(cls, config: Any, d: int) -> nn.Module:
+        """An untrained encoder of the saved model's shape."""
+        raise NotImplementedError
+
+    def fit(self, train: Mapping[str, FeatureSet], val: Mapping[str, FeatureSet] | None, *, config: Any,
             device: torch.device, features: Mapping[str, FeatureIdentity] | None = None,
             callbacks: Sequence[Callback] = (), checkpoint_dir: Path | None = None) -> CrossModalModel:
         num_classes = next(iter(train.values())).num_classes
         W = common_space(num_classes, dim=config.dim, prior_seed=config.prior_seed,
                          prior_from=config.prior_from).to(device)
         folder = checkpoint_folder(checkpoint_dir, config)
+        shared = self.shared(config, num_classes, device)
         encoders: dict[str, nn.Module] = {}
         for k, (modality, fs) in enumerate(train.items()):
-            stage = f"sdml:{modality}"
+            stage = f"{self.name}:{modality}"
             X, Y = training_tensors(fs, modality, device)
-            valid = modality_tensors((val or {}).get(modality), device)
             with seeded(config.seed, stage):
-                encoder = _encoder(config, fs.dim).to(device)
-                decoder = mlp_encoder(config.dim, config.hidden[::-1], fs.dim, bias_last=True,
-                                      normalize=config.normalize_reconstruction, last_init="default").to(device)
-
-            def step(x: torch.Tensor, y: torch.Tensor, encoder=encoder, decoder=decoder) -> dict[str, torch.Tensor]:
-                z = encoder(x)
-                return {"reconstruction_loss": config.alpha * reconstruction_loss(decoder(z), x),
-                        "label_loss": (1 - config.alpha) * label_regression_loss(z @ W, y)}
-
-            def validation_loss(encoder=encoder, valid=valid) -> float | None:
-                return None if valid is None else label_term(encoder, valid, W)
-
-            train_modality(step, nn.ModuleDict({"encoder": encoder, "decoder": decoder}), X, Y, keep=encoder,
-                           validation_loss=validation_loss, config=config,
-                           lr=config.lr if k == 0 else config.lr_others, betas=config.betas, callbacks=callbacks,
-                           folder=folder, stage=stage)
-            encoders[modality] = encoder
+                nets = self.networks(config, k, fs.dim, num_classes, W, shared)
+            nets.trained.to(device)
+            valid = modality_tensors((val or {}).get(modality), device)
+            self._train(nets, X, Y, valid, W, config, callbacks, folder, stage)
+            encoders[modality] = nets.encoder
         return CrossModalModel(method=self.name, config=config, encoders=encoders,
                                features=dict(features or default_features(train)), num_classes=num_classes,
                                buffers={"prior": W.cpu()})
 
+    def _train(self, nets: ModalityNets, X: torch.Tensor, Y: torch.Tensor,
+               valid: tuple[torch.Tensor, torch.Tensor] | None, W: torch.Tensor, config: Any,
+               callbacks: Sequence[Callback], folder: Path | None, stage: str) -> None:
+        trained = nets.trained
+        optimizer = torch.optim.Adam([p for p in trained.parameters() if p.requires_grad], lr=nets.lr,
+                                     betas=config.betas)
+
+        def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            trained.train()
+            sizes = batch_sizes(len(X), config.batch_size, config.last_batch)
+            for index in index_batches(len(X), sizes, torch_rng(config.seed, stage, epoch)):
+                rows = torch.from_numpy(index).to(X.device)
+                yield X[rows], Y[rows]
+
+        def on_epoch_end(epoch: int) -> dict[str, float]:
+            trained.eval()
+            return {} if valid is None else {"val_loss": label_term(nets.encoder, valid, W)}
+
+        best = BestSnapshot(nets.keep, "val_loss", higher_is_better=False)
+        fit_loop(lambda batch, epoch: nets.step(*batch), batches, epochs=config.epochs, optimizer=optimizer,
+                 modules={"trained": trained}, on_epoch_end=on_epoch_end, callbacks=callbacks, stage=stage,
+                 checkpoint=Checkpoint(folder, stage.replace(":", "-")) if folder is not None else None, best=best,
+                 patience=config.patience)
+        best.restore()
+        trained.eval()
+
     @classmethod
-    def build_model(cls, config: SDMLConfig, features: Mapping[str, FeatureIdentity], num_classes: int,
+    def build_model(cls, config: Any, features: Mapping[str, FeatureIdentity], num_classes: int,
                     extra: Mapping[str, Any]) -> CrossModalModel:
         return CrossModalModel(method=cls.name, config=config,
-                               encoders={m: _encoder(config, f.dim) for m, f in features.items()},
+                               encoders={m: cls.encoder(config, f.dim) for m, f in features.items()},
                                features=features, num_classes=num_classes,
                                buffers={"prior": torch.zeros(config.dim, num_classes)}, extra=dict(extra))
+
+
+@register_method
+class SDML(FixedSpaceMethod):
+    name: ClassVar[str] = "sdml"
+    Config: ClassVar[type[SDMLConfig]] = SDMLConfig
+
+    def networks(self, config: SDMLConfig, k: int, d: int, num_classes: int, W: torch.Tensor,
+                 shared: Any) -> ModalityNets:
+        """An encoder and a mirrored decoder, trained by ``alpha`` reconstruction + ``1 - alpha`` label terms."""
+        encoder = self.encoder(config, d)
+        decoder = mlp_encoder(config.dim, config.hidden[::-1], d, bias_last=True,
+                              normalize=config.normalize_reconstruction, last_init="default")
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+            z = encoder(x)
+            return {"reconstruction_loss": config.alpha * reconstruction_loss(decoder(z), x),
+                    "label_loss": (1 - config.alpha) * label_regression_loss(z @ W, y)}
+
+        return ModalityNets(step, nn.ModuleDict({"encoder": encoder, "decoder": decoder}), keep=encoder,
+                            encoder=encoder, lr=config.lr if k == 0 else config.lr_others)
+
+    @classmethod
+    def encoder(cls, config: SDMLConfig, d: int) -> nn.Module:
+        return mlp_encoder(d, config.hidden, config.dim, bias_last=True, normalize=True, last_init="default")
