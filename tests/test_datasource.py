@@ -122,3 +122,12 @@ def test_a_card_whose_source_is_not_an_object_is_refused_naming_the_card(inria, 
     with pytest.raises(ModelFileError, match="'source' must be an object with a 'kind'") as info:
         read_card(tmp_path)
     assert str(tmp_path / "card.json") in info.value.message
+
+
+def test_data_given_for_a_model_not_trained_on_a_benchmark_file_is_refused(tmp_path):
+    card = {"source": {"kind": "synthetic", "name": "small", "parameters": SMALL}, "features": {}}
+    with pytest.raises(ConfigError, match="--data is for models trained on a benchmark file") as info:
+        card_source(card, data=tmp_path / "wiki.mat")
+    assert "synthetic set small" in info.value.message and info.value.hint == "drop --data"
+    with pytest.raises(ConfigError, match="does not say which data it was trained on"):
+        card_source({"features": {}, "extra": {}})
