@@ -17,19 +17,6 @@ and steady / limit is the figure that says whether the pipeline wastes anything.
 ``vgg19-fc7`` and ``c3d-fc6`` run with RANDOM weights made here, only to time the forward pass (these machines cannot
 download the real ones): their features mean nothing.
 
-``--compare-loader`` measures, instead, the worker processes of the pipeline against ``torch.utils.data.DataLoader``
-with worker processes (issue 12: keep the hand-built pool only if it is >= 10 % faster on the single-core
-extractors), on the same items in the same run, rounds interleaved (pool, loader, ...) so that the noise of a shared
-machine falls on both alike; ``--repeats`` rounds, medians reported:
-
-* **pool, models in workers**: :func:`pipelines.extract.extract_items` as a run calls it (a single-core extractor
-  decodes and embeds a batch in each worker process, only rows come back);
-* **DataLoader, models in workers**: the same work per batch (decode and embed), as a Dataset over the batches,
-  ``num_workers`` = the same count, ``prefetch_factor`` giving the same read-ahead (2 batches per worker);
-* **pool, decode only** and **DataLoader, decode only**: workers only decode (``Extractor.load``; the DataLoader's
-  Dataset is over the items, ``batch_size`` = the model's, a collate that keeps the decoded objects), the model runs in
-  the consumer: how the pipeline runs the extractors that are not single-core.
-
 ``--files N`` adds a memory run: N tiny files through the pipeline with ``--memory-extractor`` while a thread samples
 the memory of the process and its workers; at the start, middle and end of the run it shows whether memory stays flat.
 
@@ -37,8 +24,6 @@ Usage:
 
     OMP_NUM_THREADS=2 python benchmarks/extract_speed.py --items 1000 --heavy-items 48 --fast-items 4000 --files 10000
     python benchmarks/extract_speed.py --extractors mfcc,lightfield --items 16      # a quick look
-    python benchmarks/extract_speed.py --compare-loader --extractors hog-color,mfcc,doc2vec,frame-stats --items 400 \
-        --fast-items 2000 --repeats 3
 """
 
 from __future__ import annotations
@@ -318,153 +303,6 @@ def memory_run(name: str, *, files: int, batch_size: int, workers: int | None, w
             "peak": max(s[1] for s in samples), "items_per_s": summary.items_per_second, "seconds": end - start}
 
 
-# ------------------------------------------------------------------------------------------- pool against DataLoader
-
-
-VARIANTS = ("pool, models in workers", "DataLoader, models in workers", "pool, decode only", "DataLoader, decode only")
-
-
-@dataclasses.dataclass
-class LoaderRow:
-    extractor: str
-    items: int
-    workers: int
-    rates: dict[str, list[float]]  # variant -> items/s of each round
-
-    def median(self, variant: str) -> float:
-        return float(np.median(self.rates[variant]))
-
-
-def _keep(batch: Any) -> Any:
-    """A collate that hands the decoded objects over as they are (the default one would make tensors of arrays)."""
-    return batch
-
-
-def _one_thread_per_worker(_: int) -> None:
-    """What the pipeline's worker processes set: one thread for BLAS and the decoders (DataLoader sets torch's)."""
-    from threadpoolctl import threadpool_limits as limits
-
-    limits(limits=1)
-    set_decoder_threads(1)
-
-
-class _Batches:
-    """A map-style Dataset: index -> one batch decoded and embedded in the worker, ``(True, rows)`` or ``(False,
-    error)`` so that a fatal error reaches the consumer as itself."""
-
-    def __init__(self, extractor: Any, batches: list[list[Any]]) -> None:
-        self.extractor, self.batches = extractor, batches
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, index: int) -> tuple[bool, Any]:
-        from pipelines.extract import _extract_chunk
-
-        try:
-            return True, _extract_chunk(self.extractor, self.batches[index])
-        except Exception as exc:
-            return False, exc
-
-
-class _Items:
-    """A map-style Dataset: index -> one item decoded by the extractor's load step (or its SourceError)."""
-
-    def __init__(self, extractor: Any, items: list[Any]) -> None:
-        self.extractor, self.items = extractor, items
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> Any:
-        from pipelines.extract import _load
-
-        return _load(self.extractor, self.items[index])
-
-
-def _loader(dataset: Any, *, batch_size: int | None, workers: int, prefetch: int) -> Any:
-    from torch.utils.data import DataLoader
-
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=_keep,
-                      prefetch_factor=prefetch, persistent_workers=True, worker_init_fn=_one_thread_per_worker,
-                      multiprocessing_context="fork")
-
-
-def _timed_pass(variant: str, extractor: Any, items: list[Any], *, batch_size: int, workers: int) -> float:
-    """Items per second of one pass over ``items`` by ``variant``, worker start-up included (each run starts its
-    workers: the pool forks them per run, and a DataLoader's persistent workers live as long as one run's loader)."""
-    from pipelines.extract import _decode, _embed_decoded, extract_items
-
-    batches = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
-    rows = 0
-    start = time.perf_counter()
-    with threadpool_limits(limits=1, user_api="blas"):
-        if variant == "pool, models in workers":
-            rows = sum(1 for _ in extract_items(extractor, items, batch_size=batch_size, workers=workers,
-                                                decode="processes"))
-        elif variant == "DataLoader, models in workers":
-            for ok, payload in _loader(_Batches(extractor, batches), batch_size=None, workers=workers, prefetch=2):
-                if not ok:
-                    raise payload
-                rows += len(payload)
-        elif variant == "pool, decode only":
-            decoded = (d for _, d in _decode(extractor, items, workers=workers, read_ahead=2 * batch_size + workers,
-                                             processes=True))
-            for batch in batches:
-                rows += len(_embed_decoded(extractor, batch, [next(decoded) for _ in batch]))
-        else:
-            # prefetch 2 batches per worker: about the pool's read-ahead of 2 model batches plus one chunk per worker
-            loader = _loader(_Items(extractor, items), batch_size=batch_size, workers=workers, prefetch=2)
-            for batch, decoded in zip(batches, loader):
-                rows += len(_embed_decoded(extractor, batch, decoded))
-    seconds = time.perf_counter() - start
-    if rows != len(items):
-        raise RuntimeError(f"{variant}: {rows} rows for {len(items)} items")
-    return len(items) / seconds
-
-
-def compare_loader(name: str, *, items: int, batch_size: int, workers: int | None, repeats: int, work: Path,
-                   seed: int) -> LoaderRow:
-    """Every variant of :data:`VARIANTS` ``repeats`` times on the same items, rounds interleaved."""
-    from pipelines.sources import hash_items, scan
-
-    modality = get_extractor_class(name).modality
-    media = work / f"loader-{name}"
-    WRITERS[modality](media, items, np.random.default_rng(seed))
-    extractor = create_extractor(name, device="cpu")
-    found = hash_items(scan([media], extensions=extractor.extensions).items)[0]
-    prepare = getattr(extractor, "prepare", None)
-    if prepare is not None:  # doc2vec fits on the corpus first (not timed)
-        prepare([(it.content_hash, it.path) for it in found], cache_dir=work / f"fitted-{name}")
-    extractor([extractor.load(found[0].path)])  # the model is built before the workers fork, for every variant
-    count = decode_workers(extractor, workers, decode="processes")
-    rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for _ in range(repeats):
-        for variant in VARIANTS:
-            rates[variant].append(_timed_pass(variant, extractor, found, batch_size=batch_size, workers=count))
-        print(f"{name:12s} " + "  ".join(f"{v}: {r[-1]:8.1f}/s" for v, r in rates.items()), flush=True)
-    return LoaderRow(name, len(found), count, rates)
-
-
-def loader_report(rows: list[LoaderRow], args: argparse.Namespace) -> str:
-    command = " ".join(["python", "benchmarks/extract_speed.py", *sys.argv[1:]])
-    lines = [
-        "## The pipeline's worker pool against torch.utils.data.DataLoader", "",
-        f"`nice -n 10 {command}`: {os.cpu_count()} CPU cores, batch {args.batch_size}, {args.repeats} interleaved "
-        "rounds, the median items/s of each (every round in brackets); worker start-up included in each pass. "
-        "The machine was shared with other jobs during the run, so single rounds are noisy.", "",
-        "| extractor | items | workers | " + " | ".join(VARIANTS) + " | pool / DataLoader, models in workers | "
-        "pool / DataLoader, decode only |",
-        "|---|---:|---:|" + "---:|" * (len(VARIANTS) + 2),
-    ]
-    for r in rows:
-        cells = [f"{r.median(v):.1f} ({', '.join(f'{x:.0f}' for x in r.rates[v])})" for v in VARIANTS]
-        lines.append(f"| {r.extractor} | {r.items} | {r.workers} | " + " | ".join(cells) + " | "
-                     f"{r.median(VARIANTS[0]) / r.median(VARIANTS[1]):.2f} | "
-                     f"{r.median(VARIANTS[2]) / r.median(VARIANTS[3]):.2f} |")
-    return "\n".join(lines) + "\n"
-
-
 # ------------------------------------------------------------------------------------------------------------ report
 
 
@@ -527,20 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-extractor", default="mfcc")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "extract_speed.md")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--compare-loader", action="store_true",
-                        help="measure the worker pool against torch's DataLoader instead (printed, not written)")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of --compare-loader")
     args = parser.parse_args(argv)
-    if args.compare_loader:
-        with tempfile.TemporaryDirectory(prefix="extract-loader-") as tmp:
-            loader_rows = []
-            for name in args.extractors.split(","):
-                name = name.strip()
-                items = args.heavy_items if name in HEAVY else args.fast_items if name in FAST else args.items
-                loader_rows.append(compare_loader(name, items=items, batch_size=args.batch_size, workers=args.workers,
-                                                  repeats=args.repeats, work=Path(tmp), seed=args.seed))
-        print(loader_report(loader_rows, args))
-        return 0
 
     rows: list[Row] = []
     memory = None

@@ -375,9 +375,10 @@ def _run_plan(plan: ExtractPlan, workspace: str | os.PathLike, paths: Sequence[s
     errors_file = run_dir / "errors.jsonl"
     extracted = failed = 0
     t_extract = time.perf_counter()
-    with open(errors_file, "w") as errors_out, _progress(len(plan.todo), plan.extractor.name, options.progress) as bar:
+    with (open(errors_file, "w") as errors_out,
+          progress_bar(len(plan.todo), plan.extractor.name, options.progress) as bar):
         for err in plan.errors:
-            _write_error(errors_out, err, None)
+            write_error(errors_out, err, None)
         unsupported = sum(err.error == "unsupported" for err in plan.errors)
         failed += len(plan.errors) - unsupported
         pending: list[tuple[Item, np.ndarray]] = []
@@ -386,15 +387,15 @@ def _run_plan(plan: ExtractPlan, workspace: str | os.PathLike, paths: Sequence[s
                                           workers=options.workers, decode=options.decode):
             bar.update(1)
             if isinstance(result, SourceError):
-                _write_error(errors_out, result, item.content_hash)
+                write_error(errors_out, result, item.content_hash)
                 failed += 1
                 continue
             pending.append((item, result))
             if len(pending) >= options.shard_size or time.monotonic() - last_commit > SHARD_SECONDS:
-                extracted += _commit(plan.table, pending)
+                extracted += commit_rows(plan.table, pending)
                 pending, last_commit = [], time.monotonic()
         if pending:
-            extracted += _commit(plan.table, pending)
+            extracted += commit_rows(plan.table, pending)
         duplicates, lost = commit_duplicates(plan, errors_out)
     return finish_run(plan, run_dir, run_id=run_id, extracted=extracted, failed=failed + lost, unsupported=unsupported,
                       started=start, extract_seconds=time.perf_counter() - t_extract, duplicates=duplicates,
@@ -442,9 +443,9 @@ def commit_duplicates(plan: ExtractPlan, errors_out: Any) -> tuple[int, int]:
     first = {it.content_hash: it.path for it in reversed(plan.todo)}
     for item in lost:
         message = f"same bytes as {first.get(item.content_hash, 'another file')}, which could not be extracted"
-        _write_error(errors_out, SourceError(str(item.path), "failed-duplicate", message), item.content_hash)
+        write_error(errors_out, SourceError(str(item.path), "failed-duplicate", message), item.content_hash)
     for i in range(0, len(ready), DEFAULT_SHARD_SIZE):
-        _commit(plan.table, ready[i:i + DEFAULT_SHARD_SIZE])
+        commit_rows(plan.table, ready[i:i + DEFAULT_SHARD_SIZE])
     return len(ready), len(lost)
 
 
@@ -507,56 +508,38 @@ def _decode_in_threads(extractor: Extractor, chunks: list[Sequence[Item]], *, wo
             yield futures.popleft().result()
 
 
-#: What a forked worker process inherits: its work, the extractor, the chunks (only chunk numbers travel to it) and
-#: the consumer's ends of every pipe, which it closes so that the consumer closing its ends reaches each server as EOF.
 _Work = Callable[[Extractor, Sequence[Item]], list[Any]]
-_fork_state: tuple[_Work, Extractor, list[Sequence[Item]], list[Any]] | None = None
 
 
 def _in_processes(work: _Work, extractor: Extractor, chunks: list[Sequence[Item]], *, workers: int,
                   ahead: int) -> Iterator[list[Any]]:
-    """``work(extractor, chunk)`` of each chunk in order (decoded items, or rows), from forked processes that each
-    serve chunks ``w, w + workers, ...`` over pipes.
+    """``work(extractor, chunk)`` of each chunk in order (decoded items, or rows), from ``torch.utils.data.DataLoader``
+    worker processes, about ``ahead`` chunks in flight.
 
-    The consuming thread sends the chunk numbers and unpickles the results itself. ProcessPoolExecutor would add a
-    manager and a feeder thread to this process, and each of their wake-ups takes the GIL from the model: measured,
-    librosa's MFCC then spent 2.29 CPU-ms per clip instead of 2.06 beside them, 2.05 beside these servers. fork: the
-    servers inherit the extractor as it is (prepared, configured) and start in milliseconds; they work on one thread
-    each and never touch CUDA (only ``single_core`` extractors embed there).
+    Measured against the hand-built fork/pipe pool this replaced (benchmarks/results/extract_speed.md): no slower on
+    the single-core extractors. The workers are forked (the DataLoader's default on Linux), so they inherit the
+    extractor as it is (prepared, configured) without pickling it; they work on one thread each and never touch CUDA
+    (only ``single_core`` extractors embed there). Stopping early (the consumer closes this generator, or raises)
+    shuts them down.
+
+    Raises:
+        ExtractorError: a worker process died (a decoder crashed on a malformed file).
+        MissingWeightsError, MissingDependencyError, StoreError: raised by ``work`` in a worker, as themselves.
     """
-    import multiprocessing
-    from multiprocessing.connection import wait
+    from torch.utils.data import DataLoader
 
-    global _fork_state
-    context = multiprocessing.get_context("fork")
-    servers: list[tuple[Any, Any, Any]] = []  # (chunk numbers out, results in, process)
-    ends: list[Any] = []
-    _fork_state = (work, extractor, chunks, ends)
+    count = min(workers, len(chunks))
+    if not count:
+        return
+    loader = DataLoader(_Chunks(work, extractor, chunks), batch_size=None, shuffle=False, num_workers=count,
+                        collate_fn=_as_is, prefetch_factor=max(1, -(-ahead // count)),
+                        worker_init_fn=_one_thread_each, multiprocessing_context="fork")
+    results = iter(loader)
     try:
-        for _ in range(min(workers, len(chunks))):
-            numbers_in, numbers_out = context.Pipe(duplex=False)
-            results_in, results_out = context.Pipe(duplex=False)
-            _widen_pipe(results_out)
-            ends += [numbers_out, results_in]
-            process = context.Process(target=_serve_chunks, args=(numbers_in, results_out), daemon=True,
-                                      name="crossmodal-decode")
-            process.start()
-            numbers_in.close()
-            results_out.close()
-            servers.append((numbers_out, results_in, process))
-    finally:
-        _fork_state = None
-    try:
-        for index in range(min(ahead, len(chunks))):
-            servers[index % len(servers)][0].send(index)
-        for index, chunk in enumerate(chunks):
-            if index + ahead < len(chunks):
-                servers[(index + ahead) % len(servers)][0].send(index + ahead)
-            _, results, process = servers[index % len(servers)]
-            wait([results, process.sentinel])
+        for chunk in chunks:
             try:
-                ok, payload = results.recv()
-            except (EOFError, OSError) as exc:
+                ok, payload = next(results)
+            except RuntimeError as exc:  # "DataLoader worker (pid ...) exited unexpectedly"
                 raise ExtractorError(f"a worker process died while reading one of {[str(i.path) for i in chunk]}",
                                      hint="a decoder crashed on a malformed file: remove it, or run with "
                                           "--decode threads to find it") from exc
@@ -564,74 +547,61 @@ def _in_processes(work: _Work, extractor: Extractor, chunks: list[Sequence[Item]
                 raise payload
             yield payload
     finally:
-        for numbers, results, _ in servers:
-            numbers.close()  # a server waiting for a chunk number reads EOF and exits
-            results.close()  # one sending a chunk nobody will read gets EPIPE
-        for _, _, process in servers:
-            process.join(timeout=5)
-            if process.is_alive():
-                process.kill()
-                process.join()
+        del results  # its workers are told to stop and joined now, not when the collector gets to it
 
 
-def _widen_pipe(conn: Any) -> None:
-    """Let a pipe hold a whole chunk (Linux; else as it is): a chunk of audio is 350 kB and a pipe holds 64 kB, so a
-    send took several wake-ups of both sides, each of which waited for its process's GIL (measured: the consumer spent
-    11 % of its time in recv)."""
-    try:
-        import fcntl
+class _Chunks:
+    """The DataLoader's map-style dataset: chunk number -> ``(True, work(extractor, chunk))``, or ``(False, error)``
+    for an error that stops the run, sent back as a value so that it reaches the consumer as itself (the DataLoader
+    would re-raise it as a new exception built from its traceback text)."""
 
-        with open("/proc/sys/fs/pipe-max-size") as f:
-            fcntl.fcntl(conn.fileno(), fcntl.F_SETPIPE_SZ, min(int(f.read()), 1 << 22))
-    except (ImportError, AttributeError, OSError, ValueError):
-        pass
+    def __init__(self, work: _Work, extractor: Extractor, chunks: list[Sequence[Item]]) -> None:
+        self.work, self.extractor, self.chunks = work, extractor, chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, index: int) -> _Reply:
+        try:
+            return _Reply((True, self.work(self.extractor, self.chunks[index])), self.extractor.name)
+        except Exception as exc:  # _FATAL: the consumer raises it
+            return _Reply((False, exc), self.extractor.name)
 
 
-def _serve_chunks(numbers: Any, results: Any) -> None:
-    """A worker process: do the work of each chunk number received, and send back ``(True, result)``, or ``(False,
-    error)`` for an error that stops the run. A second thread sends, so decoding runs ahead while the consumer is busy
-    with the model (a pipe holds less than one chunk of audio); the consumer bounds how far by the numbers it sends.
-    One thread for numpy's BLAS, torch and FFmpeg: the processes are the parallelism."""
-    import queue
-    import signal
-    import threading
+class _Reply:
+    """A worker's reply, pickled by itself: a value that cannot be pickled (a third-party extractor's decoded object)
+    becomes an error that names it, where the DataLoader's queue would drop the reply in its feeder thread and leave the
+    consumer waiting for it. Unpickled, it is the reply itself."""
 
+    def __init__(self, reply: tuple[bool, Any], name: str) -> None:
+        self.reply, self.name = reply, name
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        import pickle
+
+        try:
+            return pickle.loads, (pickle.dumps(self.reply, protocol=pickle.HIGHEST_PROTOCOL),)
+        except Exception as exc:
+            return _unsendable, (self.name, f"{type(exc).__name__}: {exc}")
+
+
+def _unsendable(name: str, reason: str) -> tuple[bool, ExtractorError]:
+    return False, ExtractorError(f"{name}: decoded data cannot be sent between processes ({reason})",
+                                 hint="run with --decode threads")
+
+
+def _as_is(result: Any) -> Any:
+    """The collate function: results travel as they are (the default one would turn numpy arrays into tensors)."""
+    return result
+
+
+def _one_thread_each(_: int) -> None:
+    """A worker process's start: one thread for numpy's BLAS and FFmpeg (the DataLoader sets torch's): the processes
+    are the parallelism."""
     from threadpoolctl import threadpool_limits
 
-    assert _fork_state is not None, "_in_processes did not set the state to inherit"
-    work, extractor, chunks, consumer_ends = _fork_state
-    for end in consumer_ends:
-        end.close()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the consumer, whose exit closes our pipes
     threadpool_limits(limits=1)
     set_decoder_threads(1)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(1)
-    outbox: queue.SimpleQueue = queue.SimpleQueue()
-    sender = threading.Thread(target=_send_replies, args=(outbox, results, extractor.name), daemon=True)
-    sender.start()
-    while True:
-        try:
-            index = numbers.recv()
-        except (EOFError, OSError):
-            break
-        try:
-            outbox.put((True, work(extractor, chunks[index])))
-        except BaseException as exc:  # _FATAL: the consumer raises it
-            outbox.put((False, exc))
-    outbox.put(None)
-    sender.join()
-
-
-def _send_replies(outbox: Any, results: Any, name: str) -> None:
-    while (reply := outbox.get()) is not None:
-        try:
-            results.send(reply)
-        except OSError:  # the consumer is gone
-            return
-        except Exception as exc:  # a decoded value that cannot be pickled: nothing was written yet
-            results.send((False, ExtractorError(f"{name}: decoded data cannot be sent between processes "
-                                                f"({type(exc).__name__}: {exc})", hint="run with --decode threads")))
 
 
 def _load_chunk(extractor: Extractor, items: Sequence[Item]) -> list[Any]:
@@ -688,7 +658,9 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or repr(exc)
 
 
-def _commit(table: FeatureTable, pending: list[tuple[Item, np.ndarray]]) -> int:
+def commit_rows(table: FeatureTable, pending: list[tuple[Item, np.ndarray]]) -> int:
+    """Write ``pending`` (items and their rows) to ``table`` as one shard, with the store's atomic commit; the local
+    and the Ray runner's workers both commit through here. Returns the rows written."""
     X = np.stack([row for _, row in pending]).astype(np.float32, copy=False)
     rows = [StoreRow(content_hash=it.content_hash or "", item_id=it.item_id, source_path=os.path.abspath(it.path),
                      labels=it.labels, split=it.split) for it, _ in pending]
@@ -696,13 +668,15 @@ def _commit(table: FeatureTable, pending: list[tuple[Item, np.ndarray]]) -> int:
     return len(rows)
 
 
-def _write_error(out, error: SourceError, content_hash: str | None) -> None:
+def write_error(out: Any, error: SourceError, content_hash: str | None) -> None:
+    """One line of a run's ``errors.jsonl``: ``{path, hash, error, message}``, flushed (a killed run keeps it)."""
     out.write(json.dumps({"path": error.path, "hash": content_hash, "error": error.error, "message": error.message})
               + "\n")
     out.flush()
 
 
-def _progress(total: int, name: str, enabled: bool):
+def progress_bar(total: int, name: str, enabled: bool) -> Any:
+    """The run's tqdm bar on stderr (items/s), or a silent one when not ``enabled``."""
     from tqdm import tqdm
 
     return tqdm(total=total, desc=f"extract {name}", unit="item", disable=not enabled, dynamic_ncols=True,
@@ -790,7 +764,7 @@ def repair_store(workspace: str | os.PathLike, *, reextract: bool = True, device
                     results = list(extract_items(ext, items))
                     good = [(it, r) for it, r in results if not isinstance(r, SourceError)]
                     failed = [r for _, r in results if isinstance(r, SourceError)]
-                    report.reextracted = _commit(table, good) if good else 0
+                    report.reextracted = commit_rows(table, good) if good else 0
             # Rows left out of the re-extraction are named, not only counted in ``dropped``.
             notes = [report.note] if report.note else []
             if gone:
