@@ -17,12 +17,13 @@ file name under the same class folder) fall in the same split, so paired data st
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,8 @@ class StoreTable:
         modality: the modality.
         key: the extractor key.
         description: the table's ``extractor.json`` (name, config, dim ...).
-        X: float32 (n, dim) features (memory-mapped when possible).
+        X: float32 (n, dim) features: an array (memory-mapped when possible; ``Workspace.table``) or a view over the
+            shards that reads the rows it is indexed with (``FeatureTable.rows_view``; ``Workspace.datasets``).
         content_hash, item_id, source_path: (n,) str.
         labels: n tuples of class names (empty = unlabelled).
         split: (n,) the split a manifest fixed, or None.
@@ -75,7 +77,7 @@ class StoreTable:
     modality: str
     key: str
     description: dict[str, Any]
-    X: np.ndarray
+    X: Any
     content_hash: list[str]
     item_id: list[str]
     source_path: list[str]
@@ -209,11 +211,15 @@ class Workspace:
         key = key or self.feature_key(modality)
         feature_table = self.store.table(modality, key)
         X, meta = feature_table.read()
-        columns = meta.to_pydict()
-        return StoreTable(
-            modality=modality, key=key, description=feature_table.description, X=X,
-            content_hash=columns["content_hash"], item_id=columns["item_id"], source_path=columns["source_path"],
-            labels=[tuple(labels or ()) for labels in columns["labels"]], split=columns["split"])
+        return _store_table(modality, key, feature_table.description, X, meta.to_pydict())
+
+    @contextlib.contextmanager
+    def _table_view(self, modality: str, key: str) -> Iterator[StoreTable]:
+        """``table`` with X a view over the shards, open while the context lasts: rows are read only when selected,
+        so a dataset holds its splits' rows, not also a concatenated copy of the whole table."""
+        feature_table = self.store.table(modality, key)
+        with feature_table.rows_view() as view:
+            yield _store_table(modality, key, feature_table.description, view, view.metadata().to_pydict())
 
     def feature_identity(self, modality: str, key: str | None = None) -> Any:
         """The ``FeatureIdentity`` (extractor name, key, width) a model records for ``modality``'s features."""
@@ -227,8 +233,10 @@ class Workspace:
         """The sorted union of the class names of ``modalities``: index i of a label vector is class ``names[i]``."""
         names: set[str] = set()
         for modality in modalities:
-            names.update(label for labels in self.table(modality, (keys or {}).get(modality)).labels
-                         for label in labels)
+            modality = canonical_modality(modality)
+            table = self.store.table(modality, (keys or {}).get(modality) or self.feature_key(modality))
+            names.update(label for labels in table.metadata(["labels"]).column("labels").to_pylist()
+                         for label in labels or ())  # the labels alone: the features are not read
         return sorted(names)
 
     # -------------------------------------------------------------------------------------------------------- splits
@@ -290,7 +298,14 @@ class Workspace:
                               hint=f"run crossmodal extract DIR --modality image --workspace {self.root} "
                                    "(DIR/<class>/<file>, or a manifest with labels)")
         keys = {m: (keys or {}).get(m) or self.feature_key(m) for m in modalities}
-        tables = {m: self.table(m, keys[m]) for m in modalities}
+        with contextlib.ExitStack() as views:
+            tables = {m: views.enter_context(self._table_view(m, keys[m])) for m in modalities}
+            return self._split(tables, classes, seed=seed)
+
+    def _split(self, tables: dict[str, StoreTable], classes: Sequence[str] | None, *,
+               seed: int) -> CrossModalDataset:
+        """``datasets`` once the tables are open."""
+        modalities = list(tables)
         names = list(classes) if classes is not None else sorted(
             {label for t in tables.values() for labels in t.labels for label in labels})
         index = {name: i for i, name in enumerate(names)}
@@ -313,6 +328,14 @@ class Workspace:
         paired = all(len({tuple(fs.ids) for fs in parts[s].values()}) == 1 for s in SPLITS)
         return CrossModalDataset(name=f"workspace:{self.root}", train=parts["train"], val=parts["val"],
                                  test=parts["test"], paired=paired)
+
+
+def _store_table(modality: str, key: str, description: dict[str, Any], X: Any,
+                 columns: dict[str, list]) -> StoreTable:
+    """A ``StoreTable`` from features and their row-aligned metadata columns."""
+    return StoreTable(modality=modality, key=key, description=description, X=X, content_hash=columns["content_hash"],
+                      item_id=columns["item_id"], source_path=columns["source_path"],
+                      labels=[tuple(labels or ()) for labels in columns["labels"]], split=columns["split"])
 
 
 def _featureset(table: StoreTable, rows: list[int], index: dict[str, int], *, multilabel: bool) -> FeatureSet:
