@@ -127,3 +127,29 @@ def test_ray_extraction_of_a_manifest_gives_its_ids_labels_and_splits_and_names_
     assert {m["item_id"] for _, m in got.values()} >= {"c0", "s1"}
     assert sorted((e["path"], e["error"]) for e in _errors(distributed)) == sorted(
         (e["path"], e["error"]) for e in _errors(local))
+
+
+class _Cluster:
+    """What ray.cluster_resources() reports for a cluster of ``cpus`` CPUs and ``gpus`` GPUs."""
+
+    def __init__(self, cpus: int, gpus: int):
+        self.resources = {"CPU": float(cpus), **({"GPU": float(gpus)} if gpus else {})}
+
+    def cluster_resources(self) -> dict[str, float]:
+        return self.resources
+
+
+def test_extraction_actors_are_one_per_gpu_holding_it_else_one_per_cpu():
+    from crossmodal.errors import ConfigError
+    from pipelines.distributed import _pool
+
+    gpu = _pool(_Cluster(64, 4), "auto", None, todo=10_000, shard_size=1024)
+    assert (gpu["actors"], gpu["gpu"], gpu["remote"]) == (4, True, {"num_gpus": 1, "num_cpus": 1})
+    assert gpu["batch"] == 625 and "4 GPU actors" in gpu["why"]  # 10,000 items: about four batches an actor
+    cpu = _pool(_Cluster(64, 4), "cpu", None, todo=10_000, shard_size=1024)
+    assert (cpu["actors"], cpu["gpu"], cpu["remote"]) == (64, False, {"num_cpus": 1})
+    assert "--device cpu" in cpu["why"]
+    assert _pool(_Cluster(2, 0), "auto", None, todo=3, shard_size=1024)["actors"] == 2  # no GPU: one per CPU
+    assert _pool(_Cluster(8, 0), "auto", None, todo=3, shard_size=1024)["actors"] == 3  # no actor without a batch
+    with pytest.raises(ConfigError, match="no GPU"):
+        _pool(_Cluster(8, 0), "cuda", None, todo=3, shard_size=1024)
