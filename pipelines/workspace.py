@@ -13,6 +13,10 @@ Labels are the class names the store holds (folder names or manifest labels); th
 union of the names over the modalities used, and the model card records that list. Splits are drawn per class, so each
 class keeps the split fractions, and items of different modalities that share an item id and a label (a pair: the same
 file name under the same class folder) fall in the same split, so paired data stays paired.
+
+This module keeps storage and splits only, and reads the store through ``FeatureStore``/``FeatureTable`` alone:
+training in a workspace is ``pipelines.train`` (which imports this module, never the other way), and a model's data
+comes back through ``pipelines.datasource.WorkspaceSource``.
 """
 
 from __future__ import annotations
