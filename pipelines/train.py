@@ -26,7 +26,7 @@ from crossmodal.config import MethodConfig, load_preset, with_overrides
 from crossmodal.device import keep_freed_memory, resolve_device
 from crossmodal.errors import ConfigError, NotTrainedError
 from crossmodal.evaluation import evaluate
-from crossmodal.featureset import FeatureSet
+from crossmodal.featureset import CrossModalDataset, FeatureSet
 from crossmodal.methods import create_method, get_method
 from crossmodal.model import CrossModalModel, FeatureIdentity, read_card
 from crossmodal.types import MODALITIES, canonical_modality
@@ -46,14 +46,8 @@ FEW_EPOCHS = 0.25
 paper presets at 10 of their 200 epochs score near chance."""
 
 SMALL_DATA_ITEMS = 2000
-"""DRCL on fewer training items than this (in its largest modality) starts from ``SMALL_DATA_PRESET``."""
-
-SMALL_DATA_PRESET = "drcl-small"
-"""The preset (``presets/drcl-small.json``) DRCL starts from on small datasets. The paper's 4096-4096-2048 MLPs (~42 M
-parameters per modality) and batches of 1024 suit its 2,000-40,000-item benchmarks; on a few hundred items they would
-see one partial batch per epoch, and its per-modality learning rates (Wikipedia's 6e-6 for images) would barely move in
-the epochs a small dataset needs. The preset: 512-512 hidden, a 128-d common space, batches of 64, 100 epochs (q reaches
-1 at the last) and Adam at 1e-3 for every modality. ``--set`` overrides any of these."""
+"""DRCL on fewer training items than this (in its largest modality) trains on one CPU thread (``_one_cpu_thread``): the
+auto recipe's widths there are 256-512 (crossmodal.recipe), too small to split across threads."""
 
 
 @dataclass
@@ -185,8 +179,9 @@ def train_on_source(
     ds = source.load()
     name = source.dataset if isinstance(source, BenchmarkFile) else source.name
     warnings: list[str] = []
+    notes: list[str] = []
     config = resolve_config(method, dataset=name, preset=preset, epochs=epochs, seed=seed, overrides=overrides,
-                            warnings=warnings)
+                            warnings=warnings, data=ds, notes=notes, device=device)
     train, noise = inject_noise(ds.train, label_noise=label_noise, alignment_noise=alignment_noise,
                                 seed=config.seed, paired=ds.paired)
     result = fit_and_save(method, train, ds.val, ds.test, config=config, device=device, out=out, source=source,
@@ -197,6 +192,7 @@ def train_on_source(
          "why": f"the {fs.dim}-d {m} features of {source.describe()} and its own train/val/test split"}
         for m, fs in ds.train.items()]
     result.warnings = warnings
+    result.notes = [*notes, *result.notes]
     return result
 
 
@@ -431,18 +427,14 @@ def train_in_workspace(
     source = WorkspaceSource(ws.root, split_seed=split_seed, keys=keys, classes=tuple(classes))
     data = source.load()
     largest = max(len(fs) for fs in data.train.values())
-    preset = SMALL_DATA_PRESET if method == "drcl" and largest < SMALL_DATA_ITEMS else None
-    if preset is not None:
-        notes.append(f"small dataset (at most {largest} training items per modality): DRCL uses the preset {preset} "
-                     "(hidden 512-512, a 128-d space, batch 64, 100 epochs, Adam 1e-3) instead of the paper's "
-                     "4096-4096-2048 and batch 1024; --set key=value overrides it")
     warnings: list[str] = []
-    config = resolve_config(method, preset=preset, epochs=epochs, seed=seed, overrides=overrides, warnings=warnings)
+    config = resolve_config(method, epochs=epochs, seed=seed, overrides=overrides, warnings=warnings, data=data,
+                            notes=notes, device=device)  # DRCL: the auto recipe, fitted to these features
     if isinstance(alignment_noise, tuple):
         alignment_noise = f"{alignment_noise[0]}:{alignment_noise[1]}"
     train, noise = inject_noise(data.train, label_noise=label_noise, alignment_noise=alignment_noise, seed=seed,
                                 paired=data.paired)
-    with _one_cpu_thread(preset is not None):
+    with _one_cpu_thread(method == "drcl" and largest < SMALL_DATA_ITEMS):
         result = fit_and_save(method, train, data.val, data.test, config=config, device=device,
                               out=ws.model_dir(name), features={m: ws.feature_identity(m, keys[m]) for m in modalities},
                               source=source, extra={"classes": classes, **noise}, progress=progress)
@@ -547,27 +539,50 @@ def write_curves(model_dir: Path) -> Path:
 
 def resolve_config(method: str, *, dataset: str | None = None, preset: str | None = None, epochs: int | None = None,
                    seed: int | None = None, overrides: Sequence[str] = (),
-                   warnings: list[str] | None = None) -> MethodConfig:
-    """The method's config: defaults, then a preset, then ``epochs``/``seed``, then ``key=value`` overrides.
+                   warnings: list[str] | None = None, data: CrossModalDataset | None = None,
+                   notes: list[str] | None = None, device: str = "auto") -> MethodConfig:
+    """The method's config: defaults, then a preset (or the auto recipe), then ``epochs``/``seed``, then ``key=value``
+    overrides.
 
-    Without ``preset``, ``presets/<method>-<dataset>.json`` is used when it exists (the paper's values there).
+    Without ``preset``, ``presets/<method>-<dataset>.json`` is used when it exists (the paper's values there). With
+    ``data``, DRCL's default is the auto recipe (crossmodal.recipe: batch, rates, widths, space and epochs fitted to the
+    training split's shape, then a short learning-rate search on the validation split) when the data is far from the
+    paper dataset's shape or no paper dataset is named; ``preset="paper"`` picks the dataset's paper preset and
+    ``preset="auto"`` (or ``<method>-auto``) the recipe for any method.
 
     Args:
         warnings: when given, receives a warning if the epochs end below ``FEW_EPOCHS`` of those the preset (or the
             method's defaults) set, with the number it expects.
+        data: the training data (its ``train`` and ``val`` splits) the recipe fits; None: presets only.
+        notes: when given, receives which preset was chosen and why, and the recipe's choices and search.
+        device: where the learning-rate search trains.
 
     Raises:
-        ConfigError: an unknown preset or config key, or a value of the wrong type.
+        ConfigError: an unknown preset or config key, a value of the wrong type, or ``auto`` without ``data``.
     """
+    from crossmodal.recipe import decide_preset, lr_fields, search_learning_rate
+
+    decision = decide_preset(method, dataset=dataset, preset=preset, train=data.train if data is not None else None)
+    preset, said = decision.preset, notes if notes is not None else []
+    said += [decision.note] if decision.note else []
     cls = get_method(method).Config
     path: Traversable | None = (preset_path(preset) if preset else PRESETS_DIR / f"{method}-{dataset}.json" if dataset
                                 else None)
     from_preset = path is not None and path.is_file()
     config = load_preset(cls, path) if from_preset else cls()
+    config = decision.recipe.apply(config) if decision.recipe is not None else config
     shortcuts = {k: v for k, v in (("epochs", epochs), ("seed", seed)) if v is not None}
     resolved = with_overrides(with_overrides(config, shortcuts), list(overrides))
+    if decision.recipe is not None and data is not None:
+        given = [o for o in overrides if o.partition("=")[0].strip() in lr_fields(cls)]
+        if given:  # the user's rate stands
+            said.append(f"learning-rate search: skipped, the rate was given ({', '.join(given)})")
+        else:
+            resolved, _ = search_learning_rate(method, resolved, data.train, data.val, device=resolve_device(device),
+                                               say=said.append)
     if warnings is not None and resolved.epochs < FEW_EPOCHS * config.epochs:
-        tuned = (f"the preset {path.name.removesuffix('.json')} was" if from_preset and path is not None
+        tuned = (f"the auto recipe {method}-auto was" if decision.recipe is not None else
+                 f"the preset {path.name.removesuffix('.json')} was" if from_preset and path is not None
                  else f"{method}'s defaults were")
         count = f"{resolved.epochs} epoch{'s' if resolved.epochs != 1 else ''}"
         warnings.append(f"{count} is far fewer than the {config.epochs} {tuned} tuned for; "

@@ -146,7 +146,8 @@ def test_train_says_which_table_each_modality_used_its_split_counts_and_the_chan
     assert "| 12    | 4   | 4    |" in out.replace("│", "|")  # 4 classes x 5 items: 3 train, 1 val, 1 test each
     for column in ("queries", "gallery", "MAP@all", "chance@all", "MAP@50", "chance@50"):
         assert column in out
-    assert "warning: 1 epoch is far fewer than the 100 the preset drcl-small was tuned for" in err
+    assert "warning: 1 epoch is far fewer than the 200 the auto recipe drcl-auto was tuned for" in err
+    assert "note: preset drcl-auto: no paper dataset to match" in err  # workspace training fits the recipe
 
 
 def test_two_tables_of_one_modality_are_refused_until_one_is_chosen(tmp_path, capsys):

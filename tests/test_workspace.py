@@ -155,11 +155,14 @@ def trained_workspace(tmp_path):
     return ws, result
 
 
-def test_training_on_a_small_store_uses_the_small_data_preset_and_says_so(trained_workspace):
+def test_training_in_a_workspace_fits_the_auto_recipe_to_the_store_and_says_so(trained_workspace):
     ws, result = trained_workspace
-    assert result.model.config.hidden == (512, 512) and result.model.config.dim == 128
-    assert result.model.config.epochs == 2 and result.model.config.seed == 4
-    assert any("drcl-small" in note for note in result.notes)
+    config = result.model.config  # 30 items per modality: the recipe's smallest widths, a batch within the 30
+    assert config.hidden == (256, 256) and config.dim == 128 and config.batch_size == 16  # 10 classes: 8 x 10 -> 128
+    assert config.q_schedule == "fixed" and config.select_by == "val_map"
+    assert config.epochs == 2 and config.seed == 4
+    assert any(note.startswith("preset drcl-auto: no paper dataset to match") for note in result.notes)
+    assert any("learning-rate search: skipped" in note for note in result.notes)  # 10 validation items per modality
     assert result.counts == {m: {"train": 30, "val": 10, "test": 10} for m in ("image", "text")}
     assert result.to_dict()["features"] == {"image": "fake@000", "text": "fake@000"}
 
