@@ -66,6 +66,7 @@ DECODE_CHUNK = 4  # items per decoding task
 Decode = typing.Literal["processes", "threads"]
 DEFAULT_DECODE: Decode = "processes" if sys.platform == "linux" else "threads"  # fork is safe to rely on there
 SHARD_SECONDS = 60.0  # a shard is also committed once this long has passed since the last one
+CLAIM_POLL_SECONDS = 0.5  # how often a run waiting for items another run claimed looks whether they are stored
 # Errors that concern the extractor itself, not one file: retrying item by item would only repeat them.
 _FATAL = (MissingWeightsError, MissingDependencyError, StoreError)
 
@@ -119,11 +120,12 @@ class ExtractOptions:
 @dataclasses.dataclass
 class ExtractSummary:
     """What one run did, every found item counted once: ``found = extracted + skipped + duplicates + failed +
-    unsupported``. ``extracted``: items embedded; ``skipped``: items already in the store (same bytes, id and labels),
-    or listed twice in this run;
-    ``duplicates``: items whose bytes another item has, given their own row with those features (not embedded again);
-    ``failed``: files that could not be read, decoded or embedded; ``unsupported``: files of an extension the extractor
-    does not read. Both of the last two are listed with their reasons in ``errors_file``. ``unlabelled``: found items
+    unsupported + by_other_run``. ``extracted``: items embedded; ``skipped``: items already in the store (same bytes,
+    id and labels), or listed twice in this run; ``duplicates``: items whose bytes another item has, given their own
+    row with those features (not embedded again); ``failed``: files that could not be read, decoded or embedded;
+    ``unsupported``: files of an extension the extractor does not read. Both of the last two are listed with their
+    reasons in ``errors_file``. ``by_other_run``: items another run on the same workspace claimed and wrote meanwhile
+    (two runs started on the same files at once split them), not extracted again here. ``unlabelled``: found items
     that carry no label (train leaves them out). ``passed_over``: files of other modalities' extensions met in folder
     walks (a shared tree of images, texts and sounds), by suffix: not items of this run, counted so none goes unsaid.
     ``hashes_kept``: files not read to hash them, unchanged since their hash was kept (the others were read)."""
@@ -148,6 +150,7 @@ class ExtractSummary:
     passed_over: dict[str, int] = dataclasses.field(default_factory=dict)
     unsupported_reasons: dict[str, str] = dataclasses.field(default_factory=dict)
     hashes_kept: int = 0
+    by_other_run: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -373,34 +376,97 @@ def _run_plan(plan: ExtractPlan, workspace: str | os.PathLike, paths: Sequence[s
     run_dir = Path(workspace) / "runs" / run_id
     run_dir.mkdir(parents=True)
     errors_file = run_dir / "errors.jsonl"
-    extracted = failed = 0
     t_extract = time.perf_counter()
     with (open(errors_file, "w") as errors_out,
           progress_bar(len(plan.todo), plan.extractor.name, options.progress) as bar):
         for err in plan.errors:
             write_error(errors_out, err, None)
         unsupported = sum(err.error == "unsupported" for err in plan.errors)
-        failed += len(plan.errors) - unsupported
-        pending: list[tuple[Item, np.ndarray]] = []
-        last_commit = time.monotonic()
-        for item, result in extract_items(plan.extractor, plan.todo, batch_size=options.batch_size,
-                                          workers=options.workers, decode=options.decode):
-            bar.update(1)
-            if isinstance(result, SourceError):
-                write_error(errors_out, result, item.content_hash)
-                failed += 1
-                continue
-            pending.append((item, result))
-            if len(pending) >= options.shard_size or time.monotonic() - last_commit > SHARD_SECONDS:
-                extracted += commit_rows(plan.table, pending)
-                pending, last_commit = [], time.monotonic()
-        if pending:
-            extracted += commit_rows(plan.table, pending)
-        duplicates, lost = commit_duplicates(plan, errors_out)
-    return finish_run(plan, run_dir, run_id=run_id, extracted=extracted, failed=failed + lost, unsupported=unsupported,
+        run = _ClaimedRun(plan, options, owner=run_id, errors_out=errors_out, bar=bar)
+        try:
+            left = run.extract(plan.todo)
+            shared = run.wait_for(left)
+        finally:
+            plan.table.release(run_id)
+        # Rows another run wrote meanwhile (it had the same items) are its own; the rest are written here.
+        stored = plan.table.known_items()
+        mine = [it for it in [*plan.duplicates, *shared] if _key(it) not in stored]
+        by_other = len(plan.duplicates) + len(shared) - len(mine)
+        duplicates, lost = commit_duplicates(dataclasses.replace(plan, duplicates=mine), errors_out)
+    return finish_run(plan, run_dir, run_id=run_id, extracted=run.extracted,
+                      failed=len(plan.errors) - unsupported + run.failed + lost, unsupported=unsupported,
                       started=start, extract_seconds=time.perf_counter() - t_extract, duplicates=duplicates,
+                      by_other_run=by_other,
                       record={"paths": [str(p) for p in paths], "labels_from": options.labels_from,
                               "batch_size": options.batch_size})
+
+
+class _ClaimedRun:
+    """The extraction of a plan's todo list beside other runs on the same table: items are claimed
+    (:meth:`FeatureTable.claim`) a shard's worth at a time before they are extracted, so that two runs started on the
+    same files take turns at the chunks instead of both doing all of them; an item another live run claimed is left
+    to it, and waited for at the end (:meth:`wait_for`), unless that run dies (its claims go stale and are taken over).
+    Rows are committed every ``shard_size`` rows or SHARD_SECONDS."""
+
+    def __init__(self, plan: ExtractPlan, options: ExtractOptions, *, owner: str, errors_out: Any, bar: Any) -> None:
+        self.plan, self.options, self.owner, self.errors_out, self.bar = plan, options, owner, errors_out, bar
+        self.extracted = self.failed = 0
+        self.pending: list[tuple[Item, np.ndarray]] = []
+        self.last_commit = time.monotonic()
+
+    def extract(self, items: Sequence[Item]) -> list[Item]:
+        """Claim and extract ``items`` chunk by chunk; return those another run holds."""
+        left: list[Item] = []
+        for i in range(0, len(items), self.options.shard_size):
+            chunk = items[i:i + self.options.shard_size]
+            granted = set(self.plan.table.claim([it.content_hash or "" for it in chunk], owner=self.owner))
+            left += [it for it in chunk if it.content_hash not in granted]
+            self._extract([it for it in chunk if it.content_hash in granted])
+        self._commit()
+        return left
+
+    def wait_for(self, items: list[Item]) -> list[Item]:
+        """Wait until each of ``items`` (held by other runs) is stored, extracting those whose run stopped without
+        them (released or dead); return the ones stored by another run."""
+        done: list[Item] = []
+        said = False
+        while items:
+            left = self.extract(items)  # what the other run gave up is granted now
+            stored = self.plan.table.known_hashes()
+            done += [it for it in left if it.content_hash in stored]
+            items = [it for it in left if it.content_hash not in stored]
+            if items:
+                if not said and self.options.progress:
+                    owners = [f"pid {c.pid} on {c.host}" for c in self.plan.table.claims() if c.live
+                              and c.owner != self.owner]
+                    print(f"{self.plan.extractor.name}: waiting for {len(items)} items another run on this workspace "
+                          f"is extracting ({', '.join(owners) or 'its claim'}); they are not extracted twice",
+                          file=sys.stderr)
+                    said = True
+                time.sleep(CLAIM_POLL_SECONDS)
+        self.bar.update(len(done))
+        return done
+
+    def _extract(self, items: Sequence[Item]) -> None:
+        for item, result in extract_items(self.plan.extractor, items, batch_size=self.options.batch_size,
+                                          workers=self.options.workers, decode=self.options.decode):
+            self.bar.update(1)
+            if isinstance(result, SourceError):
+                write_error(self.errors_out, result, item.content_hash)
+                self.failed += 1
+                continue
+            self.pending.append((item, result))
+            if len(self.pending) >= self.options.shard_size or time.monotonic() - self.last_commit > SHARD_SECONDS:
+                self._commit()
+
+    def _commit(self) -> None:
+        if self.pending:
+            self.extracted += commit_rows(self.plan.table, self.pending)
+        self.pending, self.last_commit = [], time.monotonic()
+
+
+def _key(item: Item) -> tuple[str, str, tuple[str, ...]]:
+    return item_key(item.content_hash or "", item.item_id, item.labels)
 
 
 @contextlib.contextmanager
@@ -450,7 +516,8 @@ def commit_duplicates(plan: ExtractPlan, errors_out: Any) -> tuple[int, int]:
 
 
 def finish_run(plan: ExtractPlan, run_dir: Path, *, run_id: str, extracted: int, failed: int, unsupported: int,
-               started: float, extract_seconds: float, record: dict[str, Any], duplicates: int = 0) -> ExtractSummary:
+               started: float, extract_seconds: float, record: dict[str, Any], duplicates: int = 0,
+               by_other_run: int = 0) -> ExtractSummary:
     """The run's summary, also written with ``record`` and the extractor's description to ``run_dir/run.json``."""
     summary = ExtractSummary(
         run_id=run_id, modality=plan.extractor.modality, extractor=plan.extractor.name, key=plan.extractor.key,
@@ -460,6 +527,7 @@ def finish_run(plan: ExtractPlan, run_dir: Path, *, run_id: str, extracted: int,
         errors_file=str(run_dir / "errors.jsonl"), duplicates=duplicates, unlabelled=len(plan.unlabelled),
         unlabelled_examples=[printable(str(it.path)) for it in plan.unlabelled[:3]], passed_over=dict(plan.passed_over),
         unsupported_reasons=unsupported_reasons(plan.errors, plan.extractor.unreadable), hashes_kept=plan.hashes_kept,
+        by_other_run=by_other_run,
     )
     (run_dir / "run.json").write_text(json.dumps({"summary": summary.to_dict(), **record,
                                                   "extractor": plan.extractor.describe()}, indent=2, default=str))

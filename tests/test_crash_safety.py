@@ -170,12 +170,14 @@ def _concurrent(photos, workspace: Path, processes: int) -> list[dict]:
 
 
 def _assert_consistent(photos, workspace: Path, summaries: list[dict]) -> None:
-    """Every shard whole, every file in the store, duplicates (both processes took the same file) identical, and the
-    store's reader gives exactly one row per file."""
+    """Every shard whole, every file in the store once (the processes split the files by claims, none took one
+    another had), each summary accounting for every file, and the store's reader gives exactly one row per file."""
     root, reference = photos
     counts, vectors = _audit(workspace)
-    assert set(counts) == set(reference)
-    assert sum(s["extracted"] for s in summaries) == sum(counts.values())
+    assert set(counts) == set(reference) and set(counts.values()) == {1}
+    assert sum(s["extracted"] for s in summaries) == len(reference)
+    for s in summaries:
+        assert s["found"] == s["extracted"] + s["skipped"] + s["by_other_run"] + s["duplicates"] + s["failed"]
     X, meta = FeatureStore(workspace / "store").read("image")
     assert sorted(meta.column("content_hash").to_pylist()) == sorted(reference)
     for h, x in zip(meta.column("content_hash").to_pylist(), X):

@@ -33,6 +33,9 @@ def extract(
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     labels_from: Annotated[str, typer.Option(help="folders, a CSV/JSONL manifest, or regex:PATTERN.")] = "folders",
     batch_size: Annotated[int, typer.Option(help="Items per model call.")] = 32,
+    shard_size: Annotated[int, typer.Option(
+        help="Rows per committed shard; also the items claimed at a time, so that runs started at once on one "
+             "workspace split the work.")] = 1024,
     workers: Annotated[int | None, typer.Option(
         help="Worker processes (0: all in this process). Default: by extractor: one per core for single-core "
              "extractors (each with a copy of the model), else cores - 1 decoders.")] = None,
@@ -54,7 +57,8 @@ def extract(
         raise ConfigError("--decode is for local runs: Ray actors always decode in threads",
                           hint="drop --decode, or drop --ray")
     sets = (*(overrides or []), *([f"weights={weights}"] if weights else []))
-    options = ExtractOptions(extractor=extractor, labels_from=labels_from, batch_size=batch_size, workers=workers,
+    options = ExtractOptions(extractor=extractor, labels_from=labels_from, batch_size=batch_size,
+                             shard_size=shard_size, workers=workers,
                              device=device, overrides=sets, decode=decode,  # type: ignore[arg-type]  # checked there
                              rehash=rehash)
     if ray:
@@ -69,6 +73,9 @@ def extract(
     if s["hashes_kept"]:
         out.info(f"{s['hashes_kept']} files unchanged since they were last hashed (same size, mtime, ctime and inode) "
                  "were not read again: --rehash reads them")
+    if s["by_other_run"]:
+        out.info(f"{_items(s['by_other_run'])} been extracted by another run on this workspace at the same time "
+                 "(it had claimed them): not extracted twice")
     if s["duplicates"]:
         out.info(f"{_items(s['duplicates'])} the same bytes as another item (another name or class): each has its own "
                  "row with the shared features, embedded once")
