@@ -298,8 +298,14 @@ class FeatureTable:
 
         Raises:
             StoreError: a parquet fails its checksum or its recorded row count.
+
+        The dataset names the shards committed now; a later compaction may replace them (:meth:`metadata` and
+        :meth:`iter_batches` read under the table's reader lock instead).
         """
-        paths = self.shard_paths()
+        with self._reader_lock():
+            return self._dataset(self._listing())
+
+    def _dataset(self, paths: list[Path]) -> pads.Dataset:
         for parquet in paths:
             self._check_meta(parquet)
         return pads.dataset([str(p) for p in paths], schema=SCHEMA, format="parquet")
@@ -311,27 +317,30 @@ class FeatureTable:
         Raises:
             StoreError: a shard is unreadable or fails its checksum (names it, with the fix).
         """
-        dataset = self.dataset()
-        try:
-            return dataset.to_table(columns=columns or SCHEMA.names)
-        except (OSError, pa.ArrowException):
-            for parquet in dataset.files:  # name the shard that cannot be read (a shard written before checksums)
-                self._read_meta(Path(parquet), columns)
-            raise
+        with self._reader_lock():
+            dataset = self._dataset(self._listing())
+            try:
+                return dataset.to_table(columns=columns or SCHEMA.names)
+            except (OSError, pa.ArrowException):
+                for parquet in dataset.files:  # name the shard that cannot be read (a shard written before checksums)
+                    self._read_meta(Path(parquet), columns)
+                raise
 
     def known_hashes(self) -> set[str]:
         """Content hashes already in the table (whose features need no extraction)."""
         hashes: set[str] = set()
-        for parquet in self.shard_paths():
-            hashes.update(self._read_meta(parquet, ["content_hash"]).column(0).to_pylist())
+        with self._reader_lock():
+            for parquet in self._listing():
+                hashes.update(self._read_meta(parquet, ["content_hash"]).column(0).to_pylist())
         return hashes
 
     def known_items(self) -> set[tuple[str, str, tuple[str, ...]]]:
         """Every stored item as its key ``(content hash, item id, sorted labels)`` (see :func:`item_key`)."""
         items: set[tuple[str, str, tuple[str, ...]]] = set()
-        for parquet in self.shard_paths():
-            meta = self._read_meta(parquet, ["content_hash", "item_id", "labels"]).to_pydict()
-            items.update(item_key(h, i, labels) for h, i, labels in zip(*meta.values()))
+        with self._reader_lock():
+            for parquet in self._listing():
+                meta = self._read_meta(parquet, ["content_hash", "item_id", "labels"]).to_pydict()
+                items.update(item_key(h, i, labels) for h, i, labels in zip(*meta.values()))
         return items
 
     def has(self, content_hash: str) -> bool:
@@ -341,12 +350,13 @@ class FeatureTable:
         """The stored float32 (dim,) row of each of ``hashes`` that the table holds (the first in shard order): the
         features another item with the same bytes shares."""
         found: dict[str, np.ndarray] = {}
-        for parquet in self.shard_paths():
-            shard_hashes = self._read_meta(parquet, ["content_hash"]).column(0).to_pylist()
-            wanted = [(i, h) for i, h in enumerate(shard_hashes) if h in hashes and h not in found]
-            if wanted:
-                X = self._load_npy(parquet, len(shard_hashes))
-                found.update((h, np.array(X[i], dtype=np.float32)) for i, h in wanted)
+        with self._reader_lock():
+            for parquet in self._listing():
+                shard_hashes = self._read_meta(parquet, ["content_hash"]).column(0).to_pylist()
+                wanted = [(i, h) for i, h in enumerate(shard_hashes) if h in hashes and h not in found]
+                if wanted:
+                    X = self._load_npy(parquet, len(shard_hashes))
+                    found.update((h, np.array(X[i], dtype=np.float32)) for i, h in wanted)
         return found
 
     def iter_batches(self, rows: int = 65536, *, columns: list[str] | None = None,
@@ -712,11 +722,12 @@ class FeatureTable:
             other checks do (:meth:`unchecked` lists them).
         """
         problems = []
-        for parquet in self.shard_paths():
-            try:
-                self._load_npy(parquet, self._read_meta(parquet, cached=False).num_rows, cached=False)
-            except StoreError as exc:
-                problems.append(ShardProblem(self, parquet, exc.message))
+        with self._reader_lock():
+            for parquet in self._listing():
+                try:
+                    self._load_npy(parquet, self._read_meta(parquet, cached=False).num_rows, cached=False)
+                except StoreError as exc:
+                    problems.append(ShardProblem(self, parquet, exc.message))
         return problems
 
     def shard_metadata(self, parquet: Path) -> pa.Table:
