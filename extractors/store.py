@@ -361,7 +361,8 @@ class FeatureTable:
 
     def iter_batches(self, rows: int = 65536, *, columns: list[str] | None = None,
                      unique: bool = True) -> Iterator[tuple[np.ndarray, pa.Table]]:
-        """Stream the table shard by shard: memory holds one shard's pages and metadata, never the table.
+        """Stream the table shard by shard: memory holds about one batch of features and one shard's metadata
+        (``columns``), never the table.
 
         Args:
             rows: the most rows per batch; a batch never spans two shards.
@@ -392,15 +393,15 @@ class FeatureTable:
                 n = meta.num_rows
                 local = None if keep is None else _local(keep, start, start + n)
                 start += n
-                if local is None:
+                if local is None or len(local) == n:  # no repeated item in this shard
                     for lo in range(0, n, rows):
                         yield X[lo:lo + rows], meta.slice(lo, rows)
                         _drop_pages(X, lo, min(lo + rows, n))
-                    continue
-                for lo in range(0, len(local), rows):
-                    chosen = local[lo:lo + rows]
-                    yield X[chosen], meta.take(pa.array(chosen))
-                del X  # the shard's map closes here unless the caller kept a batch
+                else:
+                    for lo in range(0, len(local), rows):
+                        chosen = local[lo:lo + rows]
+                        yield X[chosen], meta.take(pa.array(chosen))
+                del X, meta  # the shard's map closes here unless the caller kept a batch
 
     def rows_view(self, *, unique: bool = True, max_open: int = 64) -> ShardedRows:
         """An array-like over every shard (``view[idx]`` gathers rows from the shards' files): what training samples
