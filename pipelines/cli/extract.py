@@ -34,8 +34,8 @@ def extract(
     labels_from: Annotated[str, typer.Option(help="folders, a CSV/JSONL manifest, or regex:PATTERN.")] = "folders",
     batch_size: Annotated[int, typer.Option(help="Items per model call.")] = 32,
     shard_size: Annotated[int, typer.Option(
-        help="Rows per committed shard; also the items claimed at a time, so that runs started at once on one "
-             "workspace split the work.")] = 1024,
+        help="Rows per committed shard; also the first items claimed at a time (then about 10 s of work), so that "
+             "runs started at once on one workspace split the work.")] = 1024,
     workers: Annotated[int | None, typer.Option(
         help="Worker processes (0: all in this process). Default: by extractor: one per core for single-core "
              "extractors (each with a copy of the model), else cores - 1 decoders.")] = None,
