@@ -299,8 +299,8 @@ def search_learning_rate(
     """Try the config's learning rate times each of ``factors`` for ``epochs`` epochs, keep the best validation MAP.
 
     The rule's rate is tried first and kept on ties; candidates after ``budget_s`` seconds are skipped (and said to
-    be). The search is skipped, with the reason said, for a method without a learning rate and for a validation
-    split with fewer than ``MIN_VAL_ITEMS`` items per modality.
+    be). The search is skipped, with the reason said, for a method without a learning rate, for a validation split
+    with fewer than ``MIN_VAL_ITEMS`` items per modality, and for a run no longer than a candidate (``epochs``).
 
     Returns:
         The config with the chosen rate (all of its ``lr`` fields), and one record per candidate tried:
@@ -317,9 +317,12 @@ def search_learning_rate(
         say(f"learning-rate search: skipped, the validation split ({sizes or 'empty'}) has fewer than "
             f"{MIN_VAL_ITEMS} items in two modalities, too few to rank rates; the rule's rate stays")
         return config, []
+    if config.epochs <= epochs:
+        say(f"learning-rate search: skipped, the run's {config.epochs} epochs are no longer than a candidate's "
+            f"{epochs}; the rule's rate stays")
+        return config, []
     assert val is not None
     base = float(getattr(config, fields[0]))
-    short = min(epochs, config.epochs)
     tried: list[dict[str, Any]] = []
     started = time.perf_counter()
     for factor in factors:
@@ -327,11 +330,11 @@ def search_learning_rate(
             say(f"learning-rate search: {budget_s:.0f} s budget spent after {len(tried)} of {len(factors)} rates")
             break
         lr = float(f"{base * factor:.3g}")
-        candidate = with_overrides(config, {"epochs": short, **{f: lr for f in fields}})
+        candidate = with_overrides(config, {"epochs": epochs, **{f: lr for f in fields}})
         t0 = time.perf_counter()
         model = create_method(method).fit(train, val, config=candidate, device=device)
         tried.append({"lr": lr, "val_map": validation_map(model, val), "seconds": time.perf_counter() - t0})
-        say(f"learning-rate search: lr {lr:.3g}, {short} epochs: validation MAP@all {tried[-1]['val_map']:.4f} "
+        say(f"learning-rate search: lr {lr:.3g}, {epochs} epochs: validation MAP@all {tried[-1]['val_map']:.4f} "
             f"({tried[-1]['seconds']:.1f} s)")
     best = max(tried, key=lambda t: t["val_map"])  # max keeps the first (the rule's rate) on ties
     rule = tried[0]

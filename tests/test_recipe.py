@@ -120,7 +120,18 @@ def test_learning_rate_search_tries_three_rates_and_keeps_the_best_validation_ma
 
 def test_learning_rate_search_stops_at_its_time_budget_and_says_so():
     ds = make_synthetic({"image": 12, "text": 8}, 4, 96, 40, 8, seed=0)
+    config = with_overrides(get_method("dscmr").Config(), ["hidden=[16]", "dim=8", "epochs=2"])
+    said: list[str] = []
+    _, tried = search_learning_rate("dscmr", config, ds.train, ds.val, device="cpu", epochs=1, budget_s=0.0,
+                                    say=said.append)
+    assert len(tried) == 1 and any("budget spent after 1 of 3 rates" in line for line in said)
+
+
+def test_learning_rate_search_is_skipped_for_a_run_no_longer_than_its_candidates():
+    ds = make_synthetic({"image": 12, "text": 8}, 4, 96, 40, 8, seed=0)
     config = with_overrides(get_method("dscmr").Config(), ["hidden=[16]", "dim=8", "epochs=1"])
     said: list[str] = []
-    _, tried = search_learning_rate("dscmr", config, ds.train, ds.val, device="cpu", budget_s=0.0, say=said.append)
-    assert len(tried) == 1 and any("budget spent after 1 of 3 rates" in line for line in said)
+    chosen, tried = search_learning_rate("dscmr", config, ds.train, ds.val, device="cpu", say=said.append)
+    assert chosen == config and tried == []
+    assert said == ["learning-rate search: skipped, the run's 1 epochs are no longer than a candidate's 5; the rule's "
+                    "rate stays"]
