@@ -86,7 +86,8 @@ class ExtractOptions:
         device: ``auto``, ``cpu`` or ``cuda``.
         overrides: extractor config overrides, ``("key=value", ...)`` or a mapping (a list is kept as a tuple).
         progress: show a tqdm bar (items/s) on stderr, and say what is prepared.
-        shard_size: rows per committed shard (also committed every minute).
+        shard_size: rows per committed shard (also committed every minute), and the items of a run's first claim
+            (see :class:`_ClaimedRun`).
         decode: decode in ``"processes"`` or ``"threads"`` (None: processes on Linux).
         rehash: read every file again, ignoring the hashes kept for unchanged files (pipelines/sources.py says what
             "unchanged" trusts).
@@ -386,6 +387,9 @@ def _run_plan(plan: ExtractPlan, workspace: str | os.PathLike, paths: Sequence[s
         run = _ClaimedRun(plan, options, owner=run_id, errors_out=errors_out, bar=bar)
         try:
             left = run.extract(plan.todo)
+            # What this run claimed is committed now, or failed: released before waiting, so that two runs waiting
+            # for each other's failed items do not wait forever (the other run tries those again, and fails too).
+            plan.table.release(run_id)
             shared = run.wait_for(left)
         finally:
             plan.table.release(run_id)

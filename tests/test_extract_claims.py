@@ -60,6 +60,8 @@ def _rows(workspace: Path) -> Counter:
 
 def test_two_runs_started_at_once_extract_each_item_once_in_all_and_each_summary_accounts_for_every_file(tmp_path):
     write_shapes(tmp_path / "photos", per_class=8)  # 24 images
+    for shape in ("circle", "triangle"):  # a broken file each run may hold while it waits for the other's items
+        (tmp_path / "photos" / shape / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image " + shape.encode())
     args = ["extract", "--modality", "image", str(tmp_path / "photos"), "--workspace", str(tmp_path / "ws"), *CHEAP,
             "--shard-size", "4", "--batch-size", "2", "--json"]
     flags = [tmp_path / "planned-a", tmp_path / "planned-b"]
@@ -70,6 +72,8 @@ def test_two_runs_started_at_once_extract_each_item_once_in_all_and_each_summary
     assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
     a, b = (json.loads(out) for out, _ in outs)
     assert a["extracted"] + b["extracted"] == 24  # each item extracted once in all
+    # a file that fails is never stored, so each run tries it (once the run holding it has let it go) and names it
+    assert a["found"] == b["found"] == 26 and a["failed"] == b["failed"] == 2
     assert a["extracted"] > 0 and b["extracted"] > 0  # the work was split, not done by whoever came first
     assert a["by_other_run"] == b["extracted"] and b["by_other_run"] == a["extracted"]
     assert _summary_accounts_for_every_file(a) and _summary_accounts_for_every_file(b)
