@@ -193,10 +193,11 @@ def rules(method: str, shape: DataShape) -> Recipe:
             paper = list(getattr(defaults, name))
             out.append(Choice(name, value, f"8 * sqrt({shape.n_max}) training items, a power of two in [256, 4096], "
                                            f"the paper's depth and width ratios kept (paper: {paper})"))
-    if "dim" in names and isinstance(defaults.dim, int):
+    paper_dim = getattr(defaults, "dim", None)
+    if isinstance(paper_dim, int):  # MCCA's None keeps every canonical direction
         dim = min(clip(2 ** math.ceil(math.log2(8 * shape.num_classes)), 64, 1024), max(hidden, 64))
         out.append(Choice("dim", dim, f"room for {shape.num_classes} class directions: a power of two at or above "
-                                      f"8 x {shape.num_classes} classes, in [64, 1024] (paper: {defaults.dim})"))
+                                      f"8 x {shape.num_classes} classes, in [64, 1024] (paper: {paper_dim})"))
     if "epochs" in names and method != "mcca":
         steps = math.ceil(shape.n_max / batch)
         epochs = clip(math.ceil(STEP_BUDGET / steps), 20, 200)
@@ -214,8 +215,9 @@ def rules(method: str, shape: DataShape) -> Recipe:
         out.append(Choice("q_schedule", "fixed", "a fixed q beat the paper's ramp on both sets measured (issue 13)"))
         out.append(Choice("q_fixed", 0.5, "q = 0.5 or 1 beat the ramp; 0.5 is also the paper's second-best fixed q "
                                           "(Table V)"))
-    if "sedel_queue" in names and defaults.sedel_queue > 0:
-        queue = min(defaults.sedel_queue, 2 ** int(math.log2(max(shape.n_max, 2))))
+    paper_queue = getattr(defaults, "sedel_queue", 0)
+    if paper_queue > 0:
+        queue = min(paper_queue, 2 ** int(math.log2(max(shape.n_max, 2))))
         out.append(Choice("sedel_queue", queue, f"at most the {shape.n_max} training items: a longer queue holds stale "
                                                 "copies of the same items"))
     return Recipe(method=method, shape=shape, choices=tuple(out))
