@@ -105,7 +105,10 @@ def build_index(
             table = ws.store.table(modality, key)
             wanted = None
             if gallery == "test":
-                splits = ws.splits(int((net.source or {})["split_seed"]))
+                if "split_seed" not in (net.source or {}):
+                    raise ConfigError(f"model {model!r} records no split seed (it was not trained in a workspace), so"
+                                      " it has no test split", hint="use --gallery all")
+                splits = ws.splits(int(net.source["split_seed"]))
                 wanted = {h for h, split in splits.items() if split == "test"}
             rows = _gallery_rows(table, wanted)
             for partner in query_partners(net, modality):

@@ -389,3 +389,20 @@ def test_two_builds_of_one_model_at_once_do_not_collide(tiny_model_workspace):
     index_dir = tiny_model_workspace / "index"
     assert sorted(p.name for p in index_dir.iterdir() if not p.name.endswith(".lock")) == ["m"]
     assert len(load_index(index_dir / "m" / "image")) == 20
+
+
+def test_a_test_gallery_streams_only_the_test_split_with_its_rows_in_order(tiny_model_workspace):
+    import pyarrow.parquet as pq
+
+    from pipelines.index import build_index
+    from pipelines.workspace import Workspace
+
+    result = build_index(tiny_model_workspace, model="m", backend="exact", gallery="test", device="cpu")
+    source = json.loads((tiny_model_workspace / "models" / "m" / "card.json").read_text())["source"]
+    splits = Workspace(tiny_model_workspace).splits(int(source["split_seed"]))
+    expected = [f"image{i}" for i in range(20) if splits.get(f"image{i}") == "test"]
+    rows = pq.read_table(tiny_model_workspace / "index" / "m" / "image" / "gallery.parquet").to_pydict()
+    assert 0 < len(expected) < 20 and result["indexes"][0]["items"] == len(expected)
+    assert rows["content_hash"] == expected and rows["id"] == [f"{h}/{k}" for k, h in enumerate(expected)]
+    index = load_index(tiny_model_workspace / "index" / "m" / "image")
+    assert index.ids.tolist() == rows["id"]
