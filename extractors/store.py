@@ -361,11 +361,11 @@ class FeatureTable:
 
     def iter_batches(self, rows: int = 65536, *, columns: list[str] | None = None,
                      unique: bool = True) -> Iterator[tuple[np.ndarray, pa.Table]]:
-        """Stream the table shard by shard: memory holds about one batch of features and one shard's metadata
-        (``columns``), never the table.
+        """Stream the table shard by shard: memory holds about one batch of features and of metadata, never the
+        table (one shard's metadata in a shard that holds a repeated item).
 
         Args:
-            rows: the most rows per batch; a batch never spans two shards.
+            rows: the most rows per batch; a batch never spans two shards (nor two row groups of a parquet).
             columns: metadata columns of :data:`SCHEMA` (default all).
             unique: keep the first row of each item (content hash, item id, labels), the rows :meth:`read` gives.
 
@@ -388,20 +388,22 @@ class FeatureTable:
             keep = self._first_rows(parquets) if unique else None
             start = 0
             for parquet in parquets:
-                meta = self._read_meta(parquet, columns)
-                X = self._load_npy(parquet, meta.num_rows)
-                n = meta.num_rows
+                n = self._check_meta(parquet)
+                X = self._load_npy(parquet, n)
                 local = None if keep is None else _local(keep, start, start + n)
                 start += n
-                if local is None or len(local) == n:  # no repeated item in this shard
-                    for lo in range(0, n, rows):
-                        yield X[lo:lo + rows], meta.slice(lo, rows)
-                        _drop_pages(X, lo, min(lo + rows, n))
+                if local is None or len(local) == n:  # no repeated item in this shard: its metadata streams too
+                    lo = 0
+                    for batch in _scan(parquet, columns or SCHEMA.names, rows):  # fewer rows at a row group's end
+                        yield X[lo:lo + batch.num_rows], pa.Table.from_batches([batch])
+                        _drop_pages(X, lo, lo + batch.num_rows)
+                        lo += batch.num_rows
                 else:
+                    meta = self._read_meta(parquet, columns)
                     for lo in range(0, len(local), rows):
                         chosen = local[lo:lo + rows]
                         yield X[chosen], meta.take(pa.array(chosen))
-                del X, meta  # the shard's map closes here unless the caller kept a batch
+                del X  # the shard's map closes here unless the caller kept a batch
 
     def rows_view(self, *, unique: bool = True, max_open: int = 64) -> ShardedRows:
         """An array-like over every shard (``view[idx]`` gathers rows from the shards' files): what training samples
@@ -444,26 +446,27 @@ class FeatureTable:
 
     def _first_rows(self, parquets: list[Path]) -> np.ndarray | None:
         """The global indices of the rows :meth:`read` keeps (the first of each item), or None when every row is its
-        own item. Costs 8 bytes per row and one pass over the content hashes; item keys are built only for the rows
-        whose content hash repeats (rare: the same bytes under two names, or an item written twice)."""
+        own item. Costs 8 bytes per row (a 64-bit fingerprint of each content hash) and one pass over the content
+        hashes, two when a fingerprint repeats; item keys are built only for the rows whose fingerprint repeats (rare:
+        the same bytes under two names, or an item written twice)."""
         counts = [self._check_meta(p) for p in parquets]
         fingerprints = np.empty(sum(counts), dtype=np.int64)
         start = 0
-        for parquet, n in zip(parquets, counts):
-            fingerprints[start:start + n] = _fingerprints(self._read_meta(parquet, ["content_hash"]).column(0))
-            start += n
-        ordered = np.sort(fingerprints)
-        repeated = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
-        del ordered
+        for parquet in parquets:
+            for batch in _content_hashes(parquet):
+                fingerprints[start:start + len(batch)] = _fingerprints(batch)
+                start += len(batch)
+        fingerprints.sort()  # in place: a sorted copy would double the 8 bytes per row
+        repeated = np.unique(fingerprints[1:][fingerprints[1:] == fingerprints[:-1]])
+        del fingerprints
         if not len(repeated):
             return None
-        candidates = np.flatnonzero(np.isin(fingerprints, repeated))
-        del fingerprints
         drop: list[int] = []
         seen: set[tuple[str, str, tuple[str, ...]]] = set()
         start = 0
-        for parquet, n in zip(parquets, counts):
-            local = _local(candidates, start, start + n)
+        for parquet, n in zip(parquets, counts):  # a second pass, for the tables where a content hash repeats
+            shard = np.concatenate([_fingerprints(batch) for batch in _content_hashes(parquet)])  # a shard has rows
+            local = np.flatnonzero(np.isin(shard, repeated))
             if len(local):
                 meta = self._read_meta(parquet, ["content_hash", "item_id", "labels"]).take(pa.array(local)).to_pydict()
                 for i, h, item, labels in zip(local, *meta.values()):
@@ -1204,12 +1207,26 @@ def _drop_pages(X: np.memmap, lo: int, hi: int) -> None:
         mapping.madvise(mmap.MADV_DONTNEED, begin, end - begin)
 
 
-def _fingerprints(strings: pa.ChunkedArray) -> np.ndarray:
+def _content_hashes(parquet: Path) -> Iterator[pa.Array]:
+    """A shard's content hashes, a batch at a time (its parquet already checked)."""
+    for batch in _scan(parquet, ["content_hash"], 65536):
+        yield batch.column(0)
+
+
+def _scan(parquet: Path, columns: list[str], rows: int) -> Iterator[pa.RecordBatch]:
+    """A shard's metadata ``columns`` in order, ``rows`` at most at a time, without read-ahead: one row group's
+    column chunks in memory (columns missing from an older shard come as nulls)."""
+    dataset = pads.dataset(parquet, schema=SCHEMA, format="parquet")
+    yield from dataset.to_batches(columns=columns, batch_size=rows, batch_readahead=0, fragment_readahead=0,
+                                  use_threads=False)
+
+
+def _fingerprints(strings: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """A 64-bit fingerprint of each string (equal strings, equal fingerprints; the rare equal fingerprints of two
     strings are told apart by the caller). Content hashes (64 hex digits) are mixed straight from Arrow's buffer, so
     no Python string is made; other strings go through ``hash``."""
     parts = []
-    for chunk in strings.chunks:
+    for chunk in strings.chunks if isinstance(strings, pa.ChunkedArray) else [strings]:
         chunk = chunk.cast(pa.string())
         offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32)[chunk.offset:chunk.offset + len(chunk) + 1]
         width = int(offsets[1] - offsets[0]) if len(chunk) else 0
