@@ -135,3 +135,18 @@ def test_learning_rate_search_is_skipped_for_a_run_no_longer_than_its_candidates
     assert chosen == config and tried == []
     assert said == ["learning-rate search: skipped, the run's 1 epochs are no longer than a candidate's 5; the rule's "
                     "rate stays"]
+
+
+def test_train_cli_says_which_preset_it_chose_and_preset_paper_is_one_flag_away(tmp_path, capsys):
+    from pipelines.cli import main
+
+    tiny = ["--set", "hidden=[16,16]", "--set", "dim=16", "--epochs", "1", "--device", "cpu", "--json"]
+    assert main(["train", "--dataset", "synthetic", "--out", str(tmp_path / "auto"), *tiny]) == 0
+    auto = json.loads(capsys.readouterr().out)
+    assert auto["notes"][0].startswith("preset drcl-auto: no paper preset for synthetic")
+    assert auto["config"]["batch_size"] == 32 and auto["config"]["q_schedule"] == "fixed"
+    assert main(["train", "--dataset", "synthetic", "--preset", "paper", "--out", str(tmp_path / "paper"),
+                 *tiny]) == 0
+    paper = json.loads(capsys.readouterr().out)
+    assert paper["notes"][0] == "--preset paper: drcl's defaults (its paper's values), tuned for the paper datasets"
+    assert paper["config"]["batch_size"] == 1024 and paper["config"]["q_schedule"] == "ramp"
