@@ -184,3 +184,17 @@ def test_a_repeated_item_among_sha256_content_hashes_is_found_without_python_str
         np.testing.assert_array_equal(view[np.arange(6)], X)
     fingerprints = store_module._fingerprints(meta.column("content_hash"))
     assert len(set(fingerprints.tolist())) == 6
+
+
+def test_a_compaction_waits_until_a_stream_that_started_before_it_ends(table):
+    X = three_shards(table)
+    stream = table.iter_batches(2)
+    first, _ = next(stream)
+    merged = threading.Thread(target=table.compact, kwargs={"target_rows": 100})
+    merged.start()
+    time.sleep(0.5)
+    assert merged.is_alive()
+    rest = [batch for batch, _ in stream]
+    merged.join(timeout=60)
+    np.testing.assert_array_equal(np.concatenate([first, *rest]), X)
+    assert not merged.is_alive() and len(table.shard_paths()) == 1
