@@ -210,7 +210,7 @@ def tune(
                        f"  {' '.join(overrides)}")
         return score
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our one line per trial replaces optuna's log
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our one line per trial (failures too) replaces its log
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
     started = time.perf_counter()
     study.optimize(objective, n_trials=trials, timeout=timeout_s, catch=(CrossmodalError,))
