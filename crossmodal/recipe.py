@@ -264,7 +264,8 @@ def choose_preset(method: str, dataset: str | None, shape: DataShape) -> tuple[s
     from the paper dataset of ``dataset``; other methods keep their papers' values unless ``--preset auto``.
     """
     if method != "drcl":
-        return PAPER, f"{method} keeps its paper's values by default (--preset auto fits them to the data)"
+        return PAPER, (f"{method} keeps its paper's values by default (the recipe is DRCL's default; with --dataset, "
+                       "--preset auto fits it to any method)")
     if dataset is None:
         return AUTO, f"no paper dataset to match; the recipe fits the data ({shape.describe()})"
     paper = PAPER_DATA.get("wiki" if dataset == "wiki-sift-lda" else dataset)
