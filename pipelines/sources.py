@@ -209,7 +209,7 @@ class HashCache:
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=60)
-        db.execute("CREATE TABLE IF NOT EXISTS hashes (path TEXT PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
+        db.execute("CREATE TABLE IF NOT EXISTS hashes (path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, "
                    "ctime_ns INTEGER, inode INTEGER, device INTEGER, sha256 TEXT, hashed_ns INTEGER)")
         return db
 
@@ -255,9 +255,10 @@ class HashCache:
                            [(_key(it.path), *stat, it.content_hash, now) for it, stat in hashed])
 
 
-def _key(path: Path) -> str:
-    """The absolute path, not resolved: two names of one file (a symlink) are two rows, each checked on its own."""
-    return os.fsdecode(os.path.abspath(path))
+def _key(path: Path) -> bytes:
+    """The absolute path, not resolved (two names of one file, a symlink, are two rows, each checked on its own), as
+    the filesystem's bytes: a name that is not UTF-8 cannot be a sqlite text."""
+    return os.fsencode(os.path.abspath(path))
 
 
 def _label_rule(labels_from: str):

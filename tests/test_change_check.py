@@ -106,3 +106,16 @@ def test_extract_reports_the_kept_hashes_and_rehash_reads_every_file(tmp_path, h
     third = run_extract(tmp_path / "ws", "image", [tmp_path / "media"], ExtractOptions(
         extractor="hog-color", overrides={"size": 32}, workers=0, progress=False, rehash=True))
     assert (third.skipped, third.hashes_kept, len(hashed)) == (6, 0, 6)
+
+
+def test_a_file_whose_name_is_not_utf8_has_its_hash_kept_too(tmp_path, hashed):
+    folder = tmp_path / "media" / "cat"
+    folder.mkdir(parents=True)
+    name = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: a surrogate-escaped str, which sqlite cannot store as text
+    (folder / name).write_bytes(b"not even an image: only its bytes are hashed")
+    backdate([folder / name])
+    first, errors = hash_items(items_of(tmp_path / "media"), cache=HashCache(tmp_path / "h.sqlite3"))
+    assert errors == [] and hashed == [name]
+    hashed.clear()
+    again, _ = hash_items(items_of(tmp_path / "media"), cache=HashCache(tmp_path / "h.sqlite3"))
+    assert hashed == [] and again == first
