@@ -90,7 +90,8 @@ def run_extract_ray(workspace: str | os.PathLike, modality: str, paths: Sequence
     ray = require("ray", extractor="--ray", extra="ray")
     options = options or ExtractOptions()
     if actors is not None and actors < 1:
-        raise ConfigError(f"{actors} actors: there must be at least one", hint="leave --actors out for one per CPU/GPU")
+        raise ConfigError(f"{actors} actors: there must be at least one",
+                          hint="leave actors unset: one per GPU of the cluster, else one per CPU")
     start = time.perf_counter()
     started_ray = _connect(ray, address)
     stages: dict[str, float] = {}
@@ -138,18 +139,15 @@ def _hash_block(block: Any) -> Any:
     import pyarrow as pa
 
     rows = block.to_pylist()
-    # the row number rides in item_id: hash_items returns the hashed items and the errors apart
-    hashed, errors = hash_items([Item(Path(os.fsdecode(r["path"])), item_id=str(r["i"])) for r in rows],
-                                workers=HASH_THREADS)
-    digest = {int(it.item_id): it.content_hash for it in hashed}
-    why = {e.path: e for e in errors}
-    missing = SourceError("", "", "")
-    return pa.table({
-        "i": [r["i"] for r in rows], "path": [r["path"] for r in rows],
-        "hash": [digest.get(r["i"], "") for r in rows],
-        "error": [why.get(os.fsdecode(r["path"]), missing).error if r["i"] not in digest else "" for r in rows],
-        "message": [why.get(os.fsdecode(r["path"]), missing).message if r["i"] not in digest else "" for r in rows],
-    })
+    # the row number rides in item_id: hash_items returns the hashed items and the errors (by path) apart
+    items = [Item(Path(os.fsdecode(r["path"])), item_id=str(r["i"])) for r in rows]
+    hashed, errors = hash_items(items, workers=HASH_THREADS)
+    digest = {it.item_id: it.content_hash or "" for it in hashed}
+    reasons = {e.path: (e.error, e.message) for e in errors}
+    status = [("", "") if it.item_id in digest else reasons[str(it.path)] for it in items]
+    return pa.table({"i": [r["i"] for r in rows], "path": [r["path"] for r in rows],
+                     "hash": [digest.get(it.item_id, "") for it in items],
+                     "error": [error for error, _ in status], "message": [message for _, message in status]})
 
 
 class ExtractActor:
@@ -218,47 +216,87 @@ class ExtractActor:
 def _run_plan_ray(ray: Any, plan: ExtractPlan, workspace: str | os.PathLike, paths: Sequence[str | os.PathLike],
                   options: ExtractOptions, *, address: str, actors: int | None, start: float,
                   stages: dict[str, float]) -> ExtractSummary:
-    from pipelines.extract import commit_duplicates, finish_run, progress_bar, write_error
+    """Extract the plan's todo list on the actor pool, beside other runs on the same table: the driver claims the items
+    (:meth:`FeatureTable.claim`) before the actors extract them, leaves those another live run holds to it, and waits
+    for them at the end, extracting those it gave up (released or dead), as a local run does. It claims its whole
+    list at once (a local run claims chunk by chunk): a run started beside it waits for its items, never redoes them."""
+    from extractors.store import item_key
+    from pipelines.extract import CLAIM_POLL_SECONDS, commit_duplicates, finish_run, progress_bar, write_error
 
     run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}-ray"
     run_dir = Path(workspace) / "runs" / run_id
     run_dir.mkdir(parents=True)
-    extracted = failed = 0
-    seconds = 0.0
+    counts = {"extracted": 0, "failed": 0}
+    shared: list[Item] = []
     pool: dict[str, Any] = {}
+    t_extract = time.perf_counter()
     with open(run_dir / "errors.jsonl", "w") as errors_out, \
             progress_bar(len(plan.todo), plan.extractor.name, options.progress) as bar:
         for err in plan.errors:
             write_error(errors_out, err, None)
         unsupported = sum(err.error == "unsupported" for err in plan.errors)
-        failed += len(plan.errors) - unsupported
-        if plan.todo:
-            t_extract = time.perf_counter()
-            pool = _pool(ray, options.device, actors, len(plan.todo), options.shard_size)
-            if options.progress:
-                print(f"ray: {pool['why']}", file=sys.stderr)
-            for batch in _extract_dataset(ray, plan, workspace, options, pool).iter_batches(batch_size=None,
-                                                                                            batch_format="pyarrow"):
-                if "first_batch_seconds" not in stages:  # the actors' start (extractor built) and one batch
-                    stages["first_batch_seconds"] = round(time.perf_counter() - t_extract, 3)
-                    stages["first_batch_items"] = batch.num_rows
-                for i, error, message in zip(*_columns(batch, "i", "error", "message")):
-                    if error:
-                        item = plan.todo[i]
-                        write_error(errors_out, SourceError(str(item.path), error, message), item.content_hash)
-                        failed += 1
-                    else:
-                        extracted += 1
-                bar.update(batch.num_rows)
-            seconds = time.perf_counter() - t_extract
-            stages["extract_seconds"] = round(seconds, 3)
-        duplicates, lost = commit_duplicates(plan, errors_out)
-    return finish_run(plan, run_dir, run_id=run_id, extracted=extracted, failed=failed + lost, unsupported=unsupported,
-                      started=start, extract_seconds=seconds, duplicates=duplicates,
+        left, said = plan.todo, False
+        try:
+            while left:
+                granted = set(plan.table.claim([it.content_hash or "" for it in left], owner=run_id))
+                mine = [it for it in left if it.content_hash in granted]
+                if mine:
+                    pool = _pool(ray, options.device, actors, len(mine), options.shard_size)
+                    if options.progress:
+                        print(f"ray: {pool['why']}", file=sys.stderr)
+                    _extract_on_ray(ray, plan, mine, workspace, options, pool, counts, errors_out, bar, stages,
+                                    t_extract)
+                    # committed or failed now: released before waiting, so that two runs waiting for each other's
+                    # failed items do not wait forever
+                    plan.table.release(run_id)
+                stored = plan.table.known_hashes()
+                others = [it for it in left if it.content_hash not in granted]
+                shared += [it for it in others if it.content_hash in stored]
+                left = [it for it in others if it.content_hash not in stored]
+                if left:
+                    if not said and options.progress:
+                        print(f"{plan.extractor.name}: waiting for {len(left)} items another run on this workspace is "
+                              "extracting; they are not extracted twice", file=sys.stderr)
+                        said = True
+                    time.sleep(CLAIM_POLL_SECONDS)
+        finally:
+            plan.table.release(run_id)
+        stages["extract_seconds"] = round(time.perf_counter() - t_extract, 3)
+        bar.update(len(shared))
+        # rows another run wrote meanwhile (it had the same items) are its own; the rest are written here
+        known = plan.table.known_items()
+        rows = [it for it in [*plan.duplicates, *shared]
+                if item_key(it.content_hash or "", it.item_id, it.labels) not in known]
+        by_other = len(plan.duplicates) + len(shared) - len(rows)
+        duplicates, lost = commit_duplicates(dataclasses.replace(plan, duplicates=rows), errors_out)
+    return finish_run(plan, run_dir, run_id=run_id, extracted=counts["extracted"],
+                      failed=len(plan.errors) - unsupported + counts["failed"] + lost, unsupported=unsupported,
+                      started=start, extract_seconds=stages["extract_seconds"] if plan.todo else 0.0,
+                      duplicates=duplicates, by_other_run=by_other,
                       record={"paths": [str(p) for p in paths], "labels_from": options.labels_from,
                               "batch_size": options.batch_size,
                               "ray": {"address": address, **{k: v for k, v in pool.items() if k != "remote"},
                                       **stages}})
+
+
+def _extract_on_ray(ray: Any, plan: ExtractPlan, items: list[Item], workspace: str | os.PathLike,
+                    options: ExtractOptions, pool: dict[str, Any], counts: dict[str, int], errors_out: Any, bar: Any,
+                    stages: dict[str, float], t_extract: float) -> None:
+    """One pass of the actor pool over ``items``: count the rows written and write each failure to errors.jsonl."""
+    from pipelines.extract import write_error
+
+    for batch in _extract_dataset(ray, plan, items, workspace, options, pool).iter_batches(batch_size=None,
+                                                                                           batch_format="pyarrow"):
+        if "first_batch_seconds" not in stages:  # the actors' start (extractor built) and one batch
+            stages["first_batch_seconds"] = round(time.perf_counter() - t_extract, 3)
+            stages["first_batch_items"] = batch.num_rows
+        for i, error, message in zip(*_columns(batch, "i", "error", "message")):
+            if error:
+                write_error(errors_out, SourceError(str(items[i].path), error, message), items[i].content_hash)
+                counts["failed"] += 1
+            else:
+                counts["extracted"] += 1
+        bar.update(batch.num_rows)
 
 
 def _pool(ray: Any, device: str, actors: int | None, todo: int, shard_size: int) -> dict[str, Any]:
@@ -281,13 +319,12 @@ def _pool(ray: Any, device: str, actors: int | None, todo: int, shard_size: int)
             "remote": {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}}
 
 
-def _extract_dataset(ray: Any, plan: ExtractPlan, workspace: str | os.PathLike, options: ExtractOptions,
-                     pool: dict[str, Any]) -> Any:
-    """The todo list as a Dataset in blocks of one batch each, mapped by the actor pool."""
+def _extract_dataset(ray: Any, plan: ExtractPlan, items: list[Item], workspace: str | os.PathLike,
+                     options: ExtractOptions, pool: dict[str, Any]) -> Any:
+    """``items`` as a Dataset in blocks of one batch each, mapped by the actor pool."""
     extractor = plan.extractor
     # labels as JSON text: a block of unlabelled items would make an Arrow list<null> column that other blocks'
     # list<string> does not unify with
-    items = plan.todo
     todo = _dataset(ray, {"i": range(len(items)), "path": [os.fsencode(it.path) for it in items],
                           "item_id": [it.item_id for it in items], "labels": [json.dumps(it.labels) for it in items],
                           "split": [it.split for it in items], "content_hash": [it.content_hash for it in items]},

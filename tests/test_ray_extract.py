@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +154,28 @@ def test_extraction_actors_are_one_per_gpu_holding_it_else_one_per_cpu():
     assert _pool(_Cluster(8, 0), "auto", None, todo=3, shard_size=1024)["actors"] == 3  # no actor without a batch
     with pytest.raises(ConfigError, match="no GPU"):
         _pool(_Cluster(8, 0), "cuda", None, todo=3, shard_size=1024)
+
+
+def test_ray_extraction_leaves_items_another_run_claimed_and_extracts_them_once_it_lets_go(cluster, photos, tmp_path):
+    import threading
+
+    from pipelines.extract import plan_extract
+
+    plan = plan_extract(tmp_path, "image", [photos], TINY_SHARDS)
+    circles = [it.content_hash for it in plan.todo if it.path.parent.name == "circle"]
+    assert len(plan.table.claim(circles, owner="another run")) == 5  # 4 circles and the broken one
+    others = {it.content_hash for it in plan.todo} - set(circles)
+
+    def give_up() -> None:  # once the Ray run has written the squares and triangles, the other run lets go unwritten
+        deadline = time.monotonic() + 120  # a Ray run that never writes them fails the assertions, not the suite
+        while not others <= plan.table.known_hashes() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        plan.table.release("another run")
+
+    releaser = threading.Thread(target=give_up, daemon=True)
+    releaser.start()
+    summary = run_extract_ray(tmp_path, "image", [photos], TINY_SHARDS)
+    releaser.join()
+    assert (summary.extracted, summary.failed, summary.by_other_run) == (12, 1, 0)
+    assert len(_rows(tmp_path)) == 12  # each image once
+    assert plan.table.claims() == []
