@@ -416,6 +416,50 @@ def q_ramp_check(ds: CrossModalDataset, *, epochs: Sequence[int] = (25, 100), no
     return rows
 
 
+Q_SELECTION = {  # name -> DRCL overrides: the q schedule crossed with the RSC epoch selection
+    "ramp, select by val loss (code)": ("q_schedule=ramp", "q_step={step}", "select_by=val_loss"),
+    "ramp, select by val MAP": ("q_schedule=ramp", "q_step={step}", "select_by=val_map"),
+    "fixed q 0.5, select by val loss": ("q_schedule=fixed", "q_fixed=0.5", "select_by=val_loss"),
+    "fixed q 0.5, select by val MAP": ("q_schedule=fixed", "q_fixed=0.5", "select_by=val_map"),
+}
+
+
+def q_selection_check(ds: CrossModalDataset, *, epochs: int = 40, noise: float = 0.4, seeds: int = 2,
+                      device: str = "cpu") -> list[dict]:
+    """Does the q ramp lose by itself, or through the epoch selection? The reference keeps the RSC epoch of lowest
+    validation J, whose GCE term (1 - s^q)/q falls as q grows: under a ramp a later epoch scores a lower loss at the
+    same fit. Each variant's test MAP, the RSC epoch it kept per modality and its validation curve per epoch."""
+    from crossmodal.evaluation import evaluate
+    from crossmodal.methods import create_method
+    from pipelines.train import resolve_config
+
+    class Curve:
+        def __init__(self) -> None:
+            self.logs: list[dict] = []
+
+        def on_epoch_end(self, stage: str, epoch: int, epochs: int, logs) -> None:
+            if stage.startswith("rsc"):
+                self.logs.append({"stage": stage, "epoch": epoch, **{k: float(v) for k, v in logs.items()
+                                                                     if k in ("val_loss", "val_map", "q")}})
+
+    rows = []
+    for name, overrides in Q_SELECTION.items():
+        overrides = [o.format(step=round(1 / epochs, 6)) for o in overrides]
+        for seed in range(seeds):
+            start = time.perf_counter()
+            curve = Curve()
+            config = resolve_config("drcl", epochs=epochs, seed=seed, overrides=[*CLAIMS_BASE, *overrides])
+            model = create_method("drcl").fit(corrupted(ds, "label", noise, seed), ds.val, config=config,
+                                              device=device, callbacks=[curve])
+            value = evaluate(model, ds.test, pr_curves=False)["average"]["MAP@all"]
+            kept = {m: s["best_epoch"] for m, s in model.extra["rsc"].items()}
+            rows.append({"variant": name, "seed": seed, "noise": noise, "epochs": epochs, "overrides": overrides,
+                         "MAP@all": value, "kept_epoch": kept, "curve": curve.logs})
+            _say(f"q selection: {name}, seed {seed}: {value:.3f}, kept RSC epochs {kept} "
+                 f"({time.perf_counter() - start:.0f} s)")
+    return rows
+
+
 ABLATIONS = {  # name -> DRCL overrides: which part of DRCL carries its score on this data
     "full": (),
     "random-prior": ("prior=random",),  # no SPL: the random orthonormal W0, as SDML's W
@@ -425,28 +469,36 @@ ABLATIONS = {  # name -> DRCL overrides: which part of DRCL carries its score on
 }
 
 
+SDML_ABLATIONS = {  # SDML's edge on small sets: its decoder's reconstruction term (weight alpha)
+    "full": (),
+    "no-reconstruction": ("alpha=0",),
+}
+
+
 def ablation_check(ds: CrossModalDataset, *, noise: Sequence[float] = (0.0, 0.4), seeds: int = 3,
                    epochs: int = EPOCH_CAP, device: str = "cpu", variants: Sequence[str] = tuple(ABLATIONS),
-                   base: Sequence[str] | None = None) -> list[dict]:
-    """Test MAP@all of DRCL with ``base`` overrides (default: its auto recipe, ``epochs`` capped) and each of
-    ``variants`` (ABLATIONS) on top (mean, std over seeds, per noise rate)."""
+                   base: Sequence[str] | None = None, method: str = "drcl") -> list[dict]:
+    """Test MAP@all of ``method`` (drcl or sdml) with ``base`` overrides (default: its auto recipe, ``epochs``
+    capped) and each of ``variants`` (ABLATIONS, SDML_ABLATIONS) on top (mean, std over seeds, per noise rate)."""
+    table = ABLATIONS if method == "drcl" else SDML_ABLATIONS
     from crossmodal.recipe import DataShape, auto_config
     from pipelines.benchmark import benchmark_dataset
 
     if base is None:
-        base = [*auto_config("drcl", DataShape.of(ds.train))[1].overrides(), f"epochs={epochs}"]
+        base = [*auto_config(method, DataShape.of(ds.train))[1].overrides(), f"epochs={epochs}"]
     rows = []
     for name in variants:
         start = time.perf_counter()
-        result = benchmark_dataset(ds, methods=["drcl"], noise=noise, seeds=seeds,
-                                   overrides=[*base, *ABLATIONS[name]], device=device)
+        result = benchmark_dataset(ds, methods=[method], noise=noise, seeds=seeds,
+                                   overrides=[*base, *table[name]], device=device)
         for rate in noise:
             values = [r["MAP@all"] for r in result.runs if r["noise"] == rate]
             mean, std = _summary(values)
             pairs = [r["pairs"] for r in result.runs if r["noise"] == rate]
-            rows.append({"dataset": ds.name, "variant": name, "overrides": [*base, *ABLATIONS[name]], "noise": rate,
+            rows.append({"dataset": ds.name, "method": method, "variant": name, "overrides": [*base, *table[name]],
+                         "noise": rate,
                          "MAP@all": mean, "std": std, "runs": values, "pairs": pairs})
-            _say(f"ablation {ds.name}: {name}, noise {rate}: {mean:.3f} ± {std:.3f} "
+            _say(f"ablation {ds.name}: {method} {name}, noise {rate}: {mean:.3f} ± {std:.3f} "
                  f"({time.perf_counter() - start:.0f} s)")
     return rows
 
@@ -523,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--digits-per-class", type=int, default=DIGITS_PER_CLASS)
     parser.add_argument("--export", type=Path, help="--prepare: also write every dataset as <name>.npz here")
-    parser.add_argument("--claims", choices=["q-ramp", "prior-transfer", "ablation"],
+    parser.add_argument("--claims", choices=["q-ramp", "q-selection", "prior-transfer", "ablation"],
                         help="q-ramp, prior-transfer: paper claims on wiki; ablation: DRCL's parts on --datasets")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", default="25,100", help="--claims q-ramp: epoch counts; prior-transfer: the first")
@@ -581,16 +633,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         tag = f"{args.epochs.replace(',', '-')}-epochs-noise-{args.noise.replace(',', '-')}"
         result: object
         if args.claims == "ablation":
+            method = args.methods if args.methods in ("drcl", "sdml") else "drcl"
             tuned = None
             if args.tuned:  # the tuned DRCL config of a leaderboard at the first --noise rate
                 cells = json.loads(args.tuned.read_text())["cells"]
                 tuned = next(c["tuning"]["best_overrides"] for c in cells
-                             if c["method"] == "drcl" and c["noise"] == parse_rates(args.noise)[0])
-            variants = args.variants.split(",") if args.variants != ",".join(Q_VARIANTS) else list(ABLATIONS)
+                             if c["method"] == method and c["noise"] == parse_rates(args.noise)[0])
+            table = ABLATIONS if method == "drcl" else SDML_ABLATIONS
+            variants = args.variants.split(",") if args.variants != ",".join(Q_VARIANTS) else list(table)
             result = [row for name in names for row in ablation_check(
                 load(name, args.cache), noise=parse_rates(args.noise), seeds=args.seeds, epochs=args.epoch_cap,
-                device=args.device, variants=variants, base=tuned)]
-            tag = f"{'-'.join(names)}-noise-{args.noise.replace(',', '-')}"
+                device=args.device, variants=variants, base=tuned, method=method)]
+            tag = f"{method}-{'-'.join(names)}-noise-{args.noise.replace(',', '-')}"
+        elif args.claims == "q-selection":
+            result = q_selection_check(load("wiki", args.cache), epochs=epochs[0], noise=parse_rates(args.noise)[0],
+                                       seeds=args.seeds, device=args.device)
         elif args.claims == "q-ramp":
             result = q_ramp_check(load("wiki", args.cache), epochs=epochs, noise=parse_rates(args.noise),
                                   seeds=args.seeds, variants=args.variants.split(","), device=args.device)
