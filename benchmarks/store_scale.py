@@ -11,7 +11,7 @@ checks as a new reader does):
 * sample: 100 random batches of 1,024 rows through ``FeatureTable.rows_view``;
 * read (the old path, up to ``--read-max`` rows): ``FeatureTable.read``, which concatenates every shard;
 * compact: ``FeatureTable.compact()`` with its default target (256 MB of features per shard);
-* iterate after compact: the same stream over the merged shards.
+* iterate and sample after compact: the same over the merged shards.
 
 Times are wall seconds of the step inside its process (the checks of iterate and sample are timed apart); peak RSS is
 the process's ``ru_maxrss`` at its end (its largest resident set, memory-mapped pages included) and ``base`` the same
@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from extractors.store import FeatureStore, FeatureTable, StoreRow  # noqa: E402
 
-STEPS = ("append", "reopen", "iterate", "sample", "read", "compact", "iterate")
+STEPS = ("append", "reopen", "iterate", "sample", "read", "compact", "iterate", "sample")
 
 
 def peak_mb() -> float:
@@ -116,8 +116,8 @@ def run_size(rows: int, dim: int, shard_rows: int, read_max: int, root: Path) ->
             if child.returncode:
                 sys.exit(f"step {name} at {rows} rows failed:\n{child.stderr}")
             result = json.loads(child.stdout.splitlines()[-1])
-            if name == "iterate" and any(r["step"] == "compact" for r in results):
-                result["step"] = "iterate after compact"
+            if name in ("iterate", "sample") and any(r["step"] == "compact" for r in results):
+                result["step"] = f"{name} after compact"
             result["disk_gb"] = round(sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e9, 2)
             print(json.dumps({"rows": rows, **result}), flush=True)
             results.append(result)

@@ -405,13 +405,15 @@ class FeatureTable:
                         yield X[chosen], meta.take(pa.array(chosen))
                 del X  # the shard's map closes here unless the caller kept a batch
 
-    def rows_view(self, *, unique: bool = True, max_open: int = 64) -> ShardedRows:
+    def rows_view(self, *, unique: bool = True, max_open: int | None = None) -> ShardedRows:
         """An array-like over every shard (``view[idx]`` gathers rows from the shards' files): what training samples
         batches from without concatenating the table.
 
         Args:
             unique: the rows :meth:`read` gives (the first of each item); False: every stored row.
-            max_open: shard files open at once (the least recently used closed first).
+            max_open: shard files open at once (the least recently used closed first); default half the process's
+                limit on open files, at most 4,096. Random batches over more shards than this open and close a file
+                per row (measured in benchmarks/results/store_scale.md).
 
         Raises:
             StoreError: a shard fails its checks (checksums, shape, finite values; each shard once per process).
@@ -433,7 +435,7 @@ class FeatureTable:
             if lock is not None:
                 lock.close()
             raise
-        return ShardedRows(self, parquets, offsets, counts, keep, lock, max_open=max_open)
+        return ShardedRows(self, parquets, offsets, counts, keep, lock, max_open=max_open or _open_files_budget())
 
     def _hold_reader_lock(self) -> BinaryIO | None:
         """The shared reader lock of :meth:`_reader_lock`, held until the returned file is closed (None: a store that
@@ -1191,6 +1193,16 @@ def _blocks(npy: str, offset: int) -> Iterator[bytes]:
         f.seek(offset)
         while block := f.read(SCAN_BLOCK):
             yield block
+
+
+def _open_files_budget() -> int:
+    """Half the process's soft limit on open files, at most 4,096 (64 where the limit cannot be read)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover  (Windows)
+        return 64
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 4096 if soft == resource.RLIM_INFINITY else max(16, min(4096, soft // 2))
 
 
 def _drop_pages(X: np.memmap, lo: int, hi: int) -> None:
