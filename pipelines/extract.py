@@ -6,7 +6,9 @@ store already holds for the extractor's key -> decode in worker processes (or th
 window -> ``extractor(batch)`` -> ``FeatureTable.write_shard`` every ``shard_size`` rows (and at
 least once a minute, so a killed run loses little) -> summary. A file that fails never costs the others: decoding
 errors are per file, and a batch the model rejects is retried item by item to isolate the culprit. Failures go to
-``<workspace>/runs/<run id>/errors.jsonl`` as ``{path, hash, error, message}``.
+``<workspace>/runs/<run id>/errors.jsonl`` as ``{path, hash, error, message}``. Runs started at once on one workspace
+split the work: each claims its items a chunk at a time in the table (:class:`_ClaimedRun`) and waits for the ones
+another live run holds, so that no item is extracted twice and a run that dies leaves its items to the others.
 
 Every item gets its row. An item is a (file, item id, labels) entry and its content hash is the key of its features, so
 a file with the same bytes as another (the same picture under two names or two classes, a renamed or copied file) is
