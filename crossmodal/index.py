@@ -898,13 +898,15 @@ def _merge_into(index: IvfOnDiskIndex, shards: list[Path], directory: Path) -> N
 def _merge_lists(sources: list[Any], offsets: list[int], nlist: int, code_size: int, path: Path) -> Any:
     """One ``OnDiskInvertedLists`` at ``path`` holding, list by list, every source's entries (ids + its offset)."""
     faiss = _faiss()
-    sizes = np.zeros(nlist, dtype=np.int64)
+    sizes = np.zeros(nlist, dtype=np.uint64)
     for source in sources:
-        sizes += np.array([source.list_size(j) for j in range(nlist)], dtype=np.int64)
-    with _quiet_stdout():  # faiss prints each growth of the file
+        sizes += np.array([source.list_size(j) for j in range(nlist)], dtype=np.uint64)
+    with _quiet_stdout():  # faiss prints the file's size
         ondisk = faiss.OnDiskInvertedLists(nlist, code_size, str(path))
-        for j in np.flatnonzero(sizes):  # list by list, in order: the lists lie one after the other in the file
-            ondisk.resize(int(j), int(sizes[j]))
+        # The file at its exact size, then every list's place in it, one after the other (resizing list by list
+        # rounds each to a power of two and doubles the file: 8.7 GB for 5.2 GB of lists at 10^7 x 128)
+        ondisk.update_totsize(max(1, int(sizes.sum()) * (code_size + 8)))
+        ondisk.set_all_lists_sizes(faiss.swig_ptr(sizes))
     for j in range(nlist):
         position = 0
         for source, offset in zip(sources, offsets):
