@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -56,7 +57,20 @@ def workspace(tmp_path_factory):
 
 
 def _search(folder, queries):
-    return load_index(folder).search(queries, 10)
+    """Every gallery item for each query, best first (all of them: no tie falls across a cut-off)."""
+    index = load_index(folder)
+    return index.search(queries, len(index))
+
+
+def _assert_same_answers(got, expected, tol=1e-5):
+    """The same scores, and the same items at each rank but among items whose scores tie within ``tol``: embeddings
+    computed in other batches (a part of the gallery, a shard) differ in the last float bits, which reorders ties."""
+    (scores, ids), (want_scores, want_ids) = got, expected
+    np.testing.assert_allclose(scores, want_scores, atol=tol)
+    for row, want_row, want in zip(ids, want_ids, want_scores):
+        cuts = [0, *(np.flatnonzero(np.diff(want) < -tol) + 1), len(want)]
+        for a, b in zip(cuts, cuts[1:]):
+            assert set(row[a:b]) == set(want_row[a:b])
 
 
 def test_an_index_built_on_ray_in_parts_answers_like_a_local_build(cluster, workspace):
@@ -68,10 +82,7 @@ def test_an_index_built_on_ray_in_parts_answers_like_a_local_build(cluster, work
     assert [(r["modality"], r["items"], r["parts"]) for r in result["indexes"]] == [("image", 60, 3), ("text", 60, 3)]
     for built, expected in zip(result["indexes"], local["indexes"]):
         modality = built["modality"]
-        (scores, ids), (local_scores, local_ids) = _search(built["path"], queries), _search(local_dir / modality,
-                                                                                            queries)
-        np.testing.assert_array_equal(ids, local_ids)
-        np.testing.assert_allclose(scores, local_scores, atol=1e-6)
+        _assert_same_answers(_search(built["path"], queries), _search(local_dir / modality, queries))
         assert pq.read_table(f"{built['path']}/gallery.parquet").equals(
             pq.read_table(local_dir / modality / "gallery.parquet"))
         assert built["backend"] == expected["backend"] == SPEC and "3 parts merged by list" in built["why"]
@@ -82,3 +93,20 @@ def test_a_ray_build_refuses_a_backend_that_is_not_an_ivf(workspace):
     with pytest.raises(ConfigError, match="merges IVF lists") as err:
         run_index_ray(workspace, model="m", backend="faiss:HNSW32")
     assert "ivf-ondisk" in err.value.hint
+
+
+def test_cli_index_with_ray_builds_the_test_gallery_like_a_local_build(cluster, workspace, capsys):
+    from pipelines.cli import main
+
+    local = build_index(workspace, model="m", backend=SPEC, gallery="test", device="cpu")
+    local_dir = workspace / "index" / "local-test"
+    (workspace / "index" / "m").rename(local_dir)
+    code = main(["index", "--model", "m", "--backend", SPEC, "--gallery", "test", "--ray", "auto",
+                 "--workspace", str(workspace), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and ray.is_initialized()  # it joined the test's cluster and left it running
+    assert [(r["items"], r["parts"]) for r in result["indexes"]] == [(r["items"], 2) for r in local["indexes"]]
+    assert 0 < local["indexes"][0]["items"] < 60
+    queries = np.random.default_rng(2).normal(size=(5, 4)).astype(np.float32)
+    for built in result["indexes"]:
+        _assert_same_answers(_search(built["path"], queries), _search(local_dir / built["modality"], queries))

@@ -15,6 +15,7 @@ EXAMPLES = examples(
     "crossmodal index --backend auto --memory-budget 2GB  # exact, in-memory FAISS, or IVF on disk above 2 GB",
     "crossmodal index --model photos --backend faiss:HNSW32",
     "crossmodal index --backend faiss:IVF1024,PQ64 --gallery test --json",
+    "crossmodal index --backend auto --ray auto         # on a Ray cluster: IVF parts built by workers, merged",
 )
 
 
@@ -31,14 +32,26 @@ def index(
              " disk above it. Default: half the memory available.")] = None,
     workspace: WorkspaceOpt = DEFAULT_WORKSPACE,
     device: DeviceOpt = "auto",
+    ray: Annotated[str | None, typer.Option(
+        "--ray", help="Build on Ray ('auto' or a cluster address): an IVF (--backend auto or ivf-ondisk:...) filled "
+                      "in parts by the workers and merged by list.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     from crossmodal.index import parse_bytes
     from pipelines.index import build_index
 
     budget = parse_bytes(memory_budget) if memory_budget is not None else None
-    result = build_index(workspace, model=model, backend=backend, gallery=gallery,  # type: ignore[arg-type]
-                         device=device, memory_budget=budget)
+    if ray:
+        from crossmodal.errors import ConfigError
+        from pipelines.distributed import run_index_ray
+
+        if budget is not None:
+            raise ConfigError("--memory-budget chooses a local build's index; a build on Ray is always an IVF on disk",
+                              hint="drop --memory-budget, or drop --ray")
+        result = run_index_ray(workspace, model=model, backend=backend, gallery=gallery, address=ray, device=device)
+    else:
+        result = build_index(workspace, model=model, backend=backend, gallery=gallery,  # type: ignore[arg-type]
+                             device=device, memory_budget=budget)
     out = Output(as_json)
     if as_json:
         return out.json(result)
