@@ -9,7 +9,9 @@ that the store ends up with the same rows (content hash, vector, item id, source
    ``HASH_BLOCK`` items) and tasks on the workers hash the files (sha256, several threads each); the driver only reads
    the hashes back and plans as a local run does (skip what the store holds, give items with the same bytes their
    own rows, fit corpus-fitted extractors);
-3. *extraction*: the todo list becomes a second Dataset whose batches go to a pool of actors
+3. *extraction*: the driver claims the todo list in the store (``FeatureTable.claim``: a run on the same workspace
+   leaves these items to this one, and this one waits for those another run holds), and the claimed items become a
+   second Dataset whose batches go to a pool of actors
    (``map_batches`` with an :class:`ray.data.ActorPoolStrategy`): one actor per GPU of the cluster, each holding one
    GPU, when it has GPUs and ``device`` allows CUDA; else one per CPU. Each actor builds the extractor once, runs
    :func:`pipelines.extract.extract_items` on its batch (decoding in threads) and commits the batch's good rows as one
