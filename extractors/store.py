@@ -225,10 +225,18 @@ class FeatureTable:
 
     def _allocate(self) -> str:
         """A new shard stem ``part-<seq>-<uuid8>``, reserved by creating its ``.npy.incomplete`` under the seq lock."""
+        counter = self.shards / ".seq"
         with self._lock(".seq.lock", shared=False):
-            seqs = [int(m.group(1)) for p in self.shards.iterdir() if (m := _SHARD.match(p.name))]
-            stem = f"part-{max(seqs, default=0) + 1:06d}-{uuid.uuid4().hex[:8]}"
+            # The last number is kept in .seq, so that allocating costs the same at 10 shards and at 10^5 (listing the
+            # folder under this lock serialised every writer of a large table); a table without it, or a torn write,
+            # falls back to the listing, which counts reserved and committed shards alike.
+            try:
+                last = int(counter.read_text())
+            except (OSError, ValueError):
+                last = max((int(m.group(1)) for p in self.shards.iterdir() if (m := _SHARD.match(p.name))), default=0)
+            stem = f"part-{last + 1:06d}-{uuid.uuid4().hex[:8]}"
             Path(self.shards / f"{stem}.npy.incomplete").touch(exist_ok=False)
+            counter.write_text(str(last + 1))
         return stem
 
     @contextlib.contextmanager

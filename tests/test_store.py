@@ -211,3 +211,20 @@ def test_an_orphan_checksum_record_left_by_a_killed_writer_is_removed_on_the_nex
     orphan.write_text("{}")
     FeatureTable(table.path)
     assert not orphan.exists() and len(table.shard_paths()) == 1
+
+
+def test_shard_numbers_come_from_the_counter_without_listing_the_folder_and_from_the_listing_without_it(table,
+                                                                                                       monkeypatch):
+    from pathlib import Path
+
+    table.write_shard(features(1), rows("a"))
+    listed = []
+    real_iterdir = Path.iterdir
+    monkeypatch.setattr(Path, "iterdir", lambda self: listed.append(self) or real_iterdir(self))
+    second = table.write_shard(features(1, seed=1), rows("b"))
+    assert table.shards not in listed
+    monkeypatch.undo()
+    (table.shards / ".seq").unlink()  # a table written before the counter existed
+    third = table.write_shard(features(1, seed=2), rows("c"))
+    assert [p.name.split("-")[1] for p in (second, third)] == ["000002", "000003"]
+    assert table.read()[1].column("content_hash").to_pylist() == ["a", "b", "c"]
