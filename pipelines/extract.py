@@ -54,7 +54,7 @@ from extractors.errors import (
     StoreError,
     StoreFullError,
 )
-from extractors.registry import get_extractor_class
+from extractors.registry import extension_readers, get_extractor_class
 from extractors.store import FeatureStore, FeatureTable, StoreRow, item_key, printable
 from pipelines.sources import HASH_CACHE, HashCache, Hasher, Item, Scan, SourceError, hash_items, scan
 
@@ -205,8 +205,8 @@ def plan_extract(workspace: str | os.PathLike, modality: str, paths: Sequence[st
         raise ConfigError(f"no such file or folder: {', '.join(missing)}", hint="check the path (nothing was read)")
     # Other modalities' media in a shared tree are passed over (counted); a file of this modality that this extractor
     # cannot read (an .svg without its library) is listed with the reason.
-    others = {e for n in list_extractors() if get_extractor_class(n).modality != ext.modality
-              for e in get_extractor_class(n).extensions} - set(ext.extensions) - set(ext.unreadable)
+    others = {e for e, readers in extension_readers().items() if any(m != ext.modality for _, m in readers)}
+    others -= set(ext.extensions) | set(ext.unreadable)
     found = scan(paths, extensions=ext.extensions, labels_from=labels_from, ignore=others)
     found = dataclasses.replace(found, errors=[_with_reason(e, ext.unreadable) for e in found.errors])
     if not found.items:
@@ -289,12 +289,10 @@ def _nothing_found(ext: Extractor, paths: Sequence[str | os.PathLike], labels_fr
     if other_errors:
         details.append(f"{len(other_errors)} unreadable or missing ({other_errors[0].error}: {other_errors[0].path})")
     message = f"found no {ext.modality} files in {where} ({'; '.join(details) or 'it is empty'})"
-    readers = {}
-    for suffix in [*unsupported, *found.passed_over]:
-        for name in sorted(list_extractors(), key=lambda n: get_extractor_class(n).modality != ext.modality):
-            if suffix in get_extractor_class(name).extensions:
-                readers.setdefault(suffix, (name, get_extractor_class(name).modality))
-                break
+    known = extension_readers()
+    # per suffix, its first reader, one of this modality first (another extractor) else another modality's
+    readers = {suffix: min(known[suffix], key=lambda r: r[1] != ext.modality)
+               for suffix in [*unsupported, *found.passed_over] if suffix in known}
     if readers:
         suffix, (name, modality) = next(iter(readers.items()))
         option = f"--modality {modality}" if modality != ext.modality else f"-e {name}"
