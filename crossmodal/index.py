@@ -619,11 +619,12 @@ class IvfOnDiskIndex(FaissIndex):
             faiss.write_index(self._index, str(work / "trained.faiss"))
             code_size = faiss.extract_index_ivf(self._index).code_size
             shard_rows = max(1, ONDISK_SHARD_BYTES // (code_size + 8))
-            rows = iter(_rebatch(batches, ADD_BATCH))
+            batch_rows = min(ADD_BATCH, shard_rows)  # wide codes: smaller batches, so a shard keeps to its bytes
+            rows = iter(_rebatch(batches, batch_rows))
             shards: list[Path] = []
             for first in rows:
                 shard = work / f"shard-{len(shards):05d}.faiss"
-                group = itertools.chain([first], itertools.islice(rows, max(0, shard_rows // ADD_BATCH - 1)))
+                group = itertools.chain([first], itertools.islice(rows, shard_rows // batch_rows - 1))
                 _add_to_shard(work / "trained.faiss", group, shard)
                 shards.append(shard)
             _merge_into(self, shards, directory)

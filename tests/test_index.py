@@ -417,3 +417,14 @@ def test_a_test_gallery_streams_only_the_test_split_with_its_rows_in_order(tiny_
     assert rows["content_hash"] == expected and rows["id"] == [f"{h}/{k}" for k, h in enumerate(expected)]
     index = load_index(tiny_model_workspace / "index" / "m" / "image")
     assert index.ids.tolist() == rows["id"]
+
+
+@needs_faiss
+def test_an_on_disk_build_in_many_shards_probing_every_list_equals_exact_search(tmp_path, monkeypatch, clustered):
+    X, ids, Q = clustered
+    monkeypatch.setattr(crossmodal.index, "ONDISK_SHARD_BYTES", 700 * (16 * 4 + 8))  # 700 rows a shard: 6 shards
+    built = build_from_batches("ivf-ondisk:IVF16,Flat", 16, batches_of(X, ids, 1_000), tmp_path / "i",
+                               search_params="nprobe=16")
+    assert built.count == len(X) and not list((tmp_path / "i").glob(".shards-*"))  # the shards are gone
+    assert (tmp_path / "i" / "index.ivfdata").stat().st_size == len(X) * (16 * 4 + 8)  # the lists, nothing more
+    np.testing.assert_array_equal(load_index(tmp_path / "i").search(Q, 10)[1], built_exact(X, ids).search(Q, 10)[1])
