@@ -64,7 +64,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import pyarrow as pa
@@ -595,8 +595,8 @@ class FeatureTable:
                              "shape": (rows, self.dim)})
                 f.write(header.getvalue())
                 digest.update(header.getvalue())
-                for X in inputs:
-                    for block in _blocks(X.filename, int(X.offset)):
+                for (source, _), X in zip(group, inputs):
+                    for block in _blocks(str(source.with_suffix(".npy")), int(X.offset)):
                         f.write(block)
                         digest.update(block)
                 del inputs
@@ -837,7 +837,7 @@ class FeatureTable:
                              hint=self._hint(parquet))
         return rows
 
-    def _load_npy(self, parquet: Path, rows: int, *, cached: bool = True) -> np.ndarray:
+    def _load_npy(self, parquet: Path, rows: int, *, cached: bool = True) -> np.memmap:
         """A shard's float32 (rows, dim) memory map, after its checks (checksum, shape, finite; once per process).
 
         The checks read the file once in blocks (:func:`_scan_npy`), so a shard of any size is checked in constant
@@ -845,7 +845,7 @@ class FeatureTable:
         npy = parquet.with_suffix(".npy")
         hint = self._hint(parquet)
         try:
-            X = np.load(npy, mmap_mode="r", allow_pickle=False)
+            X = cast(np.memmap, np.load(npy, mmap_mode="r", allow_pickle=False))
         except FileNotFoundError:
             raise StoreError(f"{npy}: missing, but its parquet {parquet.name} is committed", hint=hint) from None
         except ValueError as exc:
