@@ -1,5 +1,13 @@
 """Device runner: the leaderboard tasks in parallel worker processes, results tarred into $OUT every 20 s."""
-import os, subprocess, sys, tarfile, threading, time
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 t0 = time.time()
