@@ -20,11 +20,10 @@ use one thread on small data and all cores on larger), so that its peak resident
   and the p50 of the index's ``search`` alone (k=10, one query vector at a time).
 
 Per step and size: wall seconds of the step inside its child (imports excluded), peak RSS of the child (``VmHWM``, which
-counts memory-mapped pages it touched) and its RSS after the imports (``base``). Per step: seconds and MB per item
-(slope of a least-squares line over the sizes), the exponent of a log-log fit of time and of the peak's growth above
-base, and an extrapolation to 10^5 and 10^6 items: the larger of the line and the power law through the largest size (so
-a step that grows faster than linearly is not under-estimated). The 10^7 measurements of the store and of the index are
-in benchmarks/results/store_scale.md and benchmarks/results/index_scale.md.
+counts memory-mapped pages it touched) and its RSS after the imports (``base``). Per step (``fit``): seconds and MB per
+item between the two largest sizes, the exponent of a log-log fit over every size of time and of the peak's growth above
+base, and an extrapolation to 10^5 and 10^6 items. The 10^7 measurements of the store and of the index are in
+benchmarks/results/store_scale.md and benchmarks/results/index_scale.md.
 
 Usage:
 
@@ -159,7 +158,12 @@ def measure(sizes: list[int], *, epochs: int, queries: int, workdir: Path | None
 
 
 def fit(rows: list[dict]) -> list[dict]:
-    """Per step: seconds and MB per item (least-squares slopes), log-log exponents, and the extrapolations."""
+    """Per step: seconds and MB per item between the two largest sizes, log-log exponents over every size, and the
+    extrapolations.
+
+    The per-item costs are the marginal ones at the largest sizes, not a fit over every size: below a shard (1,024
+    rows) a step's buffers still grow with the items and fixed costs weigh most, so the smallest sizes would bend a
+    line through them away from the regime a large collection is in."""
     fits = []
     for step in STEPS:
         mine = sorted((r for r in rows if r["step"] == step), key=lambda r: r["items"])
@@ -167,20 +171,19 @@ def fit(rows: list[dict]) -> list[dict]:
         t = np.array([r["seconds"] for r in mine])
         peak = np.array([r["peak_mb"] for r in mine])
         growth = np.maximum(peak - np.array([r["base_mb"] for r in mine]), 1e-3)
-        (t_slope, t_icpt), (m_slope, m_icpt) = np.polyfit(n, t, 1), np.polyfit(n, peak, 1)
+        t_slope, m_slope = (t[-1] - t[-2]) / (n[-1] - n[-2]), (peak[-1] - peak[-2]) / (n[-1] - n[-2])
         t_exp, m_exp = np.polyfit(np.log(n), np.log(t), 1)[0], np.polyfit(np.log(n), np.log(growth), 1)[0]
         entry = {"step": step, "s_per_item": float(t_slope), "mb_per_item": float(m_slope),
                  "time_exponent": float(t_exp), "memory_exponent": float(m_exp), "extrapolated": {}}
         for big in EXTRAPOLATE_TO:
-            # The line, or the power law through the largest size where the step grows faster than linearly; never
-            # less than measured at the largest size (small sizes' noise can make a slope negative).
-            seconds = max(t_icpt + t_slope * big, t[-1] * (big / n[-1]) ** max(t_exp, 0), t[-1])
-            mb = max(m_icpt + m_slope * big, peak[-1] + growth[-1] * ((big / n[-1]) ** max(m_exp, 0) - 1), peak[-1])
+            # The line on, or the power law through the largest size where the step grows faster than linearly; never
+            # less than measured at the largest size (noise can make a slope negative).
+            seconds = max(t[-1] + t_slope * (big - n[-1]), t[-1] * (big / n[-1]) ** max(t_exp, 0), t[-1])
+            mb = max(peak[-1] + m_slope * (big - n[-1]), peak[-1])
             if step == "query":  # one warm query: its fixed part plus the index search, which grows with the gallery
                 search = np.array([r["search_p50_ms"] for r in mine])
-                s_slope, s_icpt = np.polyfit(n, search, 1)
-                fixed = mine[-1]["query_p50_ms"] - search[-1]
-                seconds = (fixed + max(s_icpt + s_slope * big, search[-1])) / 1000
+                per_item = (search[-1] - search[-2]) / (n[-1] - n[-2])
+                seconds = (mine[-1]["query_p50_ms"] + max(per_item * (big - n[-1]), 0)) / 1000
             entry["extrapolated"][str(big)] = {"seconds": float(seconds), "peak_mb": float(mb)}
         fits.append(entry)
     return fits
@@ -231,14 +234,16 @@ def markdown(rows: list[dict], fits: list[dict], *, command: str, epochs: int, q
         "",
         "## Growth, and what your collection needs",
         "",
-        "Seconds and MB per item: slopes of least-squares lines over the sizes (the marginal cost of one more item). "
-        "Exponent: slope of a log-log fit (1 = linear; below 1 where a fixed cost such as imports of models or a "
-        "first-batch warm-up still dominates at these sizes); memory exponent: of the peak's growth above the RSS "
-        "after imports. The 10^5 and 10^6 columns are **extrapolations** from these small sizes, not measurements: the"
-        " larger of the line and the power law through the largest size, one thread, this machine. Query: the warm p50"
-        " of one query (its fixed part, the text extractor and the encoder, plus the exact index search extrapolated "
-        "along its line), and the peak of the querying process. Exact search is linear in the gallery: index_scale.md "
-        "measures it at 10^6 and 10^7, and `auto` switches to IVF above its size threshold or the memory budget.",
+        "Seconds and MB per item: the marginal cost of one more item, between the two largest sizes (below a shard of "
+        "1,024 rows buffers still grow and fixed costs weigh most). Exponent: slope of a log-log fit over every size "
+        "(1 = linear; below 1 where a fixed cost, such as loading a model or a first-batch warm-up, still dominates); "
+        "memory exponent: of the peak's growth above the RSS after imports. The 10^5 and 10^6 columns are "
+        "**extrapolations**, not measurements: time is the larger of the line on from the largest size and the power "
+        "law through it (so a step that grows faster than linearly is not under-estimated), peak RSS the line on from "
+        "the largest size; one thread, this machine. Query: the warm p50 of one query (the query p50 at the largest "
+        "size plus the exact index search's growth per item), with the peak of the querying process. Exact search is "
+        "linear in the gallery: index_scale.md measures it at 10^6 and 10^7, and `auto` switches to an approximate "
+        "index above its size threshold or the memory budget.",
         "",
         "| step | s / item | MB / item | time exponent | memory exponent | 10^5 items (extrapolated) |"
         " 10^6 items (extrapolated) |",
