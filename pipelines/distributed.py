@@ -448,7 +448,6 @@ def run_index_ray(workspace: str | os.PathLike, *, model: str = "default", backe
     """
     import tempfile
 
-    from crossmodal.errors import FeatureMismatchError
     from crossmodal.index import choose_spec, create_index, merge_ivf_shards, train_ivf
     from crossmodal.model import CrossModalModel, file_sha256
     from crossmodal.types import MODALITIES
@@ -457,9 +456,9 @@ def run_index_ray(workspace: str | os.PathLike, *, model: str = "default", backe
         GALLERY_META,
         GALLERY_ROWS,
         _embedded_sample,
-        _gallery_rows,
         _GalleryWriter,
         _swap_in,
+        gallery_table,
         query_partners,
         require_model,
     )
@@ -491,16 +490,7 @@ def run_index_ray(workspace: str | os.PathLike, *, model: str = "default", backe
         device = "cuda" if device != "cpu" and gpus else "cpu"
         task = ray.remote(num_cpus=1, num_gpus=1 if device == "cuda" else 0)(_index_part)
         for modality in [m for m in MODALITIES if m in net.features]:
-            key = net.features[modality].extractor_key
-            if key not in ws.store.keys(modality):
-                raise FeatureMismatchError(f"{ws.store_dir}: no {modality} features of extractor {key}, which model "
-                                           f"{model!r} was trained on", hint="re-extract with that extractor")
-            table = ws.store.table(modality, key)
-            wanted = None
-            if gallery == "test":
-                splits = ws.splits(int((net.source or {})["split_seed"]))
-                wanted = {h for h, split in splits.items() if split == "test"}
-            rows = _gallery_rows(table, wanted)
+            key, table, _, rows = gallery_table(ws, net, model, modality, gallery)
             with table.rows_view() as view:
                 meta = view.metadata(["content_hash", "item_id", "source_path", "labels"]).take(rows)
                 total = len(view)

@@ -98,19 +98,7 @@ def build_index(
     built = []
     try:
         for modality in [m for m in MODALITIES if m in net.features]:
-            key = net.features[modality].extractor_key
-            if key not in ws.store.keys(modality):
-                raise FeatureMismatchError(f"{ws.store_dir}: no {modality} features of extractor {key}, which model "
-                                           f"{model!r} was trained on", hint="re-extract with that extractor")
-            table = ws.store.table(modality, key)
-            wanted = None
-            if gallery == "test":
-                if "split_seed" not in (net.source or {}):
-                    raise ConfigError(f"model {model!r} records no split seed (it was not trained in a workspace), so"
-                                      " it has no test split", hint="use --gallery all")
-                splits = ws.splits(int(net.source["split_seed"]))
-                wanted = {h for h, split in splits.items() if split == "test"}
-            rows = _gallery_rows(table, wanted)
+            key, table, wanted, rows = gallery_table(ws, net, model, modality, gallery)
             for partner in query_partners(net, modality):
                 folder = staging / modality / partner if partner else staging / modality
                 dim = net.embedding_dim(modality, partner)
@@ -133,6 +121,25 @@ def build_index(
         shutil.rmtree(staging, ignore_errors=True)
     return {"model": model, "backend": backend, "gallery": gallery, "path": str(out), "indexes": built,
             "seconds": round(time.perf_counter() - started, 2)}
+
+
+def gallery_table(ws: Workspace, net: Any, model: str, modality: str,
+                  gallery: str) -> tuple[str, Any, set[str] | None, np.ndarray]:
+    """The extractor key and store table of ``modality`` the model was trained on, the content hashes its gallery
+    keeps (``None``: all) and their rows; shared by the local and the Ray build."""
+    key = net.features[modality].extractor_key
+    if key not in ws.store.keys(modality):
+        raise FeatureMismatchError(f"{ws.store_dir}: no {modality} features of extractor {key}, which model "
+                                   f"{model!r} was trained on", hint="re-extract with that extractor")
+    table = ws.store.table(modality, key)
+    wanted = None
+    if gallery == "test":
+        if "split_seed" not in (net.source or {}):
+            raise ConfigError(f"model {model!r} records no split seed (it was not trained in a workspace), so"
+                              " it has no test split", hint="use --gallery all")
+        splits = ws.splits(int(net.source["split_seed"]))
+        wanted = {h for h, split in splits.items() if split == "test"}
+    return key, table, wanted, _gallery_rows(table, wanted)
 
 
 def require_model(ws: Workspace, model: str) -> Path:
