@@ -769,6 +769,7 @@ def train_ivf(options: str, dim: int, sample: np.ndarray, path: str | os.PathLik
         ``path``.
     """
     index = create_index(f"ivf-ondisk:{options}", dim, metric=metric)
+    assert isinstance(index, IvfOnDiskIndex)  # the spec names the backend
     index.train(sample)
     path = Path(path)
     _faiss().write_index(index._index, str(path))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Mapping
@@ -47,12 +48,17 @@ class ProgressBar:
 class TrainingLog:
     """Appends one JSON object per epoch to ``path``: ``{"stage", "epoch", "epochs", "time", **logs}``.
 
-    Appending (never truncating) keeps a resumed run's earlier epochs; non-finite numbers are written as null.
+    Appending (never truncating) keeps a resumed run's earlier epochs; non-finite numbers are written as null. A line
+    cut short by a kill is dropped when the log is reopened, so a resumed run's first record starts on a line of its own.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_file():
+            text = self.path.read_bytes()
+            if text and not text.endswith(b"\n"):
+                os.truncate(self.path, text.rfind(b"\n") + 1)
 
     def on_epoch_end(self, stage: str, epoch: int, epochs: int, logs: Mapping[str, float]) -> None:
         record = {"stage": stage, "epoch": epoch, "epochs": epochs, "time": time.time(),
@@ -62,11 +68,14 @@ class TrainingLog:
 
 
 def read_training_log(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a JSONL training log (an absent file gives [])."""
+    """The records of a JSONL training log (an absent file gives []).
+
+    Only whole lines count: a last line without its newline is a record still being written (or cut by a kill).
+    """
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [json.loads(line) for line in path.read_text().split("\n")[:-1] if line.strip()]
 
 
 def _is_number(value: Any) -> bool:

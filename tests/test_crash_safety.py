@@ -215,8 +215,9 @@ def benchmark_file(tmp_path_factory) -> Path:
 
 
 def _log(out: Path) -> list[dict]:
-    path = out / "train_log.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    from pipelines.progress import read_training_log
+
+    return read_training_log(out / "train_log.jsonl")
 
 
 def _train_killed(benchmark_file: Path, out: Path, *, kills: int, seed: int) -> list[tuple[dict, dict]]:
