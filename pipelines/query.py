@@ -136,10 +136,9 @@ def query(
     q = net.encode(source, X, against=target)
     index, rows = _load_index(str(folder), _mtime(meta_path))
     results: list[QueryHit] = []
-    scores, ids = index.search(q, min(k, len(rows))) if rows else (np.zeros((1, 0)), np.zeros((1, 0), dtype=str))
-    for rank, (score, content_hash) in enumerate(zip(scores[0], ids[0]), start=1):
-        row = rows.get(str(content_hash))
-        if row is None:  # FAISS pads with -1 when it finds fewer than k neighbours
+    scores, ids = index.search(q, min(k, len(rows))) if len(rows) else (np.zeros((1, 0)), np.zeros((1, 0), dtype=str))
+    for rank, (score, row) in enumerate(zip(scores[0], rows.lookup([str(i) for i in ids[0]])), start=1):
+        if row is None:  # FAISS pads with -1 (id "") when it finds fewer than k neighbours
             continue
         results.append({"rank": rank, "score": float(score), "item_id": row["item_id"],
                         "label": ";".join(row["labels"]), "source_path": row["source_path"], "modality": target})
@@ -287,11 +286,118 @@ def _load_model(model_dir: str, mtime: int, device: str) -> Any:
 
 
 @functools.lru_cache(maxsize=16)
-def _load_index(folder: str, mtime: int) -> tuple[Any, dict[str, dict[str, Any]]]:
-    """The index in ``folder`` and its gallery rows by index id."""
-    import pyarrow.parquet as pq
-
+def _load_index(folder: str, mtime: int) -> tuple[Any, GalleryRows]:
+    """The index in ``folder`` and its gallery rows (looked up by index id, never read whole)."""
     from crossmodal.index import load_index
 
-    rows = pq.read_table(Path(folder) / GALLERY_ROWS).to_pylist()
-    return load_index(folder), {row.get("id") or row["content_hash"]: row for row in rows}  # no id: built before ids
+    return load_index(folder), GalleryRows(Path(folder))
+
+
+class GalleryRows:
+    """The rows of an index's ``gallery.parquet``, looked up by index id: what a query turns its hits into.
+
+    The parquet is copied once, a row group at a time, into an uncompressed Arrow IPC file beside it
+    (``GALLERY_CACHE``, stamped with the parquet's size, mtime and inode, and rebuilt when they change) that is then
+    memory-mapped: a lookup reads the pages of the rows it takes, so a process holds its hits, not the gallery (a dict
+    of every row cost about 2 KB per item, 20 GB at 10^7 items). Where the folder cannot be written, the rows come
+    from the parquet's row groups instead, one group read per hit.
+
+    An index id ``<content hash>/<row>`` names its row of the gallery (``pipelines.index._GalleryWriter``) and is
+    checked against the row's ``id``; a gallery written before ids (the index id is then the content hash) is searched
+    for the hash column by column, a batch at a time.
+    """
+
+    def __init__(self, folder: Path):
+        import pyarrow.parquet as pq
+
+        parquet = folder / GALLERY_ROWS
+        self._reader = _gallery_cache(parquet)
+        self._parquet = None if self._reader is not None else pq.ParquetFile(parquet)
+        if self._reader is not None:
+            lengths = [self._reader.get_batch(i).num_rows for i in range(self._reader.num_record_batches)]
+            names = self._reader.schema.names
+        else:
+            meta = self._parquet.metadata  # type: ignore[union-attr]
+            lengths = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+            names = self._parquet.schema_arrow.names  # type: ignore[union-attr]
+        self._starts = np.cumsum([0, *lengths], dtype=np.int64)  # gallery row where each batch starts, then the total
+        self._has_ids = "id" in names
+        self.batches_read = 0  # batches (row groups) decoded or mapped by lookups: what the tests count
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, index_id: str) -> dict[str, Any]:
+        row = self.lookup([index_id])[0]
+        if row is None:
+            raise KeyError(index_id)
+        return row
+
+    def lookup(self, index_ids: list[str]) -> list[dict[str, Any] | None]:
+        """The gallery row of each index id (None for an id of no row: "" where an index found fewer than k)."""
+        return [self._row(index_id) if index_id else None for index_id in index_ids]
+
+    def _row(self, index_id: str) -> dict[str, Any] | None:
+        if not self._has_ids:
+            return self._by_hash(index_id)
+        _, _, number = index_id.rpartition("/")
+        if not number.isdigit() or int(number) >= len(self):
+            return None
+        row = int(number)
+        b = int(np.searchsorted(self._starts, row, side="right")) - 1
+        found = self._batch(b).slice(row - int(self._starts[b]), 1).to_pylist()[0]
+        return found if found["id"] == index_id else None
+
+    def _by_hash(self, content_hash: str) -> dict[str, Any] | None:
+        import pyarrow.compute as pc
+
+        for b in range(len(self._starts) - 1):
+            batch = self._batch(b)
+            at = pc.index(batch.column("content_hash"), content_hash).as_py()
+            if at >= 0:
+                return batch.slice(at, 1).to_pylist()[0]
+        return None
+
+    def _batch(self, b: int) -> Any:
+        self.batches_read += 1
+        if self._reader is not None:
+            return self._reader.get_batch(b)  # zero-copy: a view of the mapped file
+        return self._parquet.read_row_group(b)  # type: ignore[union-attr]
+
+
+GALLERY_CACHE = "gallery.arrow"
+"""The memory-mapped copy of ``gallery.parquet`` that queries read rows from (``GalleryRows``)."""
+
+
+def _gallery_cache(parquet: Path) -> Any:
+    """An Arrow IPC reader over the memory-mapped copy of ``parquet`` (made now when missing or stale), or None when
+    the folder cannot be written."""
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+    import pyarrow.parquet as pq
+
+    st = parquet.stat()
+    stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}".encode()
+    cache = parquet.with_name(GALLERY_CACHE)
+    try:
+        reader = ipc.open_file(pa.memory_map(str(cache)))
+        if (reader.schema.metadata or {}).get(b"source") == stamp:
+            return reader
+    except (OSError, pa.ArrowException):
+        pass  # none yet, or not a whole copy: made again below
+    source = pq.ParquetFile(parquet)
+    schema = source.schema_arrow.with_metadata({"source": stamp})
+    temporary = None
+    try:
+        with tempfile.NamedTemporaryFile(dir=parquet.parent, prefix=".gallery.", suffix=".incomplete",
+                                         delete=False) as f:
+            temporary = Path(f.name)
+            with ipc.new_file(f, schema) as writer:  # one row group in memory at a time
+                for g in range(source.metadata.num_row_groups):
+                    writer.write_table(source.read_row_group(g).replace_schema_metadata(schema.metadata))
+        os.replace(temporary, cache)  # concurrent queries each write a whole copy; the last rename wins
+    except OSError:  # a read-only index folder, or a full disk: rows are read from the parquet's row groups instead
+        if temporary is not None:
+            temporary.unlink(missing_ok=True)
+        return None
+    return ipc.open_file(pa.memory_map(str(cache)))

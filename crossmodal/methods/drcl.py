@@ -63,7 +63,14 @@ from crossmodal.device import autocast, resolve_device
 from crossmodal.encoders import mlp_encoder
 from crossmodal.errors import ConfigError, DatasetFormatError
 from crossmodal.featureset import FeatureSet
-from crossmodal.losses.drcl import discrimination_terms, feature_augmentation, jmse_loss, quality_score, recast
+from crossmodal.losses.drcl import (
+    NORM_EPS,
+    discrimination_terms,
+    feature_augmentation,
+    jmse_loss,
+    quality_score,
+    recast,
+)
 from crossmodal.losses.gce import gce_loss
 from crossmodal.methods import base
 from crossmodal.methods.base import (
@@ -85,6 +92,7 @@ from crossmodal.model import CrossModalModel, FeatureIdentity
 from crossmodal.types import MODALITIES
 
 CHECKPOINT_SECONDS = 60.0  # a stage in progress is saved at most this often (an image encoder's state is ~0.5 GB)
+VAL_BLOCK_ROWS = 4096  # validation J_D in one piece up to this many rows (n^2 floats each residual), in blocks beyond
 
 
 @dataclass(frozen=True)
@@ -371,12 +379,15 @@ class DRCL:
         W_pinv = torch.linalg.pinv(W.double()).float()  # C x D, once per modality
         optimizer = _adam(encoder.parameters(), config.lr_for(modality), config.betas, device)
 
-        def terms(z: torch.Tensor, y: torch.Tensor, q: float) -> dict[str, torch.Tensor]:
+        def terms(z: torch.Tensor, y: torch.Tensor, q: float, *, whole_split: bool = False) -> dict[str, torch.Tensor]:
             parts: dict[str, torch.Tensor] = {}
             if config.use_label_loss:
                 parts["label_loss"] = config.eta * gce_loss(z @ W, y, q)
             if config.use_jd:
-                intra, inter = discrimination_terms(y, z, W_pinv, cosine_scale=config.cosine_scale)
+                if whole_split:  # J_D of a whole split is over all its n^2 pairs: row blocks above VAL_BLOCK_ROWS
+                    intra, inter = validation_discrimination(y, z, W_pinv, cosine_scale=config.cosine_scale)
+                else:
+                    intra, inter = discrimination_terms(y, z, W_pinv, cosine_scale=config.cosine_scale)
                 parts.update(jd_loss=config.alpha * (intra + inter), j_intra=intra, j_inter=inter)
             if config.use_jmse:
                 parts["jmse_loss"] = config.beta * jmse_loss(recast(y, W_pinv), z)
@@ -401,7 +412,7 @@ class DRCL:
             if val is not None:
                 with torch.inference_mode():
                     z = embed_rows(encoder, val.X, mixed_precision=True)
-                    parts = terms(z, val.Y, _q(config, epoch))
+                    parts = terms(z, val.Y, _q(config, epoch), whole_split=True)
                 logs["val_loss"] = float(sum(v for k, v in parts.items() if k.endswith("_loss")))
                 if by == "val_map":
                     logs["val_map"] = _recast_map(z, val, W_pinv)
@@ -453,6 +464,42 @@ def initial_prior(dim: int, num_classes: int, *, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     Q, R = torch.linalg.qr(torch.randn(dim, num_classes, generator=g, dtype=torch.float64))
     return (Q * torch.sign(torch.diagonal(R))).float()
+
+
+def validation_discrimination(targets: torch.Tensor, z: torch.Tensor, prior_pinv: torch.Tensor, *,
+                              cosine_scale: float = 2.0,
+                              block: int = VAL_BLOCK_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(J_intra, J_inter)`` of a whole split without gradients, its n x n residuals taken ``block`` rows at a time.
+
+    ``discrimination_terms`` holds several n x n matrices at once: fine for a batch, but a validation split of 10^5
+    rows would need 40 GB for each. Up to ``block`` rows this is ``discrimination_terms`` itself (the same floats
+    as before); beyond, row i of the residuals is ``cos_rr[i] - n_i n^T`` and ``cos_rz[i] - cos_rz[:, i]``, where
+    ``cos_rr = y_hat G y_hat^T``, ``cos_rz = y_hat P^T`` and ``P = n W^+^T``, so a block needs (block, n) floats; the
+    squares are summed in float64 (the whole-matrix sum's rounding differs only in the last bits).
+
+    Inputs:
+        targets: float32 (n, C) label vectors. z: float32 (n, D) embeddings. prior_pinv: float32 (C, D) = pinv(W).
+
+    Returns:
+        float32 scalars ``(J_intra, J_inter)``, as ``crossmodal.losses.drcl.discrimination_terms`` defines them.
+    """
+    if len(z) <= block:
+        return discrimination_terms(targets, z, prior_pinv, cosine_scale=cosine_scale)
+    with torch.no_grad():
+        pinv_gram = prior_pinv @ prior_pinv.T  # (C, C)
+        inv_r = ((targets @ pinv_gram) * targets).sum(dim=1).clamp_min(0).sqrt().clamp_min(NORM_EPS).reciprocal()
+        y_hat = targets * inv_r[:, None]
+        n = z * z.norm(dim=1).clamp_min(NORM_EPS).reciprocal()[:, None]
+        left, projected = y_hat @ pinv_gram, n @ prior_pinv.T  # (n, C) each: cos_rr = left y_hat^T, cos_rz = y_hat P^T
+        intra = inter = torch.zeros((), dtype=torch.float64, device=z.device)
+        for start in range(0, len(z), block):
+            rows = slice(start, start + block)
+            residual_zz = torch.addmm(left[rows] @ y_hat.T, n[rows], n.T, alpha=-1.0)
+            residual_rz = y_hat[rows] @ projected.T - projected[rows] @ y_hat.T
+            intra = intra + residual_zz.square().sum(dtype=torch.float64)
+            inter = inter + residual_rz.square().sum(dtype=torch.float64)
+        scale = cosine_scale * cosine_scale / (len(z) * len(z))
+        return (intra * scale).float(), (inter * scale).float()
 
 
 def _q(config: DRCLConfig, epoch: int) -> float:
