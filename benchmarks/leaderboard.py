@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from crossmodal.featureset import CrossModalDataset
+from pipelines.benchmark import corrupted_train
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -181,18 +182,6 @@ METHODS = ("drcl", "sdml", "mars", "dscmr", "mcca")  # the stated subset when ev
 EPOCH_CAP = 40  # every method's epoch cap (early stopping on validation MAP stops most runs sooner)
 
 
-def corrupted(ds: CrossModalDataset, kind: str, rate: float, seed: int) -> dict:
-    """The training split with ``rate`` noise of ``kind`` drawn with ``seed`` (as ``crossmodal benchmark`` does)."""
-    from crossmodal.noise import corrupt
-
-    if rate == 0:
-        return dict(ds.train)
-    if kind.startswith("alignment"):
-        return corrupt(ds.train, alignment_noise=(kind.split("-", 1)[1], rate), seed=seed, paired=ds.paired)
-    return corrupt(ds.train, label_noise=rate, label_noise_kind="asymmetric" if kind == "label-asymmetric"
-                   else "symmetric", seed=seed, paired=ds.paired)
-
-
 def leaderboard(ds: CrossModalDataset, *, methods: Sequence[str] = METHODS, noise: Sequence[float] = (0.0, 0.4),
                 noise_kind: str = "label", seeds: int = 3, trials: int = 6, epochs: int = EPOCH_CAP,
                 tune_timeout_s: float | None = None, device: str = "cpu",
@@ -221,8 +210,8 @@ def leaderboard(ds: CrossModalDataset, *, methods: Sequence[str] = METHODS, nois
                             "objective": "validation MAP@all (average over ordered modality pairs)"},
                  "methods": list(methods), "rates": [float(r) for r in noise], "cells": []}
     for rate in noise:
-        tuning_set = CrossModalDataset(name=ds.name, train=corrupted(ds, noise_kind, rate, 0), val=ds.val, test={},
-                                       paired=ds.paired)
+        tuning_set = CrossModalDataset(name=ds.name, train=corrupted_train(ds, noise_kind, rate, 0), val=ds.val,
+                                       test={}, paired=ds.paired)
         for method in methods:
             start = time.perf_counter()
             tuned = tune(method, tuning_set, trials=trials, seed=0, timeout_s=tune_timeout_s, device=device,
@@ -231,7 +220,7 @@ def leaderboard(ds: CrossModalDataset, *, methods: Sequence[str] = METHODS, nois
             runs = []
             for seed in range(seeds):
                 t0 = time.perf_counter()
-                model = create_method(method).fit(corrupted(ds, noise_kind, rate, seed), ds.val,
+                model = create_method(method).fit(corrupted_train(ds, noise_kind, rate, seed), ds.val,
                                                   config=tuned.best_config(seed), device=device)
                 metrics = evaluate(model, ds.test, pr_curves=False)
                 runs.append({"seed": seed, "MAP@all": metrics["average"]["MAP@all"],
@@ -449,7 +438,7 @@ def q_selection_check(ds: CrossModalDataset, *, epochs: int = 40, noise: float =
             start = time.perf_counter()
             curve = Curve()
             config = resolve_config("drcl", epochs=epochs, seed=seed, overrides=[*CLAIMS_BASE, *overrides])
-            model = create_method("drcl").fit(corrupted(ds, "label", noise, seed), ds.val, config=config,
+            model = create_method("drcl").fit(corrupted_train(ds, "label", noise, seed), ds.val, config=config,
                                               device=device, callbacks=[curve])
             value = evaluate(model, ds.test, pr_curves=False)["average"]["MAP@all"]
             kept = {m: s["best_epoch"] for m, s in model.extra["rsc"].items()}
@@ -525,7 +514,6 @@ def prior_transfer_check(ds: CrossModalDataset, folder: Path, *, epochs: int = 2
 
     from crossmodal.evaluation import evaluate
     from crossmodal.methods import create_method
-    from pipelines.benchmark import _corrupt
     from pipelines.train import resolve_config
 
     per = {"drcl": list(CLAIMS_BASE),
@@ -535,7 +523,7 @@ def prior_transfer_check(ds: CrossModalDataset, folder: Path, *, epochs: int = 2
     stats: list[dict] = []
     for seed in range(seeds):
         for rate in noise:
-            train = _corrupt(ds, "label", rate, seed)
+            train = corrupted_train(ds, "label", rate, seed)
             config = resolve_config("drcl", epochs=epochs, seed=seed, overrides=per["drcl"])
             drcl = create_method("drcl").fit(train, ds.val, config=config, device=device)
             runs.append({"method": "drcl", "seed": seed, "noise": rate,

@@ -263,7 +263,7 @@ def benchmark_dataset(
     with tempfile.TemporaryDirectory(prefix="crossmodal-benchmark-") as scratch:
         for seed in range(seeds):
             for rate in result.rates:
-                train = _corrupt(ds, noise_kind, rate, seed)
+                train = corrupted_train(ds, noise_kind, rate, seed)
                 effective = noise_report(ds.train, train)
                 for method in order:
                     config = tuned[(method, rate)].best_config(seed) if tune else resolve_config(
@@ -298,7 +298,7 @@ def _tune_all(ds: CrossModalDataset, methods: Sequence[str], per_method: Mapping
 
     tuned: dict[tuple[str, float], TuneResult] = {}
     for rate in result.rates:
-        view = dataclasses.replace(ds, train=_corrupt(ds, noise_kind, rate, 0), test={})
+        view = dataclasses.replace(ds, train=corrupted_train(ds, noise_kind, rate, 0), test={})
         for method in methods:
             base = [*([f"epochs={epochs}"] if epochs else []), *per_method[method]]
             found = tune_method(method, view, trials=trials, seed=0, timeout_s=timeout_s, device=device,
@@ -343,7 +343,9 @@ def write_report(result: BenchmarkResult, out: str | Path) -> dict[str, Path]:
     return paths
 
 
-def _corrupt(ds: CrossModalDataset, kind: str, rate: float, seed: int) -> dict:
+def corrupted_train(ds: CrossModalDataset, kind: str, rate: float, seed: int) -> dict:
+    """The training split with ``rate`` noise of ``kind`` (``label``, ``label-asymmetric`` or ``alignment-*``) drawn
+    with ``seed``; rate 0 gives it unchanged."""
     if rate == 0:
         return dict(ds.train)
     if kind.startswith("alignment"):

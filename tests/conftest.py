@@ -24,6 +24,18 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray runtime with 2 CPU workers, started by the test module that asks for it and shut down after it."""
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        pytest.skip("a Ray runtime is already running in this process")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             object_store_memory=80 * 2**20)
+    yield ray
+    ray.shutdown()
+
+
 @pytest.fixture(autouse=True)
 def _seeded_and_single_threaded():
     import torch

@@ -1,5 +1,7 @@
 """The training log survives a reader racing the writer and a kill in the middle of a line."""
 
+from __future__ import annotations
+
 from pipelines.progress import TrainingLog, read_training_log
 
 

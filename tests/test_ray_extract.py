@@ -26,17 +26,6 @@ TINY_SHARDS = ExtractOptions(extractor="hog-color", overrides=CHEAP, progress=Fa
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """A local Ray runtime with 2 CPU workers, started by the test and shut down after it."""
-    if ray.is_initialized():
-        pytest.skip("a Ray runtime is already running in this process")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             object_store_memory=80 * 2**20)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("photos")
     write_shapes(root, per_class=4, seed=3)  # 12 images in 3 classes

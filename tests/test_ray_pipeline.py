@@ -23,17 +23,6 @@ SPEC = "ivf-ondisk:IVF4,Flat"  # a flat coarse quantiser: k-means with faiss's f
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    """A local Ray runtime with 2 CPU workers, started by the test and shut down after it."""
-    if ray.is_initialized():
-        pytest.skip("a Ray runtime is already running in this process")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             object_store_memory=80 * 2**20)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """60 image and 60 text items of 4 classes, each table in 3 shards (one item stored twice), and a 1-epoch DRCL
     model 'm'."""
