@@ -96,8 +96,10 @@ def run_step(step: str, ws: Path, data: Path, *, epochs: int, queries: int) -> d
             extractor="hog-color" if modality == "image" else "doc2vec", workers=0, progress=False))
         result["extracted"] = summary.extracted
     elif step == "train":
-        train_in_workspace(workspace=ws, modalities=["image", "text"], name="m", epochs=epochs, device="cpu",
-                           progress=False)
+        trained = train_in_workspace(workspace=ws, modalities=["image", "text"], name="m", epochs=epochs, device="cpu",
+                                     progress=False)
+        config = trained.model.config  # the auto recipe widens the MLPs with the items: part of the memory's growth
+        result["model"] = f"hidden {'x'.join(map(str, config.hidden))}, dim {config.dim}, batch {config.batch_size}"
     elif step.startswith("index"):
         built = build_index(ws, model="m", backend=step.split()[1], device="cpu",
                             memory_budget=1024 if step == "index auto" else None)
@@ -225,6 +227,8 @@ def markdown(rows: list[dict], fits: list[dict], *, command: str, epochs: int, q
         notes = []
         if "built" in r:
             notes.append("built " + ", ".join(r["built"]))
+        if "model" in r:
+            notes.append(r["model"])
         if "query_p50_ms" in r:
             notes.append(f"cold query {r['cold_s']} s, query p50 {r['query_p50_ms']} ms, "
                          f"index search alone p50 {r['search_p50_ms']} ms")

@@ -1,5 +1,6 @@
 """Training's memory does not grow faster than its features: a split is copied out of the store a bounded gather at a
-time, and DRCL's validation J_D (over all n^2 pairs of the split) is summed in row blocks past VAL_BLOCK_ROWS."""
+time, and DRCL's validation J_D (over all n^2 pairs of the split) holds two n x n matrices at once, and row blocks
+of them past VAL_BLOCK_ELEMENTS."""
 
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def test_validation_j_d_in_row_blocks_equals_the_whole_matrix_sum():
     z[5] = 0  # a zero embedding: its cosine is clamped
     W_pinv = torch.linalg.pinv(torch.linalg.qr(torch.randn(dim, classes, generator=g))[0])
     whole = discrimination_terms(y, z, W_pinv, cosine_scale=2.0)
-    blocked = validation_discrimination(y, z, W_pinv, cosine_scale=2.0, block=128)
+    blocked = validation_discrimination(y, z, W_pinv, cosine_scale=2.0, block_elements=128 * n)
     for a, b in zip(whole, blocked):
         assert b.dtype == torch.float32
         torch.testing.assert_close(b, a, rtol=1e-5, atol=0.0)

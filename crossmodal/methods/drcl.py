@@ -92,7 +92,7 @@ from crossmodal.model import CrossModalModel, FeatureIdentity
 from crossmodal.types import MODALITIES
 
 CHECKPOINT_SECONDS = 60.0  # a stage in progress is saved at most this often (an image encoder's state is ~0.5 GB)
-VAL_BLOCK_ROWS = 4096  # validation J_D in one piece up to this many rows (n^2 floats each residual), in blocks beyond
+VAL_BLOCK_ELEMENTS = 4096 * 4096  # validation J_D: its n x n residuals whole up to this many entries, in blocks beyond
 
 
 @dataclass(frozen=True)
@@ -384,7 +384,7 @@ class DRCL:
             if config.use_label_loss:
                 parts["label_loss"] = config.eta * gce_loss(z @ W, y, q)
             if config.use_jd:
-                if whole_split:  # J_D of a whole split is over all its n^2 pairs: row blocks above VAL_BLOCK_ROWS
+                if whole_split:  # J_D of a whole split is over its n^2 pairs: bounded memory
                     intra, inter = validation_discrimination(y, z, W_pinv, cosine_scale=config.cosine_scale)
                 else:
                     intra, inter = discrimination_terms(y, z, W_pinv, cosine_scale=config.cosine_scale)
@@ -468,14 +468,15 @@ def initial_prior(dim: int, num_classes: int, *, seed: int) -> torch.Tensor:
 
 def validation_discrimination(targets: torch.Tensor, z: torch.Tensor, prior_pinv: torch.Tensor, *,
                               cosine_scale: float = 2.0,
-                              block: int = VAL_BLOCK_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(J_intra, J_inter)`` of a whole split without gradients, its n x n residuals taken ``block`` rows at a time.
+                              block_elements: int = VAL_BLOCK_ELEMENTS) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(J_intra, J_inter)`` of a whole split without gradients, in bounded memory.
 
-    ``discrimination_terms`` holds several n x n matrices at once: fine for a batch, but a validation split of 10^5
-    rows would need 40 GB for each. Up to ``block`` rows this is ``discrimination_terms`` itself (the same floats
-    as before); beyond, row i of the residuals is ``cos_rr[i] - n_i n^T`` and ``cos_rz[i] - cos_rz[:, i]``, where
-    ``cos_rr = y_hat G y_hat^T``, ``cos_rz = y_hat P^T`` and ``P = n W^+^T``, so a block needs (block, n) floats; the
-    squares are summed in float64 (the whole-matrix sum's rounding differs only in the last bits).
+    ``discrimination_terms`` holds five n x n matrices at once: fine for a batch, but 320 MB for a validation split of
+    4,096 rows and 200 GB for one of 10^5. Up to ``block_elements`` entries (n <= 4,096 by default) this takes its
+    operations in its order, so its floats, but frees each n x n matrix once summed (two at a time). Beyond, row i of
+    the residuals is ``cos_rr[i] - n_i n^T`` and ``cos_rz[i] - cos_rz[:, i]``, where ``cos_rr = y_hat G y_hat^T``,
+    ``cos_rz = y_hat P^T`` and ``P = n W^+^T``, taken in blocks of rows of at most ``block_elements`` entries, their
+    squares summed in float64 (the whole-matrix sum's rounding differs in the last bits only).
 
     Inputs:
         targets: float32 (n, C) label vectors. z: float32 (n, D) embeddings. prior_pinv: float32 (C, D) = pinv(W).
@@ -483,23 +484,30 @@ def validation_discrimination(targets: torch.Tensor, z: torch.Tensor, prior_pinv
     Returns:
         float32 scalars ``(J_intra, J_inter)``, as ``crossmodal.losses.drcl.discrimination_terms`` defines them.
     """
-    if len(z) <= block:
-        return discrimination_terms(targets, z, prior_pinv, cosine_scale=cosine_scale)
     with torch.no_grad():
         pinv_gram = prior_pinv @ prior_pinv.T  # (C, C)
         inv_r = ((targets @ pinv_gram) * targets).sum(dim=1).clamp_min(0).sqrt().clamp_min(NORM_EPS).reciprocal()
         y_hat = targets * inv_r[:, None]
         n = z * z.norm(dim=1).clamp_min(NORM_EPS).reciprocal()[:, None]
+        count, scale2 = len(z) * len(z), cosine_scale * cosine_scale
+        if count <= block_elements:
+            residual = torch.addmm(y_hat @ pinv_gram @ y_hat.T, n, n.T, alpha=-1.0)
+            intra = scale2 * residual.square_().sum() / count
+            del residual
+            cos_rz = y_hat @ (n @ prior_pinv.T).T
+            residual = cos_rz - cos_rz.T
+            del cos_rz
+            return intra, scale2 * residual.square_().sum() / count
         left, projected = y_hat @ pinv_gram, n @ prior_pinv.T  # (n, C) each: cos_rr = left y_hat^T, cos_rz = y_hat P^T
         intra = inter = torch.zeros((), dtype=torch.float64, device=z.device)
-        for start in range(0, len(z), block):
-            rows = slice(start, start + block)
-            residual_zz = torch.addmm(left[rows] @ y_hat.T, n[rows], n.T, alpha=-1.0)
-            residual_rz = y_hat[rows] @ projected.T - projected[rows] @ y_hat.T
-            intra = intra + residual_zz.square().sum(dtype=torch.float64)
-            inter = inter + residual_rz.square().sum(dtype=torch.float64)
-        scale = cosine_scale * cosine_scale / (len(z) * len(z))
-        return (intra * scale).float(), (inter * scale).float()
+        step = max(1, block_elements // len(z))
+        for start in range(0, len(z), step):
+            rows = slice(start, start + step)
+            residual = torch.addmm(left[rows] @ y_hat.T, n[rows], n.T, alpha=-1.0)
+            intra = intra + residual.square_().sum(dtype=torch.float64)
+            residual = y_hat[rows] @ projected.T - projected[rows] @ y_hat.T
+            inter = inter + residual.square_().sum(dtype=torch.float64)
+        return (intra * scale2 / count).float(), (inter * scale2 / count).float()
 
 
 def _q(config: DRCLConfig, epoch: int) -> float:
