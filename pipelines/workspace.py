@@ -45,6 +45,8 @@ SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 """Per class: 20% test and 10% validation (each at least one item once a class has three), the rest training."""
 
+DATASET_COLUMNS = ("content_hash", "item_id", "labels")
+"""The metadata columns ``Workspace.datasets`` reads."""
 GATHER_BYTES = 16 << 20
 """Feature bytes read from the store at a time while a split's rows are copied out (``_featureset``)."""
 
@@ -221,12 +223,12 @@ class Workspace:
         return _store_table(modality, key, feature_table.description, X, meta.to_pydict())
 
     @contextlib.contextmanager
-    def _table_view(self, modality: str, key: str) -> Iterator[StoreTable]:
-        """``table`` with X a view over the shards, open while the context lasts: rows are read only when selected,
-        so a dataset holds its splits' rows, not also a concatenated copy of the whole table."""
-        feature_table = self.store.table(modality, key)
-        with feature_table.rows_view() as view:
-            yield _store_table(modality, key, feature_table.description, view, view.metadata().to_pydict())
+    def _table_view(self, modality: str, key: str) -> Iterator[tuple[Any, Any]]:
+        """``(X, meta)`` of one table, open while the context lasts: X a view over the shards, whose rows are read only
+        when selected (a dataset holds its splits' rows, not also a concatenated copy of the whole table), and meta
+        the ``DATASET_COLUMNS`` of its rows as a pyarrow table (no Python object per row)."""
+        with self.store.table(modality, key).rows_view() as view:
+            yield view, view.metadata(list(DATASET_COLUMNS))
 
     def feature_identity(self, modality: str, key: str | None = None) -> Any:
         """The ``FeatureIdentity`` (extractor name, key, width) a model records for ``modality``'s features."""
@@ -261,11 +263,15 @@ class Workspace:
         recorded: dict[str, str] = json.loads(path.read_text())["splits"] if path.is_file() else {}
         units: dict[tuple[str, tuple[str, ...]], list[tuple[str, str | None]]] = {}
         for modality, key in self.store.tables():
-            # every row (repeated items too): each content hash needs its split; checksums checked on read
-            meta = self.store.table(modality, key).metadata(["content_hash", "item_id", "labels", "split"]).to_pydict()
-            for h, item, labels, split in zip(meta["content_hash"], meta["item_id"], meta["labels"], meta["split"]):
-                if labels:
-                    units.setdefault((item, tuple(sorted(labels))), []).append((h, split))
+            # every row (repeated items too): each content hash needs its split; checksums checked on read. Python
+            # strings are made a batch at a time: the units keep what they need of them.
+            meta = self.store.table(modality, key).metadata(["content_hash", "item_id", "labels", "split"])
+            for batch in meta.to_batches(max_chunksize=65_536):
+                columns = batch.to_pydict()
+                for h, item, labels, split in zip(columns["content_hash"], columns["item_id"], columns["labels"],
+                                                  columns["split"]):
+                    if labels:
+                        units.setdefault((item, tuple(sorted(labels))), []).append((h, split))
         assigned = _draw_splits(units, recorded, seed=seed)
         if assigned != recorded:
             self.store_dir.mkdir(parents=True, exist_ok=True)
@@ -309,25 +315,39 @@ class Workspace:
             tables = {m: views.enter_context(self._table_view(m, keys[m])) for m in modalities}
             return self._split(tables, classes, seed=seed)
 
-    def _split(self, tables: dict[str, StoreTable], classes: Sequence[str] | None, *,
+    def _split(self, tables: dict[str, tuple[Any, Any]], classes: Sequence[str] | None, *,
                seed: int) -> CrossModalDataset:
-        """``datasets`` once the tables are open."""
+        """``datasets`` once the tables are open.
+
+        The rows are chosen with Arrow's compute functions over the metadata columns: a Python string per row cost
+        about 1 KB per item (60 MB while 30,000 items per modality were split), which a large store cannot afford.
+        """
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         modalities = list(tables)
+        flat = {m: pc.list_flatten(meta.column("labels")) for m, (_, meta) in tables.items()}  # nulls: no labels
         names = list(classes) if classes is not None else sorted(
-            {label for t in tables.values() for labels in t.labels for label in labels})
+            {label for labels in flat.values() for label in pc.unique(labels).to_pylist()})
         index = {name: i for i, name in enumerate(names)}
-        multilabel = any(len(labels) > 1 for t in tables.values() for labels in t.labels)
+        multilabel = any((pc.max(pc.list_value_length(meta.column("labels"))).as_py() or 0) > 1
+                         for _, meta in tables.values())
         assignment = self.splits(seed)
+        hashes = pa.array(list(assignment), type=pa.string())
+        codes = np.array([SPLITS.index(split) for split in assignment.values()], dtype=np.int8)
         parts: dict[str, dict[str, FeatureSet]] = {s: {} for s in SPLITS}
-        for modality, table in tables.items():
-            unknown = sorted({label for labels in table.labels for label in labels if label not in index})
+        for modality, (X, meta) in tables.items():
+            unknown = sorted(set(pc.unique(flat[modality]).to_pylist()) - set(index))
             if unknown:
                 raise ConfigError(f"{modality} items have classes {unknown[:5]} the model does not know ({len(names)} "
                                   "classes)", hint="train a new model on every modality instead of adding one")
-            for split in SPLITS:
-                rows = [i for i, h in enumerate(table.content_hash) if assignment.get(h) == split]
-                rows.sort(key=lambda i: table.item_id[i])
-                parts[split][modality] = _featureset(table, rows, index, multilabel=multilabel)
+            found = pc.index_in(meta.column("content_hash"), value_set=hashes).fill_null(-1).to_numpy()
+            split_of = np.where(found >= 0, codes[np.maximum(found, 0)], -1)
+            for code, split in enumerate(SPLITS):
+                rows = np.flatnonzero(split_of == code)
+                # by item id, ties in table order: Arrow's sort is stable and orders UTF-8 as Python orders str
+                rows = rows[pc.sort_indices(meta.column("item_id").take(rows)).to_numpy()]
+                parts[split][modality] = _featureset(X, meta.take(rows), rows, index, multilabel=multilabel)
         empty = [m for m in modalities if len(parts["train"][m]) == 0]
         if empty:
             raise DatasetFormatError(f"no labelled training items for {', '.join(empty)}",
@@ -345,23 +365,29 @@ def _store_table(modality: str, key: str, description: dict[str, Any], X: Any,
                       labels=[tuple(labels or ()) for labels in columns["labels"]], split=columns["split"])
 
 
-def _featureset(table: StoreTable, rows: list[int], index: dict[str, int], *, multilabel: bool) -> FeatureSet:
-    """FeatureSet of ``rows`` of ``table``: int64 labels (first class name) or uint8 multi-hot labels."""
-    selected = np.asarray(rows, dtype=np.int64)
+def _featureset(X: Any, meta: Any, rows: np.ndarray, index: dict[str, int], *, multilabel: bool) -> FeatureSet:
+    """FeatureSet of ``rows`` of the features ``X`` (``meta``: their ``DATASET_COLUMNS``, already taken): int64 labels
+    (first class name) or uint8 multi-hot labels."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     # Filled GATHER_BYTES at a time: a shard view's gather holds its read buffers and their join beside the rows it
     # returns, so one gather of a whole split peaked at three copies of it (197 MB traced for 101 MB of features).
-    X = np.empty((len(rows), table.X.shape[1]), dtype=np.float32)
-    step = max(1, GATHER_BYTES // max(1, 4 * X.shape[1]))
+    features = np.empty((len(rows), X.shape[1]), dtype=np.float32)
+    step = max(1, GATHER_BYTES // max(1, 4 * features.shape[1]))
     for start in range(0, len(rows), step):
-        X[start:start + step] = table.X[selected[start:start + step]]
+        features[start:start + step] = X[rows[start:start + step]]
+    names = pa.array(list(index), type=pa.string())  # index maps names to 0..C-1 in this order
+    labels_column = meta.column("labels").combine_chunks()  # one array: parent indices count from its first row
     if multilabel:
         labels = np.zeros((len(rows), len(index)), dtype=np.uint8)
-        for r, i in enumerate(rows):
-            labels[r, [index[name] for name in table.labels[i]]] = 1
+        owner = pc.list_parent_indices(labels_column).to_numpy()
+        labels[owner, pc.index_in(pc.list_flatten(labels_column), value_set=names).to_numpy()] = 1
     else:
-        labels = np.array([index[table.labels[i][0]] for i in rows], dtype=np.int64)
-    ids = np.array([table.item_id[i] for i in rows], dtype=str)
-    return FeatureSet(X=X, labels=labels, ids=ids, num_classes=len(index))
+        first = pc.list_element(labels_column, 0)
+        labels = pc.index_in(first, value_set=names).to_numpy(zero_copy_only=False).astype(np.int64)
+    ids = np.array(meta.column("item_id").to_pylist(), dtype=str)
+    return FeatureSet(X=features, labels=labels, ids=ids, num_classes=len(index))
 
 
 def _draw_splits(

@@ -63,6 +63,55 @@ def test_copying_the_splits_out_of_the_store_peaks_near_the_features_themselves(
     assert peak < features + 7_000_000  # ~0.4 KB of metadata per row while the tables are open
 
 
+def expected_splits(ws: Workspace, modality: str, classes: list[str], *, multilabel: bool) -> dict[str, tuple]:
+    """Each split of ``modality`` as the datasets rule says, item by item in Python: (ids, labels, X)."""
+    table, assignment = ws.table(modality), ws.splits(1)
+    out = {}
+    for split in ("train", "val", "test"):
+        rows = sorted((i for i, h in enumerate(table.content_hash) if assignment.get(h) == split),
+                      key=lambda i: table.item_id[i])
+        if multilabel:
+            labels = np.array([[int(c in table.labels[i]) for c in classes] for i in rows], dtype=np.uint8)
+        else:
+            labels = np.array([classes.index(table.labels[i][0]) for i in rows], dtype=np.int64)
+        out[split] = ([table.item_id[i] for i in rows], labels, np.asarray(table.X)[rows])
+    return out
+
+
+def test_the_splits_hold_the_rows_labels_and_order_the_item_by_item_rule_gives(tmp_path):
+    ws = Workspace(tmp_path)
+    rng = np.random.default_rng(3)
+    classes = ["a", "b", "c", "d"]
+    for modality in ("image", "text"):
+        table = ws.store.open({"name": "fake", "modality": modality, "key": "fake@000", "dim": 6})
+        for shard in range(3):
+            ids = [f"{rng.integers(100)}-{shard}-{i}" for i in range(40)]  # out of order, some labels repeat a class
+            labels = [tuple(rng.choice(classes, rng.integers(1, 3))) if i % 9 else () for i in range(40)]
+            table.write_shard(rng.normal(size=(40, 6)).astype(np.float32),
+                              [StoreRow(content_hash=f"{modality}:{shard}:{i}", item_id=ids[i],
+                                        source_path=f"/raw/{ids[i]}", labels=labels[i]) for i in range(40)])
+    data = ws.datasets(["image", "text"])
+    assert data.train["image"].multilabel
+    for modality in ("image", "text"):
+        for split, (ids, labels, X) in expected_splits(ws, modality, classes, multilabel=True).items():
+            got = getattr(data, split)[modality]
+            assert got.ids.tolist() == ids
+            np.testing.assert_array_equal(got.labels, labels)
+            np.testing.assert_array_equal(got.X, X)
+
+
+def test_single_label_splits_hold_class_indices_in_the_item_by_item_order(tmp_path):
+    ws = Workspace(tmp_path)
+    fill(ws, 2500, 8)
+    data = ws.datasets(["image", "text"])
+    for modality in ("image", "text"):
+        for split, (ids, labels, X) in expected_splits(ws, modality, ["0", "1", "2"], multilabel=False).items():
+            got = getattr(data, split)[modality]
+            assert got.ids.tolist() == ids and got.labels.dtype == np.int64
+            np.testing.assert_array_equal(got.labels, labels)
+            np.testing.assert_array_equal(got.X, X)
+
+
 def test_validation_j_d_in_row_blocks_equals_the_whole_matrix_sum():
     g = torch.Generator().manual_seed(0)
     n, classes, dim = 700, 5, 32
