@@ -209,8 +209,12 @@ def fit_and_save(
     source: DataSource | None = None,
     extra: Mapping[str, Any] | None = None,
     progress: bool = True,
+    release: bool = False,
 ) -> TrainResult:
     """Fit, evaluate on ``test`` (when it has two modalities), and write the model folder (see the module docstring).
+
+    ``release``: the caller hands ``train`` and ``val`` over (dicts it holds no other reference to): they are emptied
+    once the model is fitted, so that the evaluation's memory reuses their features' instead of adding to it.
 
     The card records ``source`` (where ``crossmodal evaluate`` finds the test split again) and ``extra`` (the method's
     facts, the classes, the noise injected).
@@ -246,6 +250,10 @@ def fit_and_save(
     finally:
         if bar is not None:
             bar.close()
+    if release:
+        for split in (train, val):
+            if isinstance(split, dict):
+                split.clear()
     model.extra.update(extra or {})
     model.source = source.record() if source is not None else None
     metrics: dict[str, Any] = {}
@@ -434,11 +442,13 @@ def train_in_workspace(
         alignment_noise = f"{alignment_noise[0]}:{alignment_noise[1]}"
     train, noise = inject_noise(data.train, label_noise=label_noise, alignment_noise=alignment_noise, seed=seed,
                                 paired=data.paired)
-    with _one_cpu_thread(method == "drcl" and largest < SMALL_DATA_ITEMS):
-        result = fit_and_save(method, train, data.val, data.test, config=config, device=device,
-                              out=ws.model_dir(name), features={m: ws.feature_identity(m, keys[m]) for m in modalities},
-                              source=source, extra={"classes": classes, **noise}, progress=progress)
     counts = {m: {s: len(getattr(data, s)[m]) for s in SPLITS} for m in modalities}
+    val, test = dict(data.val), data.test
+    del data  # train and val are handed to fit_and_save, which frees them before the evaluation
+    with _one_cpu_thread(method == "drcl" and largest < SMALL_DATA_ITEMS):
+        result = fit_and_save(method, train, val, test, config=config, device=device,
+                              out=ws.model_dir(name), features={m: ws.feature_identity(m, keys[m]) for m in modalities},
+                              source=source, extra={"classes": classes, **noise}, progress=progress, release=True)
     return _summary(result.model, ws.model_dir(name), counts=counts, notes=notes + result.notes, started=started,
                     features_used=_features_used(chosen, counts, split_seed), warnings=warnings)
 
