@@ -1,6 +1,6 @@
 """Training's memory does not grow faster than its features: a split is copied out of the store a bounded gather at a
-time, and DRCL's validation J_D (over all n^2 pairs of the split) holds two n x n matrices at once, and row blocks
-of them past VAL_BLOCK_ELEMENTS."""
+time, the training splits are let go before the evaluation, and DRCL's validation J_D (over all n^2 pairs of the
+split) holds two n x n matrices at once, and row blocks of them past VAL_BLOCK_ELEMENTS."""
 
 from __future__ import annotations
 
@@ -135,3 +135,30 @@ def test_a_validation_split_within_one_block_gives_the_same_floats_as_before():
     W_pinv = torch.linalg.pinv(torch.linalg.qr(torch.randn(16, 4, generator=g))[0])
     for a, b in zip(discrimination_terms(y, z, W_pinv), validation_discrimination(y, z, W_pinv)):
         assert torch.equal(a, b)
+
+
+def test_fit_and_save_empties_the_splits_handed_over_before_it_evaluates_and_keeps_them_otherwise(tmp_path,
+                                                                                                  monkeypatch):
+    from crossmodal.evaluation import evaluate
+    from crossmodal.methods.drcl import DRCLConfig
+    from crossmodal.synthetic import make_synthetic
+    from pipelines import train as train_module
+
+    ds = make_synthetic({"image": 12, "text": 10}, 3, 60, 12, 24, seed=0)
+    config = DRCLConfig(epochs=1, batch_size=16, hidden=(16,), dim=8)
+    seen: list[tuple[int, int]] = []
+    train, val = dict(ds.train), dict(ds.val)
+
+    def evaluating(model, test, *args, **kwargs):  # what fit_and_save still holds when it evaluates
+        seen.append((len(train), len(val)))
+        return evaluate(model, test, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "evaluate", evaluating)
+    released = train_module.fit_and_save("drcl", train, val, ds.test, config=config, device="cpu", out=tmp_path / "a",
+                                         progress=False, release=True)
+    kept_train, kept_val = dict(ds.train), dict(ds.val)
+    kept = train_module.fit_and_save("drcl", kept_train, kept_val, ds.test, config=config, device="cpu",
+                                     out=tmp_path / "b", progress=False)
+    assert seen[0] == (0, 0) and train == {} and val == {}
+    assert len(kept_train) == len(kept_val) == 2
+    assert released.metrics == kept.metrics  # the same model and test split either way
