@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from a checkout
 
 from benchmarks._memory import peak_rss_mb, rss_mb  # noqa: E402
 
+FEATURE_DIMS = {"image": 1898, "text": 300}  # hog-color and doc2vec widths: the features training holds per item
 STEPS = ("extract image", "extract text", "train", "index auto", "index exact", "query")
 EXTRAPOLATE_TO = (100_000, 1_000_000)
 CLASS_WORDS = {
@@ -259,6 +260,20 @@ def markdown(rows: list[dict], fits: list[dict], *, command: str, epochs: int, q
                      f"{f['memory_exponent']:.2f} | {cells[0]} | {cells[1]} |")
     lines += [
         "",
+        "**What training holds** (the train rows): the float32 features of every split (train and validation for the "
+        "fit, test for the evaluation: 4 x (1,898 + 300) = 8,792 bytes per item here), the only part that keeps "
+        "growing with the items; the model and its optimiser, which the auto recipe widens with the training items "
+        "(the notes; 4,096 wide from about 131,000 training items on); and one phase's transient at a time: DRCL's "
+        "validation J_D (two n x n float32 matrices up to 4,096 validation rows, row blocks of 4,096^2 entries "
+        "beyond), the evaluation's "
+        "ranking chunks (about 2^22 similarities each: constant once the test split passes 2,048 items) and, while "
+        "the splits are drawn, about 0.7 KB of Python state per item (`Workspace.splits`). Split rows are copied out "
+        "of the store 16 MB at a time and chosen with Arrow compute: no Python object per row. **Query**: the gallery "
+        "rows are read from a memory-mapped Arrow copy of `gallery.parquet` (made by the first query), the hits' rows "
+        "only; `load_index` hashes only the files changed since they last passed (`index.verified.json`).",
+        "",
+        _train_floor(rows),
+        "",
         "Measured, not extrapolated, at 10^5 to 10^7 items: the store's steps (append, reopen, iterate, sample, "
         "compact at 128-d) in [store_scale.md](store_scale.md), and the index's build, peak memory and latency (exact "
         "against IVF with lists on disk) in [index_scale.md](index_scale.md); the Ray path in "
@@ -266,6 +281,22 @@ def markdown(rows: list[dict], fits: list[dict], *, command: str, epochs: int, q
         "",
     ]
     return "\n".join(lines)
+
+
+def _train_floor(rows: list[dict]) -> str:
+    """What the train rows say about a large collection: the largest size's peak less its features, and that floor
+    plus the features at 10^6 items (the growth between two sizes can miss them when the peak moves between
+    phases)."""
+    largest = max((r for r in rows if r["step"] == "train"), key=lambda r: r["items"])
+    per_item = 4 * (FEATURE_DIMS["image"] + FEATURE_DIMS["text"]) / 2**20
+    floor = largest["peak_mb"] - per_item * largest["items"]
+    return (f"Reading the train rows for a large collection: at {largest['items']:,} items the peak less the "
+            f"features is {floor:,.0f} MB (imports, the model, one phase's transient); a collection of these "
+            f"features needs that plus {per_item * 2**20:,.0f} bytes per item, "
+            f"{_memory(floor + per_item * 1e6)} at 10^6 items, and the model's growth to 4,096 wide (about 0.4 GB "
+            "more of weights and optimiser state, estimated from the widths). "
+            "The MB / item column can be below the features' when the peak moves from one phase to another between "
+            "the two largest sizes (the evaluation's chunks at the smaller, DRCL's validation at the larger).")
 
 
 def main() -> None:
