@@ -49,7 +49,8 @@ class TrainingLog:
     """Appends one JSON object per epoch to ``path``: ``{"stage", "epoch", "epochs", "time", **logs}``.
 
     Appending (never truncating) keeps a resumed run's earlier epochs; non-finite numbers are written as null. A line
-    cut short by a kill is dropped when the log is reopened, so a resumed run's first record starts on a line of its own.
+    cut short by a kill is dropped when the log is reopened, so a resumed run's first record starts on a line of its
+    own.
     """
 
     def __init__(self, path: str | Path):

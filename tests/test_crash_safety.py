@@ -200,8 +200,9 @@ def test_four_extract_processes_at_once_then_a_resume_leave_a_consistent_store(p
 
 EPOCHS = 40
 STAGES = ("spl:image", "spl:text", "rsc:image", "rsc:text")
-TRAIN = ["--preset", "paper", "--set", "dim=16", "--set", "hidden=[32,32]", "--set", "batch_size=32", "--set", "lr_spl=0.01",
-         "--set", "lr_image=0.01", "--set", "lr_text=0.01", "--epochs", str(EPOCHS), "--device", "cpu"]
+TRAIN = ["--preset", "paper", "--set", "dim=16", "--set", "hidden=[32,32]", "--set", "batch_size=32",
+         "--set", "lr_spl=0.01", "--set", "lr_image=0.01", "--set", "lr_text=0.01",
+         "--epochs", str(EPOCHS), "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")

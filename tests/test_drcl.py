@@ -107,6 +107,16 @@ def test_best_prior_epoch_keeps_the_w_of_the_best_scoring_epoch(data):
     torch.testing.assert_close(best.prior, final.prior, rtol=0, atol=0)
 
 
+def test_spl_stops_on_patience_only_when_its_score_is_measured_on_the_validation_split(data):
+    train, val = {"image": data.train["image"]}, {"image": data.val["image"]}
+    on_val, on_train = Recorder(), Recorder()
+    model = fit(train, val, epochs=40, patience=1, quality_split="val", callbacks=[on_val])
+    best_epoch = model.extra["spl"]["best_epochs"]["image"]
+    assert best_epoch + 1 < 40 and len(on_val.stage("spl:image")) == best_epoch + 1
+    fit(train, val, epochs=40, patience=1, callbacks=[on_train])  # a training-set fit: every epoch runs
+    assert len(on_train.stage("spl:image")) == 40
+
+
 def test_full_quality_pass_scores_the_trained_network_on_the_whole_training_set(data):
     accumulated, full = Recorder(), Recorder()
     fit({"image": data.train["image"]}, callbacks=[accumulated])

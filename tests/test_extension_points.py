@@ -16,7 +16,6 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-
 from _extract_media import write_shapes
 
 PIXEL_MEAN = '''

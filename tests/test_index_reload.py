@@ -27,7 +27,11 @@ def hashed(monkeypatch):
     """The names of the files load_index hashes."""
     calls: list[str] = []
     original = index_module.file_sha256
-    monkeypatch.setattr(index_module, "file_sha256", lambda path: calls.append(os.path.basename(path)) or original(path))
+    def counting_sha256(path):
+        calls.append(os.path.basename(path))
+        return original(path)
+
+    monkeypatch.setattr(index_module, "file_sha256", counting_sha256)
     return calls
 
 

@@ -69,3 +69,16 @@ def test_zero_trials_are_refused_with_a_hint(data):
     with pytest.raises(ConfigError, match="at least 1 trial") as e:
         tune("dscmr", data, trials=0)
     assert "--tune N" in e.value.hint
+
+
+def test_drcls_search_can_switch_its_reversible_terms_off_together():
+    import optuna
+
+    from crossmodal.methods.drcl import DRCLConfig
+    from pipelines.tune import trial_overrides
+
+    reversible = KEYS["drcl"][1]
+    assert reversible.suggest(optuna.trial.FixedTrial({"reversible_on": False})) == 0.0
+    assert reversible.suggest(optuna.trial.FixedTrial({"reversible_on": True, "reversible": 0.3})) == 0.3
+    assert "or 0 (off)" in reversible.describe()
+    assert trial_overrides("drcl", DRCLConfig(), {"reversible": 0.0}) == ["alpha=0", "beta=0"]

@@ -40,7 +40,9 @@ Choices where the paper is silent: W0 is the orthonormalised (QR) D x C Gaussian
 ``orthogonal_`` on D x D; each stage and modality is seeded from (``seed``, stage, modality), so the result
 of a modality does not depend on which other modalities are trained; unlabelled rows are left out of training.
 ``patience`` (not in the paper; off by default) stops an RSC stage after that many epochs without a better validation
-score (``select_by``); SPL's score is a training-set fit, so SPL runs every epoch.
+score (``select_by``), and an SPL stage whose quality score is measured on the validation split
+(``quality_split="val"``); on the training split (the default) the score is a fit that keeps rising, so SPL runs every
+epoch.
 
 The training machinery (seeded streams, batching, best-epoch snapshots, early stopping, checkpoints and resume) is the
 toolkit's, crossmodal/methods/base.py; this file holds the method.
@@ -356,8 +358,9 @@ class DRCL:
             return logs
 
         best = BestSnapshot(clf, "quality", higher_is_better=True)  # the W_k of the best-scoring epoch
+        patience = config.patience if config.quality_split == "val" else None
         self._train(stage, step, data, config, optimizer, {"encoder": encoder, "prior": clf}, on_epoch_end, best,
-                    None, callbacks, ckpt)
+                    patience, callbacks, ckpt)
         W = best.tensors["W"] if config.prior_epoch == "best" else clf.W.detach().clone()
         save_result(ckpt, stage, tensors={"W": W}, meta={"score": best.value, "best_epoch": best.epoch})
         return W, best.value, best.epoch
