@@ -187,7 +187,8 @@ def pr_curve(
         # Interpolated precision: the best precision from this rank on (a running max from the right).
         best_after = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
         best_after = np.concatenate([best_after, np.zeros((len(best_after), 1))], axis=1)  # level never reached -> 0
-        first = (recall[:, :, None] < points[None, None, :] - 1e-12).sum(axis=1)  # first rank reaching each level
+        # the first rank reaching each level, one level at a time (a rows x ranks x levels mask is 21x the ranking)
+        first = np.stack([(recall < p - 1e-12).sum(axis=1) for p in points], axis=1)
         precision_sum += np.take_along_axis(best_after, first, axis=1).sum(axis=0)
     if points is not None:
         return precision_sum / max(counted, 1), points
