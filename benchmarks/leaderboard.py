@@ -28,10 +28,11 @@ Usage (a benchmark, not part of the test run; tests/test_leaderboard.py is its s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from crossmodal.featureset import CrossModalDataset
@@ -455,7 +456,38 @@ ABLATIONS = {  # name -> DRCL overrides: which part of DRCL carries its score on
     "no-reversible": ("use_jd=false", "use_jmse=false"),  # J_L alone: no recast consistency terms
     "no-fa": ("use_fa=false",),
     "q-ramp": ("q_schedule=ramp",),
+    # probes, not DRCL options: SDML's parts swapped into DRCL (SWAPS), to find which difference carries SDML's edge
+    "sdml-encoder": (),
+    "sdml-label": ("prior=random",),
+    "sdml-label-encoder": ("prior=random",),
 }
+SWAPS = {  # ablation name -> the parts of SDML it swaps into DRCL (``swapped``)
+    "sdml-encoder": ("encoder",),
+    "sdml-label": ("label",),
+    "sdml-label-encoder": ("label", "encoder"),
+}
+
+
+@contextlib.contextmanager
+def swapped(parts: Sequence[str]) -> Iterator[None]:
+    """DRCL with SDML's ``label`` term (the row-norm regression ||z W - y|| in place of GCE, on SDML's orthonormal W
+    when the overrides ask for ``prior=random``) and/or SDML's ``encoder`` (a last Linear with a bias and PyTorch's
+    default init, in place of DRCL's bias-free U(±1/sqrt(d_k)) one), for as long as the block runs. A benchmark-only
+    probe: DRCL's own file stays the paper's."""
+    from unittest import mock
+
+    from crossmodal.encoders import mlp_encoder
+    from crossmodal.losses.sdml import label_regression_loss
+    from crossmodal.methods import drcl
+
+    with contextlib.ExitStack() as stack:
+        if "label" in parts:
+            stack.enter_context(mock.patch.object(drcl, "gce_loss", lambda logits, y, q: label_regression_loss(
+                logits, y)))
+        if "encoder" in parts:
+            stack.enter_context(mock.patch.object(drcl, "_encoder", lambda config, d: mlp_encoder(
+                d, config.hidden, config.dim, bias_last=True, last_init="default")))
+        yield
 
 
 SDML_ABLATIONS = {  # SDML's edge on small sets: its decoder's reconstruction term (weight alpha)
@@ -478,8 +510,9 @@ def ablation_check(ds: CrossModalDataset, *, noise: Sequence[float] = (0.0, 0.4)
     rows = []
     for name in variants:
         start = time.perf_counter()
-        result = benchmark_dataset(ds, methods=[method], noise=noise, seeds=seeds,
-                                   overrides=[*base, *table[name]], device=device)
+        with swapped(SWAPS.get(name, ()) if method == "drcl" else ()):
+            result = benchmark_dataset(ds, methods=[method], noise=noise, seeds=seeds,
+                                       overrides=[*base, *table[name]], device=device)
         for rate in noise:
             values = [r["MAP@all"] for r in result.runs if r["noise"] == rate]
             mean, std = _summary(values)

@@ -44,3 +44,17 @@ def test_a_dataset_written_as_npz_reads_back_with_the_same_splits(tmp_path):
         for m in ("image", "text"):
             a, b = getattr(ds, split)[m], getattr(back, split)[m]
             assert (a.X == b.X).all() and (a.labels == b.labels).all() and list(a.ids) == list(b.ids)
+
+
+def test_a_probe_swaps_sdmls_parts_into_drcl_only_while_it_runs():
+    import torch
+
+    from crossmodal.methods import drcl
+    from crossmodal.methods.drcl import DRCLConfig
+
+    config = DRCLConfig(hidden=(8,), dim=4)
+    logits, y = torch.tensor([[3.0, 0.0]]), torch.tensor([[1.0, 0.0]])
+    with leaderboard.swapped(("label", "encoder")):
+        assert drcl._encoder(config, 6)[-2].bias is not None  # SDML's last Linear has a bias
+        assert float(drcl.gce_loss(logits, y, 0.5)) == 2.0  # ||z W - y||: the row norm of (2, 0)
+    assert drcl._encoder(config, 6)[-2].bias is None and float(drcl.gce_loss(logits, y, 0.5)) < 0.1
