@@ -44,3 +44,23 @@ def _seeded_and_single_threaded():
     np.random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+
+@pytest.fixture
+def record_sha256(monkeypatch):
+    """``record_sha256(module)`` routes ``module.file_sha256`` through a recorder and returns the list that gets the
+    name of every file hashed, in order: a test of what is hashed, and what is not, reads it."""
+
+    def record(module) -> list[str]:
+        calls: list[str] = []
+        real = module.file_sha256
+
+        def counting(path):
+            calls.append(os.path.basename(path))
+            return real(path)
+
+        monkeypatch.setattr(module, "file_sha256", counting)
+        return calls
+
+    return record

@@ -17,17 +17,9 @@ HOUR_NS = 3600 * 10**9
 
 
 @pytest.fixture
-def hashed(monkeypatch):
+def hashed(record_sha256):
     """The paths sources.file_sha256 reads, in order: every hash computed goes through it."""
-    calls: list[str] = []
-    real = sources.file_sha256
-
-    def counting(path):
-        calls.append(os.path.basename(path))
-        return real(path)
-
-    monkeypatch.setattr(sources, "file_sha256", counting)
-    return calls
+    return record_sha256(sources)
 
 
 def backdate(paths, ns: int = HOUR_NS) -> None:

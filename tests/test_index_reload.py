@@ -23,16 +23,9 @@ def saved(tmp_path):
 
 
 @pytest.fixture
-def hashed(monkeypatch):
+def hashed(record_sha256):
     """The names of the files load_index hashes."""
-    calls: list[str] = []
-    original = index_module.file_sha256
-    def counting_sha256(path):
-        calls.append(os.path.basename(path))
-        return original(path)
-
-    monkeypatch.setattr(index_module, "file_sha256", counting_sha256)
-    return calls
+    return record_sha256(index_module)
 
 
 def test_the_first_load_hashes_every_file_and_a_second_load_none(saved, hashed):
