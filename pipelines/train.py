@@ -50,6 +50,30 @@ SMALL_DATA_ITEMS = 2000
 auto recipe's widths there are 256-512 (crossmodal.recipe), too small to split across threads."""
 
 
+@dataclass(frozen=True)
+class TrainOptions:
+    """The options of a training run that every kind of source takes (``crossmodal train``'s common flags).
+
+    Attributes:
+        method: registry name of the method.
+        epochs, seed: shortcuts for ``--set epochs=N`` and ``--set seed=S`` (None: the config's).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        overrides: ``key=value`` config overrides, applied last.
+        label_noise: rate of symmetric label noise injected into the training split.
+        alignment_noise: ``partial:R`` or ``complete:R`` correspondence noise for paired data.
+        progress: show a progress bar on stderr.
+    """
+
+    method: str = "drcl"
+    epochs: int | None = None
+    seed: int | None = None
+    device: str = "auto"
+    overrides: tuple[str, ...] = ()
+    label_noise: float = 0.0
+    alignment_noise: str | None = None
+    progress: bool = True
+
+
 @dataclass
 class TrainResult:
     """What a training run produced: the folder, the model and its test metrics (``crossmodal.evaluation`` format),
@@ -78,27 +102,23 @@ class TrainResult:
 
 
 def run_train(
-    *,
     source: DataSource,
+    options: TrainOptions = TrainOptions(),
+    *,
     out: str | Path | None = None,
+    preset: str | None = None,
     modalities: str | None = None,
     name: str | None = None,
     add_modality: str | None = None,
-    method: str = "drcl",
-    epochs: int | None = None,
-    seed: int | None = None,
-    device: str = "auto",
-    overrides: Sequence[str] = (),
-    preset: str | None = None,
-    label_noise: float = 0.0,
-    alignment_noise: str | None = None,
     extractors: Sequence[str] = (),
 ) -> TrainResult:
     """``crossmodal train`` on ``source`` (``pipelines.datasource.data_source`` reads it from the options): a benchmark
-    file or a synthetic set into the folder ``out``, or a workspace's store into ``models/NAME``.
+    file or a synthetic set into the folder ``out`` (``preset`` as ``train_on_source``), or a workspace's store into
+    ``models/NAME``.
 
     ``extractors`` are ``MODALITY=NAME`` items (workspace) naming the store table to train on where a modality has
-    several. In a workspace the split seed is the source's, and the method's seed ``seed`` (default: the split seed).
+    several. In a workspace the split seed is the source's, and the method's seed ``options.seed`` (default: the split
+    seed).
 
     Raises:
         ConfigError: options of the other kind of source are given, or ``out`` is missing for a file or synthetic set.
@@ -110,18 +130,18 @@ def run_train(
         if modalities or name or add_modality or extractors:
             raise ConfigError("--modalities, --name, --extractor and --add-modality are for workspace mode (without "
                               "--dataset)", hint="drop them, or drop --dataset to train on the workspace's features")
-        return train_on_source(source, out, method=method, epochs=epochs, seed=seed, device=device,
-                               overrides=overrides, preset=preset, label_noise=label_noise,
-                               alignment_noise=alignment_noise)
+        return train_on_source(source, out, options, preset=preset)
     if out is not None or preset is not None:
         raise ConfigError("--out and --preset need --dataset (benchmark-file or synthetic mode)",
                           hint="add --dataset NAME, or drop them to train in the workspace (models/NAME)")
     return train_in_workspace(
-        workspace=source.workspace, method=method,
+        workspace=source.workspace, method=options.method,
         modalities=[m.strip() for m in modalities.split(",") if m.strip()] if modalities else None, name=name,
-        epochs=epochs, seed=source.split_seed if seed is None else seed, split_seed=source.split_seed, device=device,
-        overrides=list(overrides), add_modality=add_modality, label_noise=label_noise,
-        alignment_noise=parse_alignment_noise(alignment_noise), extractors=parse_extractors(extractors))
+        epochs=options.epochs, seed=source.split_seed if options.seed is None else options.seed,
+        split_seed=source.split_seed, device=options.device, overrides=list(options.overrides),
+        add_modality=add_modality, label_noise=options.label_noise,
+        alignment_noise=parse_alignment_noise(options.alignment_noise), progress=options.progress,
+        extractors=parse_extractors(extractors))
 
 
 def parse_extractors(items: Sequence[str]) -> dict[str, str]:
@@ -146,31 +166,18 @@ def parse_extractors(items: Sequence[str]) -> dict[str, str]:
 def train_on_source(
     source: BenchmarkFile | SyntheticSource,
     out: str | Path,
+    options: TrainOptions = TrainOptions(),
     *,
-    method: str = "drcl",
-    epochs: int | None = None,
-    seed: int | None = None,
-    device: str = "auto",
-    overrides: Sequence[str] = (),
     preset: str | None = None,
-    label_noise: float = 0.0,
-    alignment_noise: str | None = None,
-    progress: bool = True,
 ) -> TrainResult:
-    """Train ``method`` on a benchmark file or a synthetic set with its own split; write the model folder ``out`` and
-    evaluate it on the test split.
+    """Train ``options.method`` on a benchmark file or a synthetic set with its own split; write the model folder
+    ``out`` and evaluate it on the test split.
 
     Args:
         source: the data (``pipelines.datasource``); recorded in the card.
         out: the model folder to write (a kill mid-run resumes when the same command runs again).
-        method: registry name of the method.
-        epochs, seed: shortcuts for ``--set epochs=N`` and ``--set seed=S``.
-        device: ``auto``, ``cpu`` or ``cuda``.
-        overrides: ``key=value`` config overrides, applied last.
+        options: method, epochs, seed, device, overrides, noise and progress (``TrainOptions``).
         preset: a preset name (``presets/NAME.json``) or file; default ``<method>-<dataset>`` when it exists.
-        label_noise: rate of symmetric label noise injected into the training split.
-        alignment_noise: ``partial:R`` or ``complete:R`` correspondence noise for paired datasets.
-        progress: show a progress bar on stderr.
 
     Raises:
         ConfigError: an unknown preset or config key, or a bad noise spec.
@@ -180,12 +187,13 @@ def train_on_source(
     name = source.dataset if isinstance(source, BenchmarkFile) else source.name
     warnings: list[str] = []
     notes: list[str] = []
-    config = resolve_config(method, dataset=name, preset=preset, epochs=epochs, seed=seed, overrides=overrides,
-                            warnings=warnings, data=ds, notes=notes, device=device)
-    train, noise = inject_noise(ds.train, label_noise=label_noise, alignment_noise=alignment_noise,
+    config = resolve_config(options.method, dataset=name, preset=preset, epochs=options.epochs, seed=options.seed,
+                            overrides=options.overrides, warnings=warnings, data=ds, notes=notes,
+                            device=options.device)
+    train, noise = inject_noise(ds.train, label_noise=options.label_noise, alignment_noise=options.alignment_noise,
                                 seed=config.seed, paired=ds.paired)
-    result = fit_and_save(method, train, ds.val, ds.test, config=config, device=device, out=out, source=source,
-                          extra=noise, progress=progress)
+    result = fit_and_save(options.method, train, ds.val, ds.test, config=config, device=options.device, out=out,
+                          source=source, extra=noise, progress=options.progress)
     result.features_used = [
         {"modality": m, "extractor": "precomputed", "key": f"precomputed-{fs.dim}",
          **{s: len(getattr(ds, s).get(m, ())) for s in SPLITS},

@@ -22,7 +22,7 @@ from pipelines.datasource import (
     load_test_split,
 )
 from pipelines.evaluate import evaluate_model_dir
-from pipelines.train import train_on_source
+from pipelines.train import TrainOptions, train_on_source
 
 TINY = ["dim=16", "hidden=[16]", "batch_size=32", "epochs=1"]
 SMALL = {"dims": {"image": 8, "text": 6}, "num_classes": 3, "n_train": 30, "n_val": 9, "n_test": 12, "seed": 5}
@@ -42,7 +42,7 @@ def inria(tmp_path_factory):
 
 def test_the_card_records_the_synthetic_source_with_its_generator_parameters(tmp_path):
     source = SyntheticSource("small", SMALL)
-    result = train_on_source(source, tmp_path / "m", device="cpu", overrides=TINY, progress=False)
+    result = train_on_source(source, tmp_path / "m", TrainOptions(device="cpu", overrides=tuple(TINY), progress=False))
     card = read_card(result.model_dir)
     assert card["source"] == {"kind": "synthetic", "name": "small", "parameters": SMALL}
     test = load_test_split(card)

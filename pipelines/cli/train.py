@@ -50,13 +50,13 @@ def train(
 ) -> None:
     from pipelines.datasource import data_source
     from pipelines.evaluate import table_rows
-    from pipelines.train import features_rows, run_train
+    from pipelines.train import TrainOptions, features_rows, run_train
 
     source = data_source(dataset, data, workspace=workspace, split_seed=1 if seed is None else seed)
-    result = run_train(source=source, out=out, modalities=modalities, name=name, add_modality=add_modality,
-                       method=method, epochs=epochs, seed=seed, device=device, overrides=overrides or [],
-                       preset=preset, label_noise=label_noise, alignment_noise=alignment_noise,
-                       extractors=extractor or [])
+    options = TrainOptions(method=method, epochs=epochs, seed=seed, device=device, overrides=tuple(overrides or ()),
+                           label_noise=label_noise, alignment_noise=alignment_noise)
+    result = run_train(source, options, out=out, preset=preset, modalities=modalities, name=name,
+                       add_modality=add_modality, extractors=extractor or [])
     output = Output(as_json)
     for text in [*(f"note: {n}" for n in result.notes), *(f"warning: {w}" for w in result.warnings)]:
         output.info(text)
