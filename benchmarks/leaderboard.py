@@ -490,18 +490,19 @@ def swapped(parts: Sequence[str]) -> Iterator[None]:
         yield
 
 
-SDML_ABLATIONS = {  # SDML's edge on small sets: its decoder's reconstruction term (weight alpha)
-    "full": (),
-    "no-reconstruction": ("alpha=0",),
+BASELINE_ABLATIONS = {  # method -> name -> overrides: the label-free terms that can carry a baseline past DRCL
+    "sdml": {"full": (), "no-reconstruction": ("alpha=0",)},  # its decoder's reconstruction term (weight alpha)
+    "dscmr": {"full": (), "no-invariance": ("beta=0",)},  # its paired items' invariance |u - v|^2 (weight beta)
 }
 
 
 def ablation_check(ds: CrossModalDataset, *, noise: Sequence[float] = (0.0, 0.4), seeds: int = 3,
                    epochs: int = EPOCH_CAP, device: str = "cpu", variants: Sequence[str] = tuple(ABLATIONS),
                    base: Sequence[str] | None = None, method: str = "drcl") -> list[dict]:
-    """Test MAP@all of ``method`` (drcl or sdml) with ``base`` overrides (default: its auto recipe, ``epochs``
-    capped) and each of ``variants`` (ABLATIONS, SDML_ABLATIONS) on top (mean, std over seeds, per noise rate)."""
-    table = ABLATIONS if method == "drcl" else SDML_ABLATIONS
+    """Test MAP@all of ``method`` (drcl, or a baseline of BASELINE_ABLATIONS) with ``base`` overrides (default: its
+    auto recipe, ``epochs`` capped) and each of ``variants`` (its ablation table) on top (mean, std over seeds, per
+    noise rate)."""
+    table = ABLATIONS if method == "drcl" else BASELINE_ABLATIONS[method]
     from crossmodal.recipe import DataShape, auto_config
     from pipelines.benchmark import benchmark_dataset
 
@@ -654,13 +655,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         tag = f"{args.epochs.replace(',', '-')}-epochs-noise-{args.noise.replace(',', '-')}"
         result: object
         if args.claims == "ablation":
-            method = args.methods if args.methods in ("drcl", "sdml") else "drcl"
+            method = args.methods if args.methods in BASELINE_ABLATIONS else "drcl"
             tuned = None
             if args.tuned:  # the tuned DRCL config of a leaderboard at the first --noise rate
                 cells = json.loads(args.tuned.read_text())["cells"]
                 tuned = next(c["tuning"]["best_overrides"] for c in cells
                              if c["method"] == method and c["noise"] == parse_rates(args.noise)[0])
-            table = ABLATIONS if method == "drcl" else SDML_ABLATIONS
+            table = ABLATIONS if method == "drcl" else BASELINE_ABLATIONS[method]
             variants = args.variants.split(",") if args.variants != ",".join(Q_VARIANTS) else list(table)
             result = [row for name in names for row in ablation_check(
                 load(name, args.cache), noise=parse_rates(args.noise), seeds=args.seeds, epochs=args.epoch_cap,
