@@ -299,7 +299,8 @@ def markdown(result: dict) -> str:
         lines.append("| chance (random ranking) | " + " | ".join(f"{result['chance']['MAP@all']:.3f}" for _ in rates)
                      + " |")
     lines += ["", "(val x; k/N trials): the validation MAP@all of the tuned config (seed 0), the tuner's objective, "
-              "and how many of the N trials completed before the tuning timeout stopped new ones.", "",
+              "and how many of the N trials completed (a tuning timeout, when one is set, starts no trial after it); "
+              "± is the standard deviation over the seeds (numpy's, ddof 0).", "",
               "## Goal: DRCL at least the best tuned baseline at label noise 0, within one std at 0.4", ""]
     lines += [f"- {line}" for line in goal_status(result)] or ["- (DRCL or the baselines missing)"]
     lines += ["", "## Tuned configs (the best trial's overrides on the method's auto recipe)", ""]
@@ -463,6 +464,7 @@ ABLATIONS = {  # name -> DRCL overrides: which part of DRCL carries its score on
     "no-reversible": ("use_jd=false", "use_jmse=false"),  # J_L alone: no recast consistency terms
     "no-fa": ("use_fa=false",),
     "q-ramp": ("q_schedule=ramp",),
+    "spl-on-val": ("quality_split=val",),  # SPL's quality score (and so its epoch and modality) on the validation split
     # probes, not DRCL options: SDML's parts swapped into DRCL (SWAPS), to find which difference carries SDML's edge
     "sdml-encoder": (),
     "sdml-label": ("prior=random",),

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The leaderboard as run for benchmarks/results/leaderboard: each line of tasks.txt (dataset, method, noise kind,
+# rates) is one benchmarks/leaderboard.py --run call on the local CPU, two at a time with one thread each (2 cores);
+# lines listed in skip.txt are left out. Usage, from the repository root, after
+# `python benchmarks/leaderboard.py --prepare --datasets digits,tuxpaint`:
+#   bash benchmarks/results/leaderboard/local/run.sh OUT
+#   python benchmarks/leaderboard.py --render OUT/*/*/leaderboard.json --out benchmarks/results/leaderboard
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+out="${1:?give an output folder}"
+mkdir -p "$out"
+one() {
+  local ds=$1 m=$2 kind=$3 noise=$4
+  if grep -qx "$ds $m $kind" "$here/skip.txt"; then echo "$ds $m $kind: skipped"; return; fi
+  mkdir -p "$out/$ds-$m-$kind"
+  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python benchmarks/leaderboard.py --run --datasets "$ds" --noise "$noise" \
+    --noise-kind "$kind" --methods "$m" --trials 6 --seeds 3 --epoch-cap 40 --device cpu \
+    --out "$out/$ds-$m-$kind" > "$out/$ds-$m-$kind/log" 2>&1
+  echo "$ds $m $kind: rc $?"
+}
+export -f one
+export here out
+xargs -P 2 -L 1 bash -c 'one "$@"' _ < "$here/tasks.txt"
