@@ -150,38 +150,21 @@ class BenchmarkResult:
         return out
 
 
-def run_benchmark(
-    *,
-    methods: Sequence[str],
-    dataset: str,
-    data: str | Path | None = None,
-    noise: Sequence[float] = (0.0,),
-    noise_kind: NoiseKind = "label",
-    seeds: int = 3,
-    epochs: int | None = None,
-    overrides: Sequence[str] = (),
-    device: str = "auto",
-    prior_transfer: bool = False,
-    out: str | Path | None = None,
-    progress: Callable[[str], None] | None = None,
-    tune: int = 0,
-    tune_timeout_s: float | None = None,
-) -> BenchmarkResult:
-    """Load a dataset (a benchmark file, or a named synthetic set) and run ``benchmark_dataset`` on it.
+def run_benchmark(dataset: str, data: str | Path | None = None, *, out: str | Path | None = None,
+                  **options: Any) -> BenchmarkResult:
+    """Load a dataset (a benchmark file, or a named synthetic set) and run ``benchmark_dataset`` on it with that
+    dataset's presets.
 
     Args:
         dataset: ``synthetic``, ``synthetic-xmedia`` or a benchmark format (crossmodal.datasets.BENCHMARKS) read
             from ``data`` (``pipelines.datasource.data_source``).
         out: when given, the report is written there (``write_report``).
-        tune, tune_timeout_s: as ``benchmark_dataset``.
+        options: ``benchmark_dataset``'s keyword arguments (``methods``, ``noise``, ``seeds``, ``tune`` ...).
 
     Raises:
         ConfigError: unknown dataset, method, noise kind or override; a benchmark format without ``data``.
     """
-    ds = load_dataset(dataset, data)
-    result = benchmark_dataset(ds, methods=methods, noise=noise, noise_kind=noise_kind, seeds=seeds, epochs=epochs,
-                               overrides=overrides, device=device, prior_transfer=prior_transfer,
-                               preset_dataset=dataset, progress=progress, tune=tune, tune_timeout_s=tune_timeout_s)
+    result = benchmark_dataset(load_dataset(dataset, data), preset_dataset=dataset, **options)
     if out is not None:
         write_report(result, out)
     return result

@@ -47,7 +47,7 @@ def benchmark(
     from pipelines.benchmark import parse_rates, run_benchmark
 
     output = Output(as_json)
-    result = run_benchmark(methods=[m.strip() for m in methods.split(",") if m.strip()], dataset=dataset, data=data,
+    result = run_benchmark(dataset, data, methods=[m.strip() for m in methods.split(",") if m.strip()],
                            noise=parse_rates(noise), noise_kind=noise_kind, seeds=seeds,
                            epochs=epochs, overrides=overrides or [], device=device, prior_transfer=prior_transfer,
                            out=out, progress=output.info, tune=tune, tune_timeout_s=tune_timeout)
