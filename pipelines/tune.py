@@ -10,8 +10,11 @@ space and epochs fitted to the training data's shape), then lets Optuna's TPE sa
 * and the method's two key hyper-parameters (``KEYS``: DRCL's fixed q and J_D weight, SDML's alpha, ...),
 
 maximising the validation MAP@all averaged over every ordered modality pair (``crossmodal.evaluation.evaluate``'s
-average, as the test tables). Only the training and validation splits are given to a trial: the test split is never
-read. MCCA is closed-form (no rate, batch, width or epochs): its trials search its ridge and eigenvalue power only.
+average, as the test tables). The first ten trials are TPE's random start-up; in them the four shared values come
+from one seeded sequence that every method gets alike (``shared_draws``: common random numbers), so trial i of each
+method tries the same rate, batch, width and patience. Only the training and validation splits are given to a trial:
+the test split is never read. MCCA is closed-form (no rate, batch, width or epochs): its trials search its ridge and
+eigenvalue power only.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from crossmodal.config import MethodConfig, with_overrides
 from crossmodal.device import resolve_device
@@ -34,6 +39,7 @@ LR_RANGE = (1e-5, 1e-2)
 BATCHES = (32, 64, 128, 256)
 WIDTH_SCALES = (0.5, 1.0, 2.0)
 PATIENCES = (5, 10, 20)
+STARTUP_TRIALS = 10  # TPE's random start-up trials (Optuna's default), before it models the results
 
 
 @dataclass(frozen=True)
@@ -139,12 +145,36 @@ def search_space(method: str, shape: DataShape) -> list[Param]:
     if method not in KEYS:
         get_method(method)  # an unknown name raises UnknownNameError with the closest names
         raise ConfigError(f"no tuning keys for method {method!r}", hint=f"tunable: {', '.join(KEYS)}")
-    if method == "mcca":
-        return list(KEYS[method])
+    return [*([] if method == "mcca" else shared_space(shape)), *KEYS[method]]
+
+
+def shared_space(shape: DataShape) -> list[Param]:
+    """The parameters every trained method searches: learning rate, batch size, width scale and patience."""
     batches = tuple(b for b in BATCHES if b <= shape.n_min) or (2 ** int(math.log2(max(shape.n_min, 2))),)
     return [Param("lr", "log", *LR_RANGE), Param("batch_size", "choice", choices=batches),
-            Param("width_scale", "choice", choices=WIDTH_SCALES), Param("patience", "choice", choices=PATIENCES),
-            *KEYS[method]]
+            Param("width_scale", "choice", choices=WIDTH_SCALES), Param("patience", "choice", choices=PATIENCES)]
+
+
+def shared_draws(space: Sequence[Param], *, trials: int, seed: int) -> list[dict[str, Any]]:
+    """The shared parameters' values of the first ``trials`` trials, drawn at random from ``seed`` alone.
+
+    Common random numbers: with these enqueued, trial i of every method on a dataset tries the same learning rate,
+    batch, width scale and patience, whatever the method's own keys draw, so the methods differ in their method and
+    not in their luck (the sampler's single random stream would otherwise shift with each method's number of draws).
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(trials):
+        draw: dict[str, Any] = {}
+        for p in space:
+            if p.kind == "choice":
+                draw[p.name] = p.choices[int(rng.integers(len(p.choices)))]
+            elif p.kind == "log":
+                draw[p.name] = float(np.exp(rng.uniform(math.log(p.low), math.log(p.high))))
+            else:
+                draw[p.name] = float(rng.uniform(p.low, p.high))
+        out.append(draw)
+    return out
 
 
 def trial_overrides(method: str, base: MethodConfig, params: Mapping[str, Any]) -> list[str]:
@@ -225,7 +255,11 @@ def tune(
         return score
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our one line per trial (failures too) replaces its log
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=STARTUP_TRIALS)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    shared = space[: len(space) - len(KEYS[method])]
+    for draw in shared_draws(shared, trials=min(trials, STARTUP_TRIALS), seed=seed) if shared else ():
+        study.enqueue_trial(draw)  # the random start-up trials' shared values: the same for every method
     started = time.perf_counter()
     study.optimize(objective, n_trials=trials, timeout=timeout_s, catch=(CrossmodalError,))
     seconds = time.perf_counter() - started
@@ -236,6 +270,7 @@ def tune(
     best = max(done, key=lambda t: t.val_map or 0.0)  # max keeps the earliest on ties
     budget = {"trials": trials, "completed": len(done), "failed": len(records) - len(done), "seconds": seconds,
               "timeout_s": timeout_s, "sampler": f"Optuna {optuna.__version__} TPE (seed {seed})", "seed": seed,
+              "common_random_numbers": [p.name for p in shared],
               "objective": "validation MAP@all averaged over ordered modality pairs",
               "space": [p.describe() for p in space], "recipe": recipe.overrides(),
               "base_overrides": list(base_overrides), "data": shape.describe()}

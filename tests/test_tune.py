@@ -82,3 +82,11 @@ def test_drcls_search_can_switch_its_reversible_terms_off_together():
     assert reversible.suggest(optuna.trial.FixedTrial({"reversible_on": True, "reversible": 0.3})) == 0.3
     assert "or 0 (off)" in reversible.describe()
     assert trial_overrides("drcl", DRCLConfig(), {"reversible": 0.0}) == ["alpha=0", "beta=0"]
+
+
+def test_trial_i_of_every_method_tries_the_same_shared_values(data):
+    shared = ("lr", "batch_size", "width_scale", "patience")
+    runs = [tune(m, data, trials=3, seed=5, base_overrides=TINY) for m in ("drcl", "sdml")]
+    drcl, sdml = ([{k: t.params[k] for k in shared} for t in r.trials] for r in runs)
+    assert drcl == sdml and len({d["lr"] for d in drcl}) == 3
+    assert runs[0].budget["common_random_numbers"] == list(shared)
