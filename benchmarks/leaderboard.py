@@ -275,7 +275,9 @@ def markdown(result: dict) -> str:
     b = result["budget"]
     lines = [f"# Leaderboard: {result['dataset']} ({result['noise_kind']} noise)", "",
              f"Data: {result['data']}.", "",
-             f"Budget, the same for every method: {b['trials']} Optuna TPE trials (seed 0) per method and noise rate "
+             f"Budget, the same for every method: {b['trials']} Optuna TPE trials (seed 0) per method and noise rate"
+             + (", with common random numbers (trial i of every method tries the same rate, batch, width and patience)"
+                if any(c["tuning"]["budget"].get("common_random_numbers") for c in result["cells"]) else "") + " "
              f"on the validation split (objective: {b['objective']}), epoch cap {b['epoch_cap']} with early stopping "
              f"on validation MAP, "
              + ("no tuning timeout (every trial runs)" if b["tune_timeout_s"] is None

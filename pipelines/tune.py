@@ -145,11 +145,14 @@ def search_space(method: str, shape: DataShape) -> list[Param]:
     if method not in KEYS:
         get_method(method)  # an unknown name raises UnknownNameError with the closest names
         raise ConfigError(f"no tuning keys for method {method!r}", hint=f"tunable: {', '.join(KEYS)}")
-    return [*([] if method == "mcca" else shared_space(shape)), *KEYS[method]]
+    return [*shared_space(method, shape), *KEYS[method]]
 
 
-def shared_space(shape: DataShape) -> list[Param]:
-    """The parameters every trained method searches: learning rate, batch size, width scale and patience."""
+def shared_space(method: str, shape: DataShape) -> list[Param]:
+    """The parameters every trained method searches: learning rate, batch size, width scale and patience (none for
+    closed-form MCCA)."""
+    if method == "mcca":
+        return []
     batches = tuple(b for b in BATCHES if b <= shape.n_min) or (2 ** int(math.log2(max(shape.n_min, 2))),)
     return [Param("lr", "log", *LR_RANGE), Param("batch_size", "choice", choices=batches),
             Param("width_scale", "choice", choices=WIDTH_SCALES), Param("patience", "choice", choices=PATIENCES)]
@@ -257,7 +260,7 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our one line per trial (failures too) replaces its log
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=STARTUP_TRIALS)
     study = optuna.create_study(direction="maximize", sampler=sampler)
-    shared = space[: len(space) - len(KEYS[method])]
+    shared = shared_space(method, shape)
     for draw in shared_draws(shared, trials=min(trials, STARTUP_TRIALS), seed=seed) if shared else ():
         study.enqueue_trial(draw)  # the random start-up trials' shared values: the same for every method
     started = time.perf_counter()
