@@ -58,3 +58,21 @@ def test_a_probe_swaps_sdmls_parts_into_drcl_only_while_it_runs():
         assert drcl._encoder(config, 6)[-2].bias is not None  # SDML's last Linear has a bias
         assert float(drcl.gce_loss(logits, y, 0.5)) == 2.0  # ||z W - y||: the row norm of (2, 0)
     assert drcl._encoder(config, 6)[-2].bias is None and float(drcl.gce_loss(logits, y, 0.5)) < 0.1
+
+
+def test_runs_tuned_with_different_tuner_seeds_join_into_paired_differences_and_a_verdict():
+    def result(seed, drcl, sdml):
+        def cell(method, means):
+            return {"method": method, "noise": 0.0, "mean": sum(means) / len(means),
+                    "runs": [{"MAP@all": m} for m in means], "tuning": {"budget": {"trials": 20}}}
+        return {"dataset": "tiny", "noise_kind": "label", "budget": {"tune_seed": seed},
+                "cells": [cell("drcl", drcl), cell("sdml", sdml)]}
+
+    rows = leaderboard.tuner_seeds([result(0, [0.5, 0.7], [0.5, 0.5]), result(1, [0.4, 0.4], [0.5, 0.5]),
+                                    {**result(2, [0.9], [0.1]), "dataset": "other"}])
+    (row,) = [r for r in rows if r["dataset"] == "tiny"]
+    assert row["tuner_seeds"] == [0, 1] and row["methods"]["drcl"]["per_seed"] == pytest.approx([0.6, 0.4])
+    assert row["differences"] == pytest.approx([0.1, -0.1]) and row["gap"] == pytest.approx(0.0)
+    assert row["goal_met"] and row["drcl_std_all_runs"] == pytest.approx(0.1224745, abs=1e-6)
+    table = leaderboard.tuner_seeds_markdown(rows)
+    assert "| tiny | label 0 |" in table and "+0.100 / -0.100" in table and "| met |" in table

@@ -39,7 +39,7 @@ def test_drcl_rules_give_sane_values_from_tiny_to_large_data(shape):
     assert 256 <= v["hidden"][0] <= 4096 and len(v["hidden"]) == 2  # the paper's depth
     assert shape.num_classes <= v["dim"] <= 1024 and 20 <= v["epochs"] <= 200
     assert 4e-4 <= v["lr_image"] == v["lr_text"] == v["lr_spl"] <= 2e-3
-    assert v["q_schedule"] == "fixed" and v["q_fixed"] == 0.5 and v["select_by"] == "val_map"
+    assert v["q_schedule"] == "fixed" and v["q_fixed"] == 0.5 and v["select_by"] == "val_loss"
 
 
 def test_the_rules_scale_with_the_data():

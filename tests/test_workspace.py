@@ -159,7 +159,7 @@ def test_training_in_a_workspace_fits_the_auto_recipe_to_the_store_and_says_so(t
     ws, result = trained_workspace
     config = result.model.config  # 30 items per modality: the recipe's smallest widths, a batch within the 30
     assert config.hidden == (256, 256) and config.dim == 128 and config.batch_size == 16  # 10 classes: 8 x 10 -> 128
-    assert config.q_schedule == "fixed" and config.select_by == "val_map"
+    assert config.q_schedule == "fixed" and config.select_by == "val_loss"
     assert config.epochs == 2 and config.seed == 4
     assert any(note.startswith("preset drcl-auto: no paper dataset to match") for note in result.notes)
     assert any("learning-rate search: skipped" in note for note in result.notes)  # 10 validation items per modality
