@@ -3,7 +3,8 @@
 ``tune(method, dataset, trials=N)`` starts from the method's auto recipe (crossmodal.recipe: batch, widths, common
 space and epochs fitted to the training data's shape), then lets Optuna's TPE sampler, seeded, search
 
-* the learning rate, log-uniform in [1e-5, 1e-2] (every ``lr`` field of the config set to it),
+* the learning rate, log-uniform in [1e-5, 1e-2] (every ``lr`` field of the config set to it but DRCL's SPL rate,
+  which follows the recipe's rule for the trial's batch: ``crossmodal.recipe.RULE_ONLY_LRS``),
 * the batch size in {32, 64, 128, 256} (those within the smallest modality's training items),
 * a width scale in {0.5, 1, 2} on the recipe's hidden widths,
 * the early-stopping patience in {5, 10, 20} (the recipe's epoch cap stays the cap),
@@ -33,7 +34,16 @@ from crossmodal.device import resolve_device
 from crossmodal.errors import ConfigError, CrossmodalError
 from crossmodal.featureset import CrossModalDataset
 from crossmodal.methods import create_method, get_method
-from crossmodal.recipe import DataShape, auto_config, lr_fields, validation_map, width_fields
+from crossmodal.recipe import (
+    RULE_ONLY_LRS,
+    DataShape,
+    auto_config,
+    lr_fields,
+    rule_lr,
+    searched_lr_fields,
+    validation_map,
+    width_fields,
+)
 
 LR_RANGE = (1e-5, 1e-2)
 BATCHES = (32, 64, 128, 256)
@@ -185,7 +195,10 @@ def trial_overrides(method: str, base: MethodConfig, params: Mapping[str, Any]) 
     out: list[str] = []
     for name, value in params.items():
         if name == "lr":
-            out += [f"{f}={value:.4g}" for f in lr_fields(type(base)) if f != "lr_others"]
+            out += [f"{f}={value:.4g}" for f in searched_lr_fields(type(base)) if f != "lr_others"]
+        elif name == "batch_size":
+            out += [f"batch_size={value}", *(f"{f}={rule_lr(value):g}" for f in RULE_ONLY_LRS
+                                             if f in lr_fields(type(base)))]
         elif name == "lr_others_ratio":
             out.append(f"lr_others={params['lr'] * value:.4g}")
         elif name == "reversible":

@@ -118,6 +118,18 @@ def test_learning_rate_search_tries_three_rates_and_keeps_the_best_validation_ma
     assert len(said) == 4 and said[-1].startswith("learning-rate search: chose lr")
 
 
+def test_learning_rate_search_moves_drcls_encoder_rates_and_leaves_its_spl_rate():
+    ds = make_synthetic({"image": 12, "text": 8}, 4, 96, 40, 8, seed=0)
+    config = with_overrides(get_method("drcl").Config(), ["hidden=[16]", "dim=8", "epochs=3", "batch_size=32",
+                                                          "lr_spl=7e-4", "lr_image=1e-3", "lr_text=1e-3"])
+    said: list[str] = []
+    chosen, tried = search_learning_rate("drcl", config, ds.train, ds.val, device="cpu", epochs=1, say=said.append)
+    best = max(tried, key=lambda t: t["val_map"])["lr"]
+    assert [t["lr"] for t in tried] == [1e-3, 3.33e-4, 3e-3]  # around the encoders' rate, not SPL's
+    assert (chosen.lr_image, chosen.lr_text, chosen.lr_spl) == (best, best, 7e-4)
+    assert "lr_spl 0.0007 stays at the rule" in said[-1]
+
+
 def test_learning_rate_search_stops_at_its_time_budget_and_says_so():
     ds = make_synthetic({"image": 12, "text": 8}, 4, 96, 40, 8, seed=0)
     config = with_overrides(get_method("dscmr").Config(), ["hidden=[16]", "dim=8", "epochs=2"])

@@ -84,6 +84,15 @@ def test_drcls_search_can_switch_its_reversible_terms_off_together():
     assert trial_overrides("drcl", DRCLConfig(), {"reversible": 0.0}) == ["alpha=0", "beta=0"]
 
 
+def test_drcls_searched_rate_moves_its_encoders_and_leaves_spl_at_the_rule_for_the_trials_batch():
+    from crossmodal.methods.drcl import DRCLConfig
+    from pipelines.tune import trial_overrides
+
+    items = trial_overrides("drcl", DRCLConfig(), {"lr": 5e-3, "batch_size": 256})
+    assert "lr_image=0.005" in items and "lr_text=0.005" in items
+    assert [i for i in items if i.startswith("lr_spl=")] == ["lr_spl=0.002"]  # 1e-3 x sqrt(256 / 64)
+
+
 def test_trial_i_of_every_method_tries_the_same_shared_values(data):
     shared = ("lr", "batch_size", "width_scale", "patience")
     runs = [tune(m, data, trials=3, seed=5, base_overrides=TINY) for m in ("drcl", "sdml")]
