@@ -337,7 +337,8 @@ def plot(result: dict, path: Path) -> Path:
         ax.bar(xs, means, width, yerr=stds, capsize=2, label=m)
     if "chance" in result:
         ax.axhline(result["chance"]["MAP@all"], color="black", linestyle="--", linewidth=1, label="chance")
-    ax.set_xticks(range(len(rates)), [f"{result['noise_kind']} noise {r:g}" for r in rates])
+    ax.set_xticks(range(len(rates)), [f"{r:g}" for r in rates])
+    ax.set_xlabel(f"{result['noise_kind']} noise")  # the kind once: per tick, long kinds overlapped at two rates
     ax.set_ylabel("test MAP@all")
     ax.set_title(f"{result['dataset']}: tuned ({result['budget']['trials']} trials each), {result['seeds']} seeds",
                  fontsize=10)
