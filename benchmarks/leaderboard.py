@@ -329,7 +329,7 @@ def plot(result: dict, path: Path) -> Path:
     rates, methods = result["rates"], result["methods"]
     cells = {(c["method"], c["noise"]): c for c in result["cells"]}
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.6 * len(rates), 3.6))
+    fig, ax = plt.subplots(figsize=(2.6 + 1.6 * len(rates), 3.6))
     for i, m in enumerate(methods):
         xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(rates))]
         means = [cells[(m, r)]["mean"] if (m, r) in cells else np.nan for r in rates]
@@ -342,7 +342,7 @@ def plot(result: dict, path: Path) -> Path:
     ax.set_ylabel("test MAP@all")
     ax.set_title(f"{result['dataset']}: tuned ({result['budget']['trials']} trials each), {result['seeds']} seeds",
                  fontsize=10)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the axes: inside, it covered bars
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
