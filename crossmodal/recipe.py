@@ -199,7 +199,7 @@ def rules(method: str, shape: DataShape) -> Recipe:
         out.append(Choice("batch_size", batch, why))
         for name in lrs:
             out.append(Choice(name, lr, f"Adam 1e-3 at batch 64 (Wikipedia SIFT/LDA: 0.290 against "
-                                                        f"0.165 at the paper's rates), x sqrt({batch}/64)"))
+                                        f"0.165 at the paper's rates), x sqrt({batch}/64)"))
     hidden = clip(pow2(8 * math.sqrt(shape.n_max)), 256, 4096)
     widths = width_fields(cls)
     if widths:

@@ -4,7 +4,6 @@ DRCL's tuned config vs the same with lr_spl at the recipe's rule for its batch (
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 
@@ -12,6 +11,7 @@ sys.path.insert(0, "benchmarks")  # run from the repository root
 import numpy as np
 from leaderboard import load
 
+from crossmodal.recipe import rule_lr
 from pipelines.benchmark import benchmark_dataset
 
 name, noise, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
@@ -24,7 +24,7 @@ for f in files:
     base = cell["tuning"]["best_overrides"]
     batch = int([o for o in base if o.startswith("batch_size=")][-1].split("=")[1])
     lr = float([o for o in base if o.startswith("lr_image=")][-1].split("=")[1])
-    rule = float(f"{1e-3 * math.sqrt(batch / 64):.3g}")
+    rule = rule_lr(batch)
     for variant, extra in (("tuned", []), ("lr_spl-rule", [f"lr_spl={rule}"])):
         s = time.perf_counter()
         res = benchmark_dataset(ds, methods=["drcl"], noise=[noise], seeds=3, overrides=[*base, *extra], device="cpu")
